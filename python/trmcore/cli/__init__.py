@@ -1,0 +1,1 @@
+"""The ``trm`` command line: one module per area, each adding its subcommands."""

@@ -1,0 +1,53 @@
+"""Entry point of the ``trm`` command.
+
+Each area of trmcore keeps its subcommands in its own module under
+``trmcore.cli`` with a ``register(subparsers)`` function; this file only lists
+those modules. A subcommand stores its handler as ``func`` on the parser
+(``parser.set_defaults(func=...)``); the handler takes the parsed namespace and
+returns an exit code. Handlers import heavy dependencies (torch) inside
+themselves so that ``trm predict`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from trmcore import __version__
+
+# Modules with a register(subparsers) function, in the order of `trm --help`.
+COMMAND_MODULES = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trm",
+        description="trmcore: transfer risk maps, risk-aware fine-tuning and deployment "
+        "for medical image segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"trmcore {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        # Bad input is the user's to fix: say what is wrong, no traceback.
+        print(f"trm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
