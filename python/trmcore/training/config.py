@@ -1,0 +1,89 @@
+"""Training configuration (torch-free dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Optional
+
+# The four fine-tuning methods of SPEC section 5.
+METHODS = ("vanilla", "class-weight", "trs-map", "trm")
+FREEZE_CHOICES = ("encoder", "none")
+
+
+@dataclass
+class TrainConfig:
+    """How one run trains; stored in run.json.
+
+    Args:
+        iterations: optimiser steps.
+        lr: Adam learning rate.
+        batch_size: slices per step (per process under DDP).
+        method: loss weighting, one of METHODS; ``None`` for a source model (plain CE).
+        freeze: "encoder" (contracting path + bottleneck frozen, SPEC 5) or "none".
+        few_shot: keep only this many target training slices (seeded), or None for all.
+        risk_refresh: 0 = static risk maps (default); K > 0 recomputes them every K iterations
+            with the current model (trm only).
+        risk_base, risk_scope: SPEC 3 (base 10, per "image" or per "batch").
+        trs_stride: block size of the trs-map baseline (SPEC 5).
+        seed: seeds data order, initialisation and few-shot sampling.
+        val_every: validate (3D Dice on the validation volumes) every this many iterations;
+            0 = only at the end.
+        val_fraction: share of cases held out for validation.
+        axis: slicing axis of the volumes (2 = axial).
+        skip_empty: drop training slices without brain (all-zero image).
+        amp: autocast on CUDA (ignored on CPU).
+        checkpoint_every: write a resumable state every this many iterations (0 = at validation only).
+    """
+
+    iterations: int = 5000
+    lr: float = 1e-4
+    batch_size: int = 8
+    method: Optional[str] = None
+    freeze: str = "encoder"
+    few_shot: Optional[int] = None
+    risk_refresh: int = 0
+    risk_base: float = 10.0
+    risk_scope: str = "image"
+    trs_stride: int = 4
+    seed: int = 0
+    val_every: int = 500
+    val_fraction: float = 0.2
+    axis: int = 2
+    skip_empty: bool = True
+    amp: bool = True
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        positive = {"iterations": self.iterations, "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.freeze not in FREEZE_CHOICES:
+            raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
+        if self.few_shot is not None and self.few_shot < 1:
+            raise ValueError(f"few_shot must be >= 1, got {self.few_shot!r}")
+        for name in ("risk_refresh", "val_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.risk_scope not in ("image", "batch"):
+            raise ValueError(f"risk_scope must be 'image' or 'batch', got {self.risk_scope!r}")
+        if not self.risk_base > 1:
+            raise ValueError(f"risk_base must be > 1, got {self.risk_base!r}")
+        if self.trs_stride < 1:
+            raise ValueError(f"trs_stride must be >= 1, got {self.trs_stride!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {self.axis!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

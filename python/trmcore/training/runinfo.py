@@ -1,0 +1,124 @@
+"""RunInfo: everything needed to reuse a trained model, stored as RUN/run.json.
+
+Torch-free so that deployment and ``trm`` subcommands can read a run's
+metadata without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+from trmcore import __version__
+from trmcore.models.config import UNetConfig
+from trmcore.training.config import TrainConfig
+
+RUN_INFO_FILE = "run.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class RunInfo:
+    """Metadata of a trained model.
+
+    ``label_names[k]`` / ``label_values[k]`` are class ``k``'s name and its value in
+    the dataset's label files (class 0 = background, value 0). ``divisor`` is the
+    padding multiple of the inputs (``2**depth``), ``axis`` the slicing axis.
+    ``method`` is None for a source model; ``source`` the run it was fine-tuned from.
+    """
+
+    model: UNetConfig
+    channels: List[str]
+    label_names: List[str]
+    label_values: List[int]
+    axis: int = 2
+    divisor: int = 16
+    normalization: str = "zscore-nonzero"
+    method: Optional[str] = None
+    source: Optional[str] = None
+    trmcore_version: str = __version__
+    site: Optional[str] = None
+    data: Optional[str] = None
+    training: Optional[TrainConfig] = None
+    train_cases: List[str] = field(default_factory=list)
+    val_cases: List[str] = field(default_factory=list)
+    iterations_done: int = 0
+    val_dice: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if len(self.label_names) != len(self.label_values):
+            raise ValueError(
+                f"label_names ({len(self.label_names)}) and label_values ({len(self.label_values)}) differ in length")
+        if len(self.label_names) != self.model.num_classes:
+            raise ValueError(
+                f"{len(self.label_names)} label names for a model with {self.model.num_classes} classes")
+        if len(self.channels) != self.model.in_channels:
+            raise ValueError(f"{len(self.channels)} channels for a model with {self.model.in_channels} inputs")
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (UNetConfig, TrainConfig)):
+                value = value.to_dict()
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunInfo":
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "model" not in kwargs:
+            raise ValueError("run info has no 'model' section")
+        kwargs["model"] = UNetConfig.from_dict(kwargs["model"])
+        if kwargs.get("training") is not None:
+            kwargs["training"] = TrainConfig.from_dict(kwargs["training"])
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunInfo":
+        return cls.from_dict(json.loads(text))
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_run_info(run_dir: Union[str, Path], info: RunInfo) -> Path:
+    path = Path(run_dir) / RUN_INFO_FILE
+    atomic_write_bytes(path, (info.to_json() + "\n").encode("utf-8"))
+    return path
+
+
+def read_run_info(run_dir: Union[str, Path]) -> RunInfo:
+    """RunInfo of ``run_dir`` (torch-free). FileNotFoundError when it is not a run folder."""
+    path = Path(run_dir) / RUN_INFO_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a trmcore run folder (no {RUN_INFO_FILE})")
+    try:
+        return RunInfo.from_json(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: malformed run info ({err})") from err
