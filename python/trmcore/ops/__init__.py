@@ -1,0 +1,144 @@
+"""Pixel-level LEEP, transfer risk map and risk-weighted loss (SPEC sections 2-4).
+
+Every function takes torch tensors (CPU or CUDA; float32, float16 or bfloat16
+logits) or NumPy arrays. With NumPy input the result is NumPy and torch is
+never imported, so deployment code can use these ops without torch.
+
+Shapes: logits ``[N, K, H, W]`` (K = Z source classes for the LEEP ops, C
+target classes for the loss), labels ``[N, H, W]`` of any integer dtype, maps
+and weights ``[N, H, W]``. Pixels labelled ``ignore_index`` take part in nothing.
+
+Example::
+
+    >>> import numpy as np
+    >>> from trmcore import ops
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)  # source model, Z = 3
+    >>> labels = rng.integers(0, 2, size=(2, 8, 8))                 # target task, C = 2
+    >>> joint = ops.leep_joint(logits, labels, num_classes=2)
+    >>> leep_map = ops.pixel_leep(logits, labels, joint)            # [2, 8, 8] float32
+    >>> risk = ops.risk_map(leep_map, labels)                       # [2, 8, 8] in [1, 10]
+    >>> float(risk.min()) >= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import _validate as V
+from .accumulator import LeepAccumulator
+from .joint import LeepJoint
+
+__all__ = ["LeepAccumulator", "LeepJoint", "leep", "leep_joint", "pixel_leep", "risk_map", "risk_weighted_ce"]
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # a torch tensor implies torch is imported already
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _backend(**arrays: Any) -> ModuleType:
+    """The backend module for these inputs: all torch tensors or all NumPy arrays."""
+    kinds = {name: _is_torch_tensor(value) for name, value in arrays.items()}
+    if all(kinds.values()):
+        from . import _torch
+        return _torch
+    if not any(kinds.values()):
+        for name, value in arrays.items():
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{name} must be a torch tensor or a NumPy array, got {type(value).__name__}")
+        from . import _numpy
+        return _numpy
+    torch_names = [name for name, is_torch in kinds.items() if is_torch]
+    other = [name for name, is_torch in kinds.items() if not is_torch]
+    raise TypeError(f"{', '.join(torch_names)} are torch tensors but {', '.join(other)} are not: "
+                    "pass all inputs as torch tensors or all as NumPy arrays")
+
+
+def leep_joint(logits: Any, labels: Any, num_classes: int, ignore_index: int = -100) -> LeepJoint:
+    """Unnormalised joint of target label and source class over valid pixels.
+
+    Args:
+        logits: source-model logits ``[N, Z, H, W]``.
+        labels: target labels ``[N, H, W]`` in ``[0, num_classes)`` or ``ignore_index``.
+        num_classes: C, the number of target classes.
+
+    Returns:
+        :class:`LeepJoint` with float64 ``sums [C, Z]`` (same library and device
+        as the input) and ``count`` = M valid pixels. Joints add across batches.
+    """
+    V.check_num_classes(num_classes)
+    V.check_ignore_index(ignore_index)
+    return _backend(logits=logits, labels=labels).leep_joint(logits, labels, num_classes, ignore_index)
+
+
+def pixel_leep(logits: Any, labels: Any, joint: LeepJoint) -> Any:
+    """Transferability map: log EEP per pixel, float32 ``[N, H, W]`` (0 at ignored pixels).
+
+    ``joint`` is the :class:`LeepJoint` of the target data (usually the whole
+    training set, from :func:`leep_joint` or :class:`LeepAccumulator`); its
+    ``ignore_index`` applies here too.
+    """
+    if not isinstance(joint, LeepJoint):
+        raise TypeError(f"joint must be a LeepJoint (from leep_joint or LeepAccumulator), got {type(joint).__name__}")
+    if len(getattr(logits, "shape", ())) == 4 and logits.shape[1] != joint.num_source_classes:
+        raise ValueError(f"logits have {logits.shape[1]} source classes but the joint was built with "
+                         f"{joint.num_source_classes}")
+    if joint.count == 0:
+        raise ValueError("the joint holds no valid pixels")
+    backend = _backend(logits=logits, labels=labels, joint=joint.sums)
+    return backend.pixel_leep(logits, labels, joint.conditional(), joint.ignore_index)
+
+
+def leep(logits: Any, labels: Any, num_classes: int, ignore_index: int = -100) -> float:
+    """Dataset LEEP of these pixels: mean log EEP over valid pixels (<= 0, higher = better).
+
+    Equals classic image-level LEEP applied to the flattened pixels. For data
+    that does not fit in one batch, use :class:`LeepAccumulator`.
+    """
+    joint = leep_joint(logits, labels, num_classes, ignore_index)
+    leep_map = pixel_leep(logits, labels, joint)
+    total = leep_map.sum(dtype=np.float64) if isinstance(leep_map, np.ndarray) else leep_map.double().sum()
+    return float(total) / joint.count
+
+
+def risk_map(leep_map: Any, labels: Any, base: float = 10.0, scope: str = "image", ignore_index: int = -100) -> Any:
+    """Transfer risk map R = base ** T', float32 ``[N, H, W]`` in ``[1, base]`` (SPEC section 3).
+
+    T' rescales the transferability map to [0, 1] per image (``scope="image"``)
+    or over the whole batch (``scope="batch"``); 1 = hardest pixel. Ignored
+    pixels get R = 0.
+    """
+    base = V.check_base(base)
+    V.check_choice("scope", scope, V.SCOPES)
+    V.check_ignore_index(ignore_index)
+    backend = _backend(leep_map=leep_map, labels=labels)
+    return backend.risk_map(leep_map, labels, base, scope == "image", ignore_index)
+
+
+def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int = -100,
+                     normalize: str = "batch") -> Any:
+    """Risk-weighted, foreground-normalised cross-entropy (TRM Eq. 7).
+
+    Args:
+        logits: target-model logits ``[N, C, H, W]`` (differentiable).
+        labels: ``[N, H, W]`` in ``[0, C)`` or ``ignore_index``; 0 is background.
+        weights: per-pixel weights ``[N, H, W]`` (the risk map), >= 0, no gradient.
+        normalize: ``"batch"``: sum(w * CE) / max(1, #foreground pixels in the batch);
+            ``"image"``: the same per image, then the mean over images;
+            ``"valid"``: sum(w * CE) / #valid pixels (a weighted mean; all-ones
+            weights give plain cross-entropy).
+
+    Returns:
+        A scalar: a float32 torch tensor with a fused backward kernel, or a
+        NumPy float64 for NumPy input.
+    """
+    V.check_choice("normalize", normalize, V.NORMALIZATIONS)
+    V.check_ignore_index(ignore_index)
+    backend = _backend(logits=logits, labels=labels, weights=weights)
+    return backend.risk_weighted_ce(logits, labels, weights, ignore_index, normalize)

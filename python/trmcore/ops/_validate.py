@@ -1,0 +1,87 @@
+"""Input checks shared by the NumPy and torch backends.
+
+They look only at shapes and sizes so they cost nothing and stay traceable by
+``torch.compile``; value checks (labels in range, finite logits) are counted by
+the kernels themselves in a status array and raised by :func:`raise_for_status`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+STATUS_VALID, STATUS_BAD_LABELS, STATUS_NONFINITE = 0, 1, 2
+SCOPES = ("image", "batch")
+NORMALIZATIONS = ("batch", "image", "valid")
+
+
+def check_num_classes(num_classes: object) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+def check_ignore_index(ignore_index: object) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    return ignore_index
+
+
+def check_logits_labels(logits_shape: Sequence[int], labels_shape: Sequence[int],
+                        logits_name: str = "logits") -> Tuple[int, int, int]:
+    """Check ``[N, K, H, W]`` against ``[N, H, W]``; return ``(N, K, H*W)``."""
+    if len(logits_shape) != 4:
+        raise ValueError(f"{logits_name} must have shape [N, K, H, W] (4 dims), got {len(logits_shape)} dims "
+                         f"{tuple(logits_shape)}")
+    if len(labels_shape) != 3:
+        raise ValueError(f"labels must have shape [N, H, W] (3 dims), got {len(labels_shape)} dims "
+                         f"{tuple(labels_shape)}")
+    n, k, h, w = logits_shape
+    if tuple(labels_shape) != (n, h, w):
+        raise ValueError(f"labels shape {tuple(labels_shape)} does not match {logits_name} shape "
+                         f"{tuple(logits_shape)}: expected {(n, h, w)}")
+    if n == 0 or h * w == 0:
+        raise ValueError(f"empty batch: {logits_name} has shape {tuple(logits_shape)}")
+    if k == 0:
+        raise ValueError(f"{logits_name} has no classes (shape {tuple(logits_shape)})")
+    return n, k, h * w
+
+
+def check_map_labels(map_shape: Sequence[int], labels_shape: Sequence[int], map_name: str) -> Tuple[int, int]:
+    """Check a ``[N, H, W]`` map against labels; return ``(N, H*W)``."""
+    if len(map_shape) != 3:
+        raise ValueError(f"{map_name} must have shape [N, H, W] (3 dims), got {tuple(map_shape)}")
+    if tuple(labels_shape) != tuple(map_shape):
+        raise ValueError(f"labels shape {tuple(labels_shape)} does not match {map_name} shape {tuple(map_shape)}")
+    n, h, w = map_shape
+    if n == 0 or h * w == 0:
+        raise ValueError(f"empty batch: {map_name} has shape {tuple(map_shape)}")
+    return n, h * w
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_base(base: object) -> float:
+    if isinstance(base, bool) or not isinstance(base, (int, float)):
+        raise TypeError(f"base must be a number, got {type(base).__name__}")
+    if not (base >= 1.0) or base == float("inf"):
+        raise ValueError(f"base must be a finite number >= 1, got {base}")
+    return float(base)
+
+
+def raise_for_status(status: Sequence[int], num_classes: int, ignore_index: int,
+                     require_valid: bool = True) -> None:
+    """Turn the kernels' status counters into a clear error."""
+    valid, bad_labels, nonfinite = (int(v) for v in status[:3])
+    if nonfinite:
+        raise ValueError(f"logits contain {nonfinite} non-finite values (NaN or inf)")
+    if bad_labels:
+        raise ValueError(f"labels: {bad_labels} pixels have a label outside [0, {num_classes}) "
+                         f"that is not ignore_index ({ignore_index})")
+    if require_valid and valid == 0:
+        raise ValueError(f"labels: every pixel is ignore_index ({ignore_index}); nothing to compute")
