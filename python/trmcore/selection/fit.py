@@ -134,6 +134,9 @@ def fit_weights(affinity: AffinityResult, results: Sequence[MeasuredPath]) -> We
     refined = minimize_scalar(objective, bounds=(max(0.0, grid[k] - step), min(math.pi / 2, grid[k] + step)),
                               method="bounded", options={"xatol": 1e-12})
     theta = float(refined.x) if refined.fun <= values[k] else float(grid[k])
+    for end in (0.0, math.pi / 2):  # prefer an exact end when it is as good (a weight of exactly 0)
+        if objective(end) <= objective(theta) + 1e-12:
+            theta = end
     alpha, beta = math.cos(theta), math.sin(theta)
     if beta > 1e-12:
         alpha, beta = alpha / beta, 1.0

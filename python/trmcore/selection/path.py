@@ -12,6 +12,16 @@ plus ``d(p_0, t)``. This is the formula above for two hops, and for the direct
 path ``v -> t`` (``v_i = v_k = v``, a hop of length zero) it is ``2 d(v, t)``;
 every direct single-source path is a candidate. ``max_hops > 2`` searches
 longer paths along graph edges (hop-limited shortest paths to ``t``).
+
+Which candidate is chosen: as in [SEQ], the cheapest path *with* an
+intermediate task. The direct paths are ranked alongside for comparison but
+are chosen only when no multi-hop path exists (or ``allow_direct=True``):
+with ``v_i = v_k`` the formula gives them ``2 d(v, t)``, and whenever d obeys
+the triangle inequality no two-hop path can be cheaper than the best direct
+one, so letting them compete would always pick direct transfer.
+
+Hops must follow graph edges; ``d(p_0, t)`` is a cost term, not a hop. When
+the graph is disconnected, only direct transfer is proposed (and a note says why).
 """
 
 from __future__ import annotations
@@ -58,7 +68,8 @@ class PathSelection:
 
     Attributes:
         target: target task name.
-        candidates: ranked, cheapest first (``candidates[0]`` is the choice).
+        candidates: ranked, cheapest first.
+        chosen: the selected path (see module docstring).
         communities: lists of source task names.
         landmarks: landmark name per community (same order).
         connected: whether the task graph is connected; when it is not, only
@@ -68,18 +79,15 @@ class PathSelection:
 
     target: str
     candidates: List[CandidatePath]
+    chosen: CandidatePath
     communities: List[List[str]]
     landmarks: List[str]
     connected: bool
     notes: List[str] = field(default_factory=list)
 
-    @property
-    def best(self) -> CandidatePath:
-        return self.candidates[0]
-
     def to_json(self) -> Dict[str, object]:
         return {
-            "target": self.target, "best": self.best.to_json(),
+            "target": self.target, "chosen": self.chosen.to_json(),
             "candidates": [c.to_json() for c in self.candidates],
             "communities": self.communities, "landmarks": self.landmarks,
             "connected": self.connected, "notes": self.notes,
@@ -170,6 +178,7 @@ def select_paths(
     num_communities: int = DEFAULT_COMMUNITIES,
     max_hops: int = 2,
     sources: Optional[Sequence[str]] = None,
+    allow_direct: bool = False,
 ) -> PathSelection:
     """Rank candidate transfer paths to ``target``.
 
@@ -180,6 +189,7 @@ def select_paths(
         max_hops: 2 = the paper's ``v_k -> v_i -> t``; more adds a hop-limited
             shortest-path search from every source along graph edges.
         sources: restrict the source tasks (default: every task but the target).
+        allow_direct: choose the cheapest candidate even if it is a direct path.
 
     Returns:
         :class:`PathSelection`, candidates cheapest first (ties by name).
@@ -208,7 +218,8 @@ def select_paths(
         parts = nx.number_connected_components(graph)
         notes.append(f"the task graph is disconnected ({parts} components: no shared modality or label set "
                      "between some tasks); falling back to direct transfer")
-        return PathSelection(target, _rank(direct), [sorted(source_names)], [], False, notes)
+        ranked = _rank(direct)
+        return PathSelection(target, ranked, ranked[0], [sorted(source_names)], [], False, notes)
 
     source_graph = graph.subgraph(source_names).copy()
     groups = communities(source_graph, num_communities)
@@ -223,7 +234,15 @@ def select_paths(
         for start, (_, path) in _hop_limited_paths(graph, target, max_hops).items():
             if start in source_names and len(path) > 2:
                 candidates.add(CandidatePath(tuple(path), path_cost(path, d, index), "search"))
-    return PathSelection(target, _rank(candidates), groups, marks, True, notes)
+    ranked = _rank(candidates)
+    multi_hop = [c for c in ranked if c.hops >= 2]
+    if allow_direct or not multi_hop:
+        if not multi_hop:
+            notes.append("no path with an intermediate task follows the graph edges; choosing direct transfer")
+        chosen = ranked[0]
+    else:
+        chosen = multi_hop[0]
+    return PathSelection(target, ranked, chosen, groups, marks, True, notes)
 
 
 def _rank(candidates) -> List[CandidatePath]:

@@ -57,12 +57,12 @@ def plot_task_graph(graph, selection, path: Path) -> Path:
     if selection.landmarks:
         nx.draw_networkx_nodes(graph, layout, ax=ax, nodelist=selection.landmarks, node_shape="s",
                                node_color="none", edgecolors="black", linewidths=2.0, node_size=420)
-    best: Sequence[str] = selection.best.tasks
+    best: Sequence[str] = selection.chosen.tasks
     hops = list(zip(best[:-1], best[1:]))
     nx.draw_networkx_edges(graph, layout, ax=ax, edgelist=hops, edge_color="#d62728", width=3.0,
                            arrows=True, style="solid")
     nx.draw_networkx_labels(graph, layout, ax=ax, font_size=7)
-    ax.set_title(f"target {selection.target}: {' -> '.join(best)} (cost {selection.best.cost:.4g})")
+    ax.set_title(f"target {selection.target}: {' -> '.join(best)} (cost {selection.chosen.cost:.4g})")
     ax.axis("off")
     fig.savefig(path, dpi=110)
     plt.close(fig)
