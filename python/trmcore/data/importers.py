@@ -1,0 +1,244 @@
+"""Convert public datasets from their native layout into the standard layout.
+
+* iSeg-2019 (and 2017): Analyze pairs ``subject-N-T1.hdr/.img``, ``-T2``,
+  ``-label`` in one folder. Label values stay as shipped (CSF 10, GM 150,
+  WM 250) and are declared so in dataset.json; tasks select labels by name, so
+  ``--labels CSF`` works without remapping. Subjects without a label file
+  (the iSeg test set) go to imagesTs/.
+* BraTS / FeTS: one folder per case holding ``CASE_t1``, ``_t1ce``, ``_t2``,
+  ``_flair`` and ``_seg`` NIfTI files (BraTS 2023 names ``-t1n``, ``-t1c``,
+  ``-t2w``, ``-t2f``, ``-seg`` are recognised too). Labels stay as shipped:
+  NCR 1, ED 2, ET 4 (ET 3 for BraTS 2023 names). FeTS partitions come from a
+  CSV (Subject_ID, Partition_ID) and become dataset.json "sites". Cases
+  without a segmentation go to imagesTs/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import nibabel as nib
+import numpy as np
+
+from .layout import read_sites_csv
+from .nifti import whole_number_labels
+
+ISEG_CHANNELS = ("T1", "T2")
+ISEG_LABELS = {"background": 0, "CSF": 10, "GM": 150, "WM": 250}
+
+BRATS_CHANNELS = ("T1", "T1CE", "T2", "FLAIR")
+BRATS_LABELS = {"background": 0, "NCR": 1, "ED": 2, "ET": 4}
+# File suffix per channel (and "seg") for the naming schemes in use.
+_BRATS_SUFFIXES = {
+    "classic": {"T1": "t1", "T1CE": "t1ce", "T2": "t2", "FLAIR": "flair", "seg": "seg"},
+    "2023": {"T1": "t1n", "T1CE": "t1c", "T2": "t2w", "FLAIR": "t2f", "seg": "seg"},
+}
+_NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def import_iseg(src: Union[str, Path], dst: Union[str, Path], overwrite: bool = False, progress: bool = True) -> Path:
+    """Convert an iSeg-2019 folder (Analyze ``subject-N-{T1,T2,label}.hdr``) to the standard layout.
+
+    Returns:
+        ``Path(dst)``. Raises FileNotFoundError for a subject missing a channel
+        file, ValueError for label values other than 0/10/150/250.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"iSeg source folder not found: {src}")
+    pattern = re.compile(r"^subject-(\d+)-(T1|T2|label)\.hdr$", re.IGNORECASE)
+    subjects: Dict[int, Dict[str, Path]] = {}
+    for path in sorted(src.rglob("*.hdr")):
+        match = pattern.match(path.name)
+        if match:
+            subjects.setdefault(int(match.group(1)), {})[match.group(2).lower()] = path
+    if not subjects:
+        raise FileNotFoundError(f"no iSeg files (subject-N-T1.hdr, -T2, -label) found under {src}")
+    _prepare(dst, overwrite)
+
+    n_train = 0
+    for number in _progress(sorted(subjects), progress, "import iseg"):
+        files, case = subjects[number], f"subject-{number}"
+        for name in ISEG_CHANNELS:
+            if name.lower() not in files:
+                raise FileNotFoundError(f"case {case}: channel file {src / f'{case}-{name}.hdr'} not found")
+        labelled = "label" in files
+        split = "Tr" if labelled else "Ts"
+        reference = None
+        for index, name in enumerate(ISEG_CHANNELS):
+            img = _load_3d(files[name.lower()], case)
+            reference = reference or img
+            _write(np.asanyarray(img.dataobj), img.affine, dst / f"images{split}" / f"{case}_{index:04d}.nii.gz", img.header)
+        if labelled:
+            img = _load_3d(files["label"], case)
+            labels = _checked_labels(img, files["label"], case, ISEG_LABELS)
+            _write(labels.astype(np.uint8), img.affine, dst / "labelsTr" / f"{case}.nii.gz", None)
+            n_train += 1
+    _write_dataset_json(dst, "iSeg-2019", ISEG_CHANNELS, ISEG_LABELS, n_train, sites={})
+    return dst
+
+
+def import_brats(
+    src: Union[str, Path],
+    dst: Union[str, Path],
+    partitions: Union[str, Path, None] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Convert a BraTS / FeTS folder (one folder per case) to the standard layout.
+
+    Args:
+        src: folder of case folders (``CASE/CASE_t1.nii.gz`` ...).
+        dst: dataset folder to create.
+        partitions: FeTS partitioning CSV (Subject_ID, Partition_ID); its
+            partitions become the cases' sites.
+    Returns:
+        ``Path(dst)``.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"BraTS source folder not found: {src}")
+    sites = read_sites_csv(partitions) if partitions is not None else {}
+    cases = sorted(p for p in src.iterdir() if p.is_dir() and _find_any(p))
+    if not cases:
+        raise FileNotFoundError(f"no BraTS case folders (CASE/CASE_t1.nii.gz ...) found under {src}")
+    _prepare(dst, overwrite)
+
+    n_train, labels_seen = 0, BRATS_LABELS
+    for folder in _progress(cases, progress, "import brats"):
+        case = folder.name
+        scheme = "2023" if _find(folder, case, "t1n") else "classic"
+        labels = dict(BRATS_LABELS, ET=3) if scheme == "2023" else BRATS_LABELS
+        if n_train and labels != labels_seen:
+            raise ValueError(f"case {case}: mixes BraTS 2023 file names with older ones in {src}")
+        suffixes = _BRATS_SUFFIXES[scheme]
+        seg = _find(folder, case, suffixes["seg"])
+        split = "Tr" if seg is not None else "Ts"
+        for index, name in enumerate(BRATS_CHANNELS):
+            path = _find(folder, case, suffixes[name])
+            if path is None:
+                raise FileNotFoundError(
+                    f"case {case}: channel {name} file {folder / (case + '_' + suffixes[name] + '.nii.gz')} not found"
+                )
+            _copy_nifti(path, dst / f"images{split}" / f"{case}_{index:04d}.nii.gz", case)
+        if seg is not None:
+            img = _load_3d(seg, case)
+            values = _checked_labels(img, seg, case, labels)
+            _write(values.astype(np.uint8), img.affine, dst / "labelsTr" / f"{case}.nii.gz", None)
+            n_train += 1
+            labels_seen = labels
+    unknown = sorted(set(sites) - {p.name for p in cases})
+    case_sites = {p.name: sites[p.name] for p in cases if p.name in sites}
+    missing = [p.name for p in cases if sites and p.name not in sites]
+    if sites and missing:
+        raise ValueError(
+            f"partitions CSV {partitions} has no partition for case(s) {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} (of {len(missing)})"
+        )
+    del unknown  # subjects listed in the CSV but absent here are fine (a subset was downloaded)
+    _write_dataset_json(dst, "BraTS", BRATS_CHANNELS, labels_seen, n_train, case_sites)
+    return dst
+
+
+# ----------------------------------------------------------------------- helpers
+def _prepare(dst: Path, overwrite: bool) -> None:
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{dst} exists and is not empty (use --overwrite to replace it)")
+        if not (dst / "dataset.json").is_file():
+            raise FileExistsError(f"{dst} is not a dataset folder (no dataset.json); refusing to overwrite it")
+        shutil.rmtree(dst)
+    for sub in ("imagesTr", "labelsTr"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _load_3d(path: Path, case: str):
+    try:
+        img = nib.load(str(path))
+    except Exception as err:
+        raise ValueError(f"case {case}: cannot read {path}: {err}") from None
+    shape = img.shape
+    squeezed = tuple(shape[:3]) if len(shape) > 3 and all(s == 1 for s in shape[3:]) else shape
+    if len(squeezed) != 3:
+        raise ValueError(f"case {case}: {path} has shape {shape}; expected one 3D volume")
+    if squeezed != shape:
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(squeezed), img.affine, _nifti_header(img))
+    return img
+
+
+def _checked_labels(img, path: Path, case: str, declared: Dict[str, int]) -> np.ndarray:
+    labels = whole_number_labels(np.asanyarray(img.dataobj), f"case {case}: label file {path}")
+    unknown = sorted(set(np.unique(labels).tolist()) - set(declared.values()))
+    if unknown:
+        raise ValueError(
+            f"case {case}: label file {path} holds values {unknown}; expected only {sorted(declared.values())} "
+            f"({', '.join(f'{k} {v}' for k, v in declared.items())})"
+        )
+    return labels
+
+
+def _write(data: np.ndarray, affine: np.ndarray, path: Path, header) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(data)
+    if data.ndim > 3:
+        data = data.reshape(data.shape[:3])
+    img = nib.Nifti1Image(data, affine)
+    if header is not None:
+        try:
+            img.header.set_zooms(tuple(header.get_zooms()[:3]))
+        except Exception:  # zooms are a nicety; the affine carries the geometry
+            pass
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
+def _nifti_header(img):
+    return img.header if isinstance(img, nib.Nifti1Image) else None
+
+
+def _copy_nifti(path: Path, out: Path, case: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".nii.gz"):
+        shutil.copyfile(path, out)  # already in the target format: no re-encoding
+        return
+    img = _load_3d(path, case)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, _nifti_header(img)), str(out))
+
+
+def _find(folder: Path, case: str, suffix: str) -> Optional[Path]:
+    for sep in ("_", "-"):
+        for ending in _NIFTI_ENDINGS:
+            path = folder / f"{case}{sep}{suffix}{ending}"
+            if path.is_file():
+                return path
+    return None
+
+
+def _find_any(folder: Path) -> bool:
+    return any(folder.glob("*.nii.gz")) or any(folder.glob("*.nii"))
+
+
+def _progress(items, progress: bool, desc: str):
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="case")
+
+
+def _write_dataset_json(dst: Path, name: str, channels, labels, n_train: int, sites: Dict[str, str]) -> None:
+    meta = {
+        "name": name,
+        "channel_names": {str(i): c for i, c in enumerate(channels)},
+        "labels": dict(labels),
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+    }
+    if sites:
+        meta["sites"] = sites
+    (dst / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,212 @@
+"""The standard dataset layout (nnU-Net v2 raw data) and per-case sites.
+
+::
+
+    DATA/dataset.json              channel_names, labels, file_ending, optional sites
+    DATA/imagesTr/CASE_0000.nii.gz one file per channel, 4-digit channel index
+    DATA/labelsTr/CASE.nii.gz      integer label map (values from dataset.json "labels")
+    DATA/imagesTs/CASE_0000.nii.gz optional unlabelled cases
+
+``dataset.json`` example::
+
+    {"channel_names": {"0": "T1", "1": "T2"},
+     "labels": {"background": 0, "CSF": 10, "GM": 150, "WM": 250},
+     "file_ending": ".nii.gz",
+     "sites": {"subject-1": "site-A"}}
+
+A label may also be a list of values (an nnU-Net "region"); a task class then
+covers every voxel holding one of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+LabelValue = Union[int, Tuple[int, ...]]
+
+_CASE_COLUMNS = ("subject_id", "case", "case_id", "subject", "id")
+_SITE_COLUMNS = ("partition_id", "site", "partition", "center", "centre", "institution")
+
+
+@dataclass
+class DatasetLayout:
+    """What ``dataset.json`` says about a dataset in the standard layout.
+
+    Attributes:
+        root: the dataset folder.
+        channel_names: channel index -> name, e.g. {0: "T1", 1: "T2"}.
+        labels: label name -> value (int, or tuple of ints for a region),
+            including "background": 0.
+        file_ending: e.g. ".nii.gz".
+        sites: case id -> site name (from dataset.json "sites" and/or a CSV).
+        name: dataset name, if given.
+    """
+
+    root: Path
+    channel_names: Dict[int, str]
+    labels: Dict[str, LabelValue]
+    file_ending: str = ".nii.gz"
+    sites: Dict[str, str] = field(default_factory=dict)
+    name: Optional[str] = None
+
+    @classmethod
+    def read(cls, root: Union[str, Path], sites: Union[str, Path, Mapping[str, str], None] = None) -> "DatasetLayout":
+        """Read ``root/dataset.json``; ``sites`` (CSV path or mapping) overrides its "sites"."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {root}")
+        meta_path = root / "dataset.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: a dataset in the standard layout needs a dataset.json")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path} must hold a JSON object")
+        channels = _parse_channel_names(meta.get("channel_names", meta.get("modality")), meta_path)
+        labels = _parse_labels(meta.get("labels"), meta_path)
+        file_ending = meta.get("file_ending", ".nii.gz")
+        if not isinstance(file_ending, str) or not file_ending.startswith("."):
+            raise ValueError(f"{meta_path}: file_ending must be a string like '.nii.gz', got {file_ending!r}")
+        site_map = _parse_sites(meta.get("sites", {}), meta_path)
+        if sites is not None:
+            site_map.update(read_sites_csv(sites) if isinstance(sites, (str, Path)) else {str(k): str(v) for k, v in sites.items()})
+        return cls(root, channels, labels, file_ending, site_map, meta.get("name"))
+
+    # ----------------------------------------------------------------- files
+    def image_path(self, case: str, channel_index: int, split: str = "Tr") -> Path:
+        return self.root / f"images{split}" / f"{case}_{channel_index:04d}{self.file_ending}"
+
+    def label_path(self, case: str, split: str = "Tr") -> Path:
+        return self.root / f"labels{split}" / f"{case}{self.file_ending}"
+
+    def cases(self, split: str = "Tr") -> List[str]:
+        """Sorted case ids found in ``images{split}`` and ``labels{split}``."""
+        found = set()
+        pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(self.file_ending) + r"$")
+        images = self.root / f"images{split}"
+        if images.is_dir():
+            for path in images.iterdir():
+                match = pattern.match(path.name)
+                if match:
+                    found.add(match.group("case"))
+        labels = self.root / f"labels{split}"
+        if labels.is_dir():
+            for path in labels.iterdir():
+                if path.name.endswith(self.file_ending) and not path.name.startswith("."):
+                    found.add(path.name[: -len(self.file_ending)])
+        return sorted(found)
+
+    # ---------------------------------------------------------------- lookups
+    def channel_index(self, name: str) -> int:
+        """Index of channel ``name`` (exact, else unique case-insensitive match)."""
+        by_name = {v: k for k, v in self.channel_names.items()}
+        return by_name[_match_name(name, list(by_name), "channel", self.root)]
+
+    def label_name(self, name: str) -> str:
+        """The dataset's spelling of label ``name`` (exact, else case-insensitive)."""
+        return _match_name(name, [n for n in self.labels if n != "background"], "label", self.root)
+
+    def site_of(self, case: str) -> Optional[str]:
+        return self.sites.get(case)
+
+
+def read_sites_csv(path: Union[str, Path]) -> Dict[str, str]:
+    """Read a case -> site table.
+
+    Accepts a header naming the columns (FeTS ``Partition_ID,Subject_ID``, or
+    ``case,site``; case-insensitive, any order) or, without a recognised header,
+    two columns case,site.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sites CSV not found: {path}")
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError(f"sites CSV {path} is empty")
+    header = [cell.strip().lower() for cell in rows[0]]
+    case_col = next((header.index(c) for c in _CASE_COLUMNS if c in header), None)
+    site_col = next((header.index(c) for c in _SITE_COLUMNS if c in header), None)
+    if case_col is not None and site_col is not None:
+        body = rows[1:]
+    elif case_col is None and site_col is None and len(header) >= 2:
+        case_col, site_col, body = 0, 1, rows
+    else:
+        raise ValueError(
+            f"sites CSV {path}: cannot tell the case and site columns from header {rows[0]}; "
+            "use Subject_ID,Partition_ID or case,site"
+        )
+    sites: Dict[str, str] = {}
+    for line, row in enumerate(body, start=2 if body is not rows else 1):
+        if len(row) <= max(case_col, site_col):
+            raise ValueError(f"sites CSV {path}, line {line}: expected at least {max(case_col, site_col) + 1} columns, got {row}")
+        case, site = row[case_col].strip(), row[site_col].strip()
+        if not case or not site:
+            raise ValueError(f"sites CSV {path}, line {line}: empty case or site in {row}")
+        if case in sites and sites[case] != site:
+            raise ValueError(f"sites CSV {path}, line {line}: case {case!r} listed with two sites ({sites[case]!r}, {site!r})")
+        sites[case] = site
+    return sites
+
+
+def _parse_channel_names(raw, meta_path: Path) -> Dict[int, str]:
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{meta_path}: 'channel_names' must be a non-empty object like {{\"0\": \"T1\"}}")
+    channels: Dict[int, str] = {}
+    for key, name in raw.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"{meta_path}: channel index {key!r} in 'channel_names' is not an integer") from None
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{meta_path}: channel {key} has no name")
+        channels[index] = name
+    if len(set(channels.values())) != len(channels):
+        raise ValueError(f"{meta_path}: channel names must be unique, got {list(channels.values())}")
+    return dict(sorted(channels.items()))
+
+
+def _parse_labels(raw, meta_path: Path) -> Dict[str, LabelValue]:
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{meta_path}: 'labels' must be a non-empty object like {{\"background\": 0, \"CSF\": 1}}")
+    labels: Dict[str, LabelValue] = {}
+    for name, value in raw.items():
+        if isinstance(value, bool):
+            value = None
+        if isinstance(value, int):
+            labels[name] = int(value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            labels[name] = tuple(int(v) for v in value)
+        else:
+            raise ValueError(f"{meta_path}: label {name!r} must be an integer (or list of integers), got {value!r}")
+        if any(v < 0 for v in _values(labels[name])):
+            raise ValueError(f"{meta_path}: label {name!r} has a negative value {value!r}")
+    if labels.get("background") != 0:
+        raise ValueError(f"{meta_path}: 'labels' must contain \"background\": 0")
+    return labels
+
+
+def _parse_sites(raw, meta_path: Path) -> Dict[str, str]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{meta_path}: 'sites' must be an object {{case: site}}")
+    return {str(case): str(site) for case, site in raw.items()}
+
+
+def _values(value: LabelValue) -> Tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _match_name(name: str, names: List[str], kind: str, root: Path) -> str:
+    if name in names:
+        return name
+    folded = [n for n in names if n.lower() == str(name).lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise ValueError(f"{kind} {name!r} not in dataset {root} (its {kind}s: {', '.join(names)})")

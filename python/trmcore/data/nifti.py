@@ -1,0 +1,114 @@
+"""Reading image and label files with the checks every case gets.
+
+Every error names the case and the file, so a bad volume among hundreds can be
+found and fixed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Tuple
+
+import nibabel as nib
+import numpy as np
+
+# Affines of channel and label files are compared with this tolerance (mm):
+# converters round differently, but a real mismatch is at least a voxel off.
+AFFINE_ATOL = 1e-3
+
+
+def load_image(path: Path, case: str, what: str = "image") -> Tuple[np.ndarray, np.ndarray, object]:
+    """Load a 3D image file as float32.
+
+    Returns:
+        (data float32 [X, Y, Z], affine float64 [4, 4], header).
+    Raises:
+        FileNotFoundError: missing file. ValueError: not 3D, unreadable, or
+        holding NaN/inf values.
+    """
+    img = _open(path, case, what)
+    data = _as_3d(np.asanyarray(img.dataobj), path, case, what)
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise ValueError(f"case {case}: {what} file {path} has non-real data type {data.dtype}")
+    data = data.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"case {case}: {what} file {path} holds NaN or infinite values")
+    return data, np.asarray(img.affine, np.float64), img.header
+
+
+def load_label(path: Path, case: str, declared: Iterable[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Load a 3D label file and check its values.
+
+    Float-typed files are accepted when every value is a whole number (real
+    datasets ship them). Every value must be one ``dataset.json`` declares.
+
+    Returns:
+        (labels int64 [X, Y, Z], affine float64 [4, 4]).
+    """
+    img = _open(path, case, "label")
+    data = _as_3d(np.asanyarray(img.dataobj), path, case, "label")
+    labels = whole_number_labels(data, f"case {case}: label file {path}")
+    present = np.unique(labels)
+    unknown = sorted(set(present.tolist()) - set(int(v) for v in declared))
+    if unknown:
+        raise ValueError(
+            f"case {case}: label file {path} holds values {unknown} that dataset.json 'labels' does not declare "
+            f"(declared: {sorted(set(int(v) for v in declared))})"
+        )
+    return labels, np.asarray(img.affine, np.float64)
+
+
+def whole_number_labels(data: np.ndarray, where: str) -> np.ndarray:
+    """``data`` as int64 if every value is a whole number, else ValueError naming ``where``."""
+    data = np.asarray(data)
+    if data.dtype == np.bool_:
+        return data.astype(np.int64)
+    if np.issubdtype(data.dtype, np.integer):
+        return data.astype(np.int64, copy=False)
+    if not np.issubdtype(data.dtype, np.floating):
+        raise ValueError(f"{where} has data type {data.dtype}; labels must be integers")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{where} holds NaN or infinite label values")
+    rounded = np.rint(data)
+    bad = rounded != data
+    if bad.any():
+        examples = np.unique(data[bad])[:5].tolist()
+        raise ValueError(f"{where} holds label values that are not whole numbers, e.g. {examples}")
+    return rounded.astype(np.int64)
+
+
+def check_same_grid(case: str, ref_path: Path, ref_shape, ref_affine, path: Path, shape, affine, what: str) -> None:
+    """ValueError naming the case and both files if shape or affine differ."""
+    if tuple(shape) != tuple(ref_shape):
+        raise ValueError(
+            f"case {case}: {what} file {path} has shape {tuple(shape)} but {ref_path} has {tuple(ref_shape)}"
+        )
+    if not np.allclose(affine, ref_affine, atol=AFFINE_ATOL, rtol=0):
+        raise ValueError(
+            f"case {case}: {what} file {path} has a different affine (voxel-to-world) than {ref_path}:\n"
+            f"{np.array2string(np.asarray(affine), precision=4)}\nvs\n{np.array2string(np.asarray(ref_affine), precision=4)}"
+        )
+
+
+def _open(path: Path, case: str, what: str):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"case {case}: {what} file {path} not found")
+    try:
+        return nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise ValueError(f"case {case}: cannot read {what} file {path}: {err}") from None
+
+
+def _as_3d(data: np.ndarray, path: Path, case: str, what: str) -> np.ndarray:
+    # Trailing singleton axes (iSeg's Analyze files are [X, Y, Z, 1]) hold one
+    # volume; anything with more than one volume along axis 4+ is a 4D series.
+    shape = data.shape
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(
+            f"case {case}: {what} file {path} has shape {shape}; expected one 3D volume "
+            "(4D series are not supported: split them into one file per channel)"
+        )
+    return np.asarray(data)

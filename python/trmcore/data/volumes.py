@@ -1,0 +1,173 @@
+"""Loading the volumes of a task, and splitting them by case.
+
+Example:
+    >>> from trmcore.data import make_phantom, parse_task, load_task_volumes, split_cases
+    >>> root = make_phantom("/tmp/phantom-doc", overwrite=True)        # doctest: +SKIP
+    >>> vols, info = load_task_volumes(root, parse_task("T1", "CSF"))  # doctest: +SKIP
+    >>> train, val = split_cases(vols, val_fraction=0.2, seed=0)       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .layout import DatasetLayout
+from .nifti import check_same_grid, load_image, load_label
+from .preprocess import zscore_nonzero
+from .tasks import TaskInfo, TaskSpec
+
+
+@dataclass
+class Volume:
+    """One case of a task.
+
+    Attributes:
+        case_id: the case name in the dataset.
+        site: its site (partition), or None.
+        image: float32 [Cin, X, Y, Z], each channel z-scored over its non-zero voxels.
+        label: int64 [X, Y, Z] task classes 0..C-1, or None when unlabelled.
+        affine: float64 [4, 4] voxel-to-world of the first channel file.
+        header: nibabel header of the first channel file (to write predictions).
+    """
+
+    case_id: str
+    site: Optional[str]
+    image: np.ndarray
+    label: Optional[np.ndarray]
+    affine: np.ndarray
+    header: Any = None
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(self.image.shape[1:])
+
+
+def load_task_volumes(
+    root: Union[str, Path],
+    task: TaskSpec,
+    cases: Optional[Sequence[str]] = None,
+    progress: bool = True,
+    *,
+    sites: Union[str, Path, Mapping[str, str], None] = None,
+    split: str = "Tr",
+) -> Tuple[List[Volume], TaskInfo]:
+    """Load every case of ``task`` from a dataset in the standard layout.
+
+    Args:
+        root: dataset folder (with dataset.json, imagesTr/, labelsTr/).
+        task: channels, labels and optional site (see :func:`parse_task`). A
+            task with no labels loads images only (``Volume.label`` is None).
+        cases: restrict to these case ids (default: every case found).
+        progress: show a progress bar.
+        sites: a CSV (case,site or FeTS Subject_ID,Partition_ID) or a mapping
+            that overrides dataset.json's "sites".
+        split: "Tr" (imagesTr/labelsTr) or "Ts" (imagesTs/labelsTs).
+    Returns:
+        (volumes in case order, TaskInfo).
+    Raises:
+        FileNotFoundError: missing dataset, channel or label file (naming case and file).
+        ValueError: shape/affine mismatch, non-integer or undeclared label values,
+            4D files, or an empty task (no case of the site, no voxel of a label).
+    """
+    if not isinstance(task, TaskSpec):
+        raise TypeError(f"task must be a TaskSpec (see trmcore.data.parse_task), got {type(task).__name__}")
+    layout = DatasetLayout.read(root, sites=sites)
+    info = TaskInfo.resolve(layout, task)
+    case_ids = _select_cases(layout, task, cases, split)
+
+    volumes = []
+    iterator = case_ids
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(case_ids, desc=f"loading {task}", unit="case", leave=False)
+    for case in iterator:
+        volumes.append(_load_case(layout, info, case, split, labelled=bool(task.labels)))
+
+    if task.labels:
+        _check_labels_present(volumes, info, task, layout)
+    return volumes, info
+
+
+def split_cases(volumes: Sequence[Volume], val_fraction: float = 0.2, seed: int = 0) -> Tuple[List[Volume], List[Volume]]:
+    """Split volumes into train and validation sets by case (no case in both).
+
+    The split depends only on the case ids, ``val_fraction`` and ``seed`` (not
+    on the order of ``volumes``). At least one case is kept for training; with
+    ``val_fraction > 0`` and two or more cases, at least one goes to validation.
+
+    Returns:
+        (train_volumes, val_volumes), each in the input order.
+    """
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    cases = sorted({v.case_id for v in volumes})
+    if not cases:
+        raise ValueError("split_cases: no volumes to split")
+    n_val = int(round(val_fraction * len(cases)))
+    if val_fraction > 0 and len(cases) >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, len(cases) - 1)
+    order = np.random.default_rng(seed).permutation(len(cases))
+    val_cases = {cases[i] for i in order[:n_val]}
+    train = [v for v in volumes if v.case_id not in val_cases]
+    val = [v for v in volumes if v.case_id in val_cases]
+    return train, val
+
+
+def _select_cases(layout: DatasetLayout, task: TaskSpec, cases: Optional[Sequence[str]], split: str) -> List[str]:
+    found = layout.cases(split)
+    if cases is not None:
+        if isinstance(cases, str):
+            cases = [cases]
+        missing = [c for c in cases if c not in found]
+        if missing:
+            raise FileNotFoundError(
+                f"case(s) {missing} not found in {layout.root}/images{split} or labels{split}"
+            )
+        found = list(cases)
+    if not found:
+        raise ValueError(f"task {task}: no cases in {layout.root}/images{split}")
+    if task.site is not None:
+        known = sorted({layout.site_of(c) for c in found if layout.site_of(c) is not None})
+        found = [c for c in found if layout.site_of(c) == task.site]
+        if not found:
+            hint = f"sites present: {', '.join(known)}" if known else "the dataset declares no sites (dataset.json 'sites' or a sites CSV)"
+            raise ValueError(f"task {task}: no case has site {task.site!r} ({hint})")
+    return found
+
+
+def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, labelled: bool) -> Volume:
+    channels = []
+    ref_path = ref_affine = header = None
+    for index in info.channel_indices:
+        path = layout.image_path(case, index, split)
+        data, affine, hdr = load_image(path, case, f"channel {layout.channel_names[index]}")
+        if ref_path is None:
+            ref_path, ref_affine, header = path, affine, hdr
+        else:
+            check_same_grid(case, ref_path, channels[0].shape, ref_affine, path, data.shape, affine, "channel")
+        channels.append(zscore_nonzero(data))
+    label = None
+    if labelled:
+        path = layout.label_path(case, split)
+        raw, affine = load_label(path, case, info.dataset_values)
+        check_same_grid(case, ref_path, channels[0].shape, ref_affine, path, raw.shape, affine, "label")
+        label = info.map_labels(raw)
+    return Volume(case, layout.site_of(case), np.stack(channels), label, ref_affine, header)
+
+
+def _check_labels_present(volumes: List[Volume], info: TaskInfo, task: TaskSpec, layout: DatasetLayout) -> None:
+    counts = np.zeros(info.num_classes, np.int64)
+    for volume in volumes:
+        counts += np.bincount(volume.label.ravel(), minlength=info.num_classes)[: info.num_classes]
+    empty = [info.label_names[k] for k in range(1, info.num_classes) if counts[k] == 0]
+    if empty:
+        raise ValueError(
+            f"task {task}: label(s) {empty} have no voxel in any of the {len(volumes)} case(s) "
+            f"({', '.join(v.case_id for v in volumes[:5])}{', ...' if len(volumes) > 5 else ''}) of {layout.root}"
+        )
