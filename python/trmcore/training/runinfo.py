@@ -26,7 +26,7 @@ class RunInfo:
     """Metadata of a trained model.
 
     ``label_names[k]`` / ``label_values[k]`` are class ``k``'s name and its value in
-    the dataset's label files (class 0 = background, value 0). ``divisor`` is the
+    the dataset's label files (a list of values for a region label) (class 0 = background, value 0). ``divisor`` is the
     padding multiple of the inputs (``2**depth``), ``axis`` the slicing axis.
     ``method`` is None for a source model; ``source`` the run it was fine-tuned from.
     """
@@ -34,7 +34,7 @@ class RunInfo:
     model: UNetConfig
     channels: List[str]
     label_names: List[str]
-    label_values: List[int]
+    label_values: List[Any]
     axis: int = 2
     divisor: int = 16
     normalization: str = "zscore-nonzero"
@@ -50,6 +50,10 @@ class RunInfo:
     val_dice: Optional[float] = None
 
     def __post_init__(self) -> None:
+        # A region label is several dataset values (a list); JSON has no tuples.
+        self.label_values = [list(v) if isinstance(v, (list, tuple)) else int(v) for v in self.label_values]
+        self.channels = list(self.channels)
+        self.label_names = list(self.label_names)
         if len(self.label_names) != len(self.label_values):
             raise ValueError(
                 f"label_names ({len(self.label_names)}) and label_values ({len(self.label_values)}) differ in length")

@@ -1,0 +1,272 @@
+"""Per-pixel loss weights of the four fine-tuning methods (SPEC section 5).
+
+Every method trains with the same loss, :func:`trmcore.ops.risk_weighted_ce`;
+a method only chooses the weight map and the normalisation:
+
+=============  =========================================  ===========
+method         weight of pixel (i, h, w)                  normalize
+=============  =========================================  ===========
+vanilla        1                                          "valid"
+class-weight   w[y], w_c = M / (C * M_c)                  "valid"
+trs-map        exp(-LEEP of the pixel's stride block)     "valid"
+trm            risk_map(pixel_leep(source logits))        "batch"
+=============  =========================================  ===========
+
+The LEEP statistics use the frozen source model's own head (Z outputs), even
+when the target head was re-initialised for C classes. They are accumulated
+batch by batch under ``no_grad`` over this rank's shard of the training
+slices and summed across ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+from torch import nn
+
+from trmcore import ops
+from trmcore.training.distributed import DistContext
+
+IGNORE_INDEX = -100
+# SPEC 5: trs-map blocks with fewer valid pixels keep weight 1.
+TRS_MIN_PIXELS = 5
+
+
+class TrainingSlices:
+    """The training set as tensors plus this rank's shard of it.
+
+    Args:
+        images: float32 ``[S, Cin, H, W]``; labels: int64 ``[S, H, W]``.
+        shard: int64 indices of the slices this rank trains on.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shard: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+        self.shard = shard
+
+    def shard_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.shard), batch_size):
+            yield self.shard[start:start + batch_size]
+
+
+def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); nothing on CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def _shard_logits(model: nn.Module, data: TrainingSlices, batch_size: int,
+                  device: torch.device, amp: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(indices, logits float32 [B, K, H, W], labels [B, H, W]) over this rank's shard, in order."""
+    was_training = model.training
+    model.eval()
+    try:
+        for index in data.shard_batches(batch_size):
+            images = data.images[index].to(device, non_blocking=True)
+            labels = data.labels[index].to(device, non_blocking=True)
+            with autocast_for(device, amp):
+                logits = model(images)
+            yield index, logits.float(), labels
+    finally:
+        model.train(was_training)
+
+
+def leep_statistics(model: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
+                    batch_size: int = 16, amp: bool = True) -> ops.LeepJoint:
+    """The LEEP joint of ``model``'s outputs and the target labels over the whole training set.
+
+    Each rank accumulates its shard with :class:`trmcore.ops.LeepAccumulator`;
+    ``all_reduce`` then sums the joints across ranks.
+    """
+    accumulator = ops.LeepAccumulator(num_classes, ignore_index=IGNORE_INDEX)
+    for _, logits, labels in _shard_logits(model, data, batch_size, ctx.device, amp):
+        accumulator.update(logits, labels)
+    return accumulator.all_reduce()
+
+
+def leep_maps(model: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
+              batch_size: int = 16, amp: bool = True) -> Tuple[torch.Tensor, ops.LeepJoint]:
+    """Transferability maps T (SPEC 2) of this rank's shard: float32 ``[len(shard), H, W]`` on CPU."""
+    joint = leep_statistics(model, data, num_classes, ctx, batch_size, amp)
+    maps = []
+    for _, logits, labels in _shard_logits(model, data, batch_size, ctx.device, amp):
+        maps.append(ops.pixel_leep(logits, labels, joint).float().cpu())
+    return torch.cat(maps), joint
+
+
+class LossWeighting:
+    """Vanilla cross-entropy: every valid pixel weighs 1, mean over valid pixels."""
+
+    normalize = "valid"
+
+    def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-pixel weights float32 ``[B, H, W]`` for the slices ``index`` with labels ``labels``."""
+        return torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+
+    def maybe_refresh(self, model: nn.Module, iteration: int) -> bool:
+        """Recompute model-dependent weights before ``iteration``; True when it did."""
+        return False
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any], model_factory: Any = None) -> None:
+        return None
+
+
+class ClassWeighting(LossWeighting):
+    """Inverse class frequency: w_c = M / (C * M_c) over the target training pixels."""
+
+    normalize = "valid"
+
+    def __init__(self, data: TrainingSlices, num_classes: int, ctx: DistContext) -> None:
+        labels = data.labels[data.shard]
+        valid = labels[labels != IGNORE_INDEX]
+        counts = torch.bincount(valid.flatten(), minlength=num_classes)[:num_classes].double()
+        counts = ctx.all_reduce_sum(counts)
+        total = counts.sum()
+        # An absent class never occurs in a label, so its weight is never used.
+        self.class_weights = torch.where(counts > 0, total / (num_classes * counts.clamp_min(1)),
+                                         torch.ones_like(counts)).float()
+
+    def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        table = self.class_weights.to(labels.device)
+        safe = torch.where(labels == IGNORE_INDEX, torch.zeros_like(labels), labels)
+        return table[safe]
+
+
+class TrsMapWeighting(LossWeighting):
+    """[TRS] block-local LEEP: one weight exp(-LEEP_block) per stride x stride block, shared by all images."""
+
+    normalize = "valid"
+
+    def __init__(self, source: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
+                 stride: int = 4, batch_size: int = 16, amp: bool = True) -> None:
+        height, width = data.labels.shape[-2:]
+        grid_h, grid_w = math.ceil(height / stride), math.ceil(width / stride)
+        rows = torch.arange(height) // stride
+        cols = torch.arange(width) // stride
+        block_of_pixel = (rows[:, None] * grid_w + cols[None, :]).to(ctx.device)  # [H, W]
+        num_blocks = grid_h * grid_w
+
+        # Pass 1: one joint per block, via the combined label block * C + y.
+        accumulator = ops.LeepAccumulator(num_blocks * num_classes, ignore_index=IGNORE_INDEX)
+        for _, logits, labels in _shard_logits(source, data, batch_size, ctx.device, amp):
+            accumulator.update(logits, self._combined(labels, block_of_pixel, num_classes))
+        joint = accumulator.all_reduce()
+        sums = torch.as_tensor(joint.sums).to(ctx.device).view(num_blocks, num_classes, -1)  # [B, C, Z]
+        column = sums.sum(dim=1, keepdim=True)
+        conditional = torch.where(column > 0, sums / column.clamp_min(1e-300), torch.zeros_like(sums))
+
+        # Pass 2: mean log EEP per block, each pixel scored with its own block's P(y | z).
+        leep_sum = torch.zeros(num_blocks, dtype=torch.float64, device=ctx.device)
+        count = torch.zeros(num_blocks, dtype=torch.float64, device=ctx.device)
+        floor = torch.finfo(torch.float32).tiny
+        for _, logits, labels in _shard_logits(source, data, batch_size, ctx.device, amp):
+            theta = torch.softmax(logits.double(), dim=1).permute(0, 2, 3, 1)  # [N, H, W, Z]
+            valid = labels != IGNORE_INDEX
+            blocks = block_of_pixel.expand_as(labels)[valid]
+            eep = (conditional[blocks, labels[valid]] * theta[valid]).sum(dim=-1)
+            leep_sum.index_add_(0, blocks, torch.log(eep.clamp_min(floor)))
+            count.index_add_(0, blocks, torch.ones_like(eep))
+        leep_sum = ctx.all_reduce_sum(leep_sum)
+        count = ctx.all_reduce_sum(count)
+        block_leep = leep_sum / count.clamp_min(1)
+        block_weight = torch.where(count >= TRS_MIN_PIXELS, torch.exp(-block_leep), torch.ones_like(block_leep))
+        self.weight_map = block_weight[block_of_pixel].float()  # [H, W], nearest-neighbour expansion
+        self.block_leep = torch.where(count >= TRS_MIN_PIXELS, block_leep, torch.zeros_like(block_leep))
+
+    @staticmethod
+    def _combined(labels: torch.Tensor, block_of_pixel: torch.Tensor, num_classes: int) -> torch.Tensor:
+        combined = block_of_pixel * num_classes + labels
+        return torch.where(labels == IGNORE_INDEX, labels, combined)
+
+    def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weights = self.weight_map.to(labels.device).expand(labels.shape)
+        return torch.where(labels == IGNORE_INDEX, torch.zeros_like(weights), weights)
+
+
+class RiskMapWeighting(LossWeighting):
+    """[TRM] transfer risk maps from pixel-level LEEP, foreground-normalised loss (TRM Eq. 7).
+
+    The transferability maps come from the frozen source model before training
+    (static). With ``refresh_every = K > 0`` they are recomputed from the
+    current model every K iterations.
+    """
+
+    normalize = "batch"
+
+    def __init__(self, source: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
+                 base: float = 10.0, scope: str = "image", refresh_every: int = 0, batch_size: int = 16,
+                 amp: bool = True) -> None:
+        self.data = data
+        self.num_classes = num_classes
+        self.ctx = ctx
+        self.base = base
+        self.scope = scope
+        self.refresh_every = refresh_every
+        self.batch_size = batch_size
+        self.amp = amp
+        # Global slice index -> row of self.maps (this rank's shard only).
+        self.row_of = torch.full((len(data.labels),), -1, dtype=torch.int64)
+        self.row_of[data.shard] = torch.arange(len(data.shard))
+        self.maps, self.joint = leep_maps(source, data, num_classes, ctx, batch_size, amp)
+        self.refreshed_at: Optional[int] = None
+        self.refresh_state: Optional[Dict[str, torch.Tensor]] = None
+
+    def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        rows = self.row_of[index.cpu()]
+        if bool((rows < 0).any()):
+            raise ValueError("risk map requested for a slice outside this rank's shard")
+        leep_map = self.maps[rows].to(labels.device)
+        return ops.risk_map(leep_map, labels, base=self.base, scope=self.scope, ignore_index=IGNORE_INDEX)
+
+    def maybe_refresh(self, model: nn.Module, iteration: int) -> bool:
+        if self.refresh_every <= 0 or iteration == 0 or iteration % self.refresh_every:
+            return False
+        self._refresh(model, iteration)
+        return True
+
+    def _refresh(self, model: nn.Module, iteration: int) -> None:
+        self.maps, self.joint = leep_maps(model, self.data, self.num_classes, self.ctx, self.batch_size, self.amp)
+        self.refreshed_at = iteration
+        # The weights the maps came from: enough to rebuild them exactly on --resume.
+        self.refresh_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self.refreshed_at is None:
+            return {}
+        return {"refreshed_at": self.refreshed_at, "model_state": self.refresh_state}
+
+    def load_state_dict(self, state: Dict[str, Any], model_factory: Any = None) -> None:
+        if not state:
+            return
+        model = model_factory()
+        model.load_state_dict(state["model_state"])
+        model.to(self.ctx.device)
+        self._refresh(model, int(state["refreshed_at"]))
+
+
+def build_weighting(method: Optional[str], source: Optional[nn.Module], data: TrainingSlices, num_classes: int,
+                    ctx: DistContext, risk_base: float = 10.0, risk_scope: str = "image", risk_refresh: int = 0,
+                    trs_stride: int = 4, batch_size: int = 16, amp: bool = True) -> LossWeighting:
+    """The LossWeighting of ``method`` (None or "vanilla" = plain cross-entropy)."""
+    if method in (None, "vanilla"):
+        return LossWeighting()
+    if method == "class-weight":
+        return ClassWeighting(data, num_classes, ctx)
+    if source is None:
+        raise ValueError(f"method {method!r} needs the source model")
+    if method == "trs-map":
+        return TrsMapWeighting(source, data, num_classes, ctx, trs_stride, batch_size, amp)
+    if method == "trm":
+        return RiskMapWeighting(source, data, num_classes, ctx, risk_base, risk_scope, risk_refresh,
+                                batch_size, amp)
+    raise ValueError(f"unknown method {method!r}")
