@@ -1,0 +1,154 @@
+"""``trm export``, ``trm predict`` and ``trm transferability``: deployment commands.
+
+``predict`` and ``transferability`` never import torch (they run on
+onnxruntime); ``export`` imports torch inside its handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_export(subparsers)
+    _register_predict(subparsers)
+    _register_transferability(subparsers)
+
+
+# -- export -------------------------------------------------------------------------
+
+def _register_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a trained run to ONNX (with the metadata inference needs)",
+        description="Export RUN's network to ONNX (torch.export-based exporter; dynamic batch, height and "
+                    "width), embed channels, labels and preprocessing as metadata, and verify the logits "
+                    "against torch.")
+    p.add_argument("run", type=Path, help="run folder (model.safetensors + run.json)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write, e.g. model.onnx")
+    p.add_argument("--fp16", action="store_true", help="export the network in float16")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="max |onnxruntime - torch| on logits relative to max(1, max|logit|) "
+                        "(default 1e-4, 2e-2 with --fp16)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from trmcore.export import ExportVerificationError, export_run
+
+    try:
+        result = export_run(args.run, args.output, fp16=args.fp16, opset=args.opset, tolerance=args.tolerance,
+                            overwrite=args.overwrite)
+    except ExportVerificationError as err:
+        print(f"trm export: verification failed: {err}", file=sys.stderr)
+        return 1
+    meta = result.metadata
+    print(f"wrote {result.path} ({meta.dtype}, opset {result.opset}, {result.exporter})")
+    print(f"  channels {','.join(meta.channels)}; labels "
+          + ", ".join(f"{n}={v}" for n, v in zip(meta.label_names, meta.label_values))
+          + f"; slice axis {meta.axis}; size divisor {meta.divisor}; {meta.normalization}")
+    shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
+    print(f"  verified against torch on {shapes}: max |logit difference| = {result.max_abs_diff:.3g} "
+          f"(allowed {result.tolerance:.3g})")
+    return 0
+
+
+# -- predict ------------------------------------------------------------------------
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", type=Path, required=True, help="ONNX model written by `trm export`")
+    p.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="onnxruntime execution provider (auto: CUDA when a GPU is seen, else CPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _register_predict(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="segment NIfTI volumes with an exported model (onnxruntime, no torch)",
+        description="Segment a NIfTI file (CASE_0000.nii.gz, other channels beside it) or a folder of "
+                    "CASE_000k.nii.gz files; write CASE.nii.gz label volumes (the model's label values, "
+                    "uint8) with the input's affine and header.")
+    _add_runtime_options(p)
+    p.add_argument("-i", "--input", type=Path, required=True, help="input NIfTI file or folder")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .nii.gz (single input file) or folder")
+    p.add_argument("--channels", default=None,
+                   help="names of the input channel files _0000,_0001,... e.g. T1,T2 "
+                        "(default: dataset.json beside the input, else the model's order)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write CASE_probabilities.nii.gz (float32 [X,Y,Z,C] softmax)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    p.set_defaults(func=_run_predict)
+
+
+def _open_segmenter(args: argparse.Namespace):
+    from trmcore.infer import Segmenter
+
+    segmenter = Segmenter(args.model, providers=args.providers, threads=args.threads, batch_size=args.batch_size)
+    print(f"model {args.model}: channels {','.join(segmenter.channels)}, labels "
+          + ", ".join(f"{n}={v}" for n, v in zip(segmenter.label_names, segmenter.label_values))
+          + f"; onnxruntime provider {segmenter.provider}", file=sys.stderr)
+    return segmenter
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from trmcore.infer import predict_files
+
+    segmenter = _open_segmenter(args)
+    channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
+    results = predict_files(segmenter, args.input, args.output, probabilities=args.probabilities,
+                            overwrite=args.overwrite, channels=channels, progress=not args.no_progress)
+    for case in results:
+        counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
+        extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
+        print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+    return 0
+
+
+# -- transferability ------------------------------------------------------------------
+
+def _register_transferability(subparsers) -> None:
+    p = subparsers.add_parser(
+        "transferability", help="LEEP and per-case transfer risk of a deployed model on a new site's data",
+        description="Run an exported model over labelled data in the standard layout and report the "
+                    "dataset LEEP (<= 0, closer to 0 = transfers better) and per-case LEEP and mean "
+                    "transfer risk, before any fine-tuning. Torch-free.")
+    _add_runtime_options(p)
+    p.add_argument("data", type=Path, help="dataset folder (imagesTr, labelsTr, dataset.json)")
+    p.add_argument("--channel", required=True, help="input channel(s) of the data, e.g. T1 or T1,T2")
+    p.add_argument("--labels", required=True, help="target labels, e.g. CSF or NCR,ED,ET")
+    p.add_argument("--site", default=None, help="only the cases of this site")
+    p.add_argument("--cases", default=None, help="only these cases (comma-separated ids)")
+    p.add_argument("--base", type=float, default=10.0, help="risk-map base: R in [1, base] (default 10)")
+    p.add_argument("--json", type=Path, default=None, dest="json_out", help="also write the report as JSON")
+    p.set_defaults(func=_run_transferability)
+
+
+def _run_transferability(args: argparse.Namespace) -> int:
+    from trmcore.data import load_task_volumes, parse_task
+    from trmcore.infer import assess_transferability
+
+    segmenter = _open_segmenter(args)
+    task = parse_task(args.channel, args.labels, site=args.site)
+    if len(task.channels) != segmenter.metadata.num_channels:
+        raise ValueError(f"--channel gives {len(task.channels)} channel(s) {task.channels} but the model takes "
+                         f"{segmenter.metadata.num_channels} ({', '.join(segmenter.channels)})")
+    cases = None if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
+    volumes, info = load_task_volumes(args.data, task, cases=cases, progress=not args.no_progress)
+    if [c.lower() for c in task.channels] != [c.lower() for c in segmenter.channels]:
+        print(f"note: the model was trained on {','.join(segmenter.channels)}, the data is "
+              f"{','.join(task.channels)} (cross-modality transfer)", file=sys.stderr)
+    report = assess_transferability(segmenter, volumes, info.label_names, data_channels=task.channels,
+                                    base=args.base, progress=not args.no_progress)
+    print(report.format_table())
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json_out}")
+    return 0

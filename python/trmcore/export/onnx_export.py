@@ -1,0 +1,234 @@
+"""Export a trained run's network to ONNX with the metadata inference needs.
+
+The graph is the network only (``image [N, Cin, H, W] -> logits [N, C, H, W]``,
+batch, height and width dynamic); normalisation, slicing, padding and argmax
+stay in :mod:`trmcore.infer`, driven by the metadata embedded in the file.
+
+The export uses the torch.export-based exporter (``torch.onnx.export(...,
+dynamo=True)``). Only if that raises does it fall back to the legacy
+TorchScript exporter; the result records which one was used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx
+import torch
+
+from trmcore import __version__
+from trmcore.infer.metadata import ModelMetadata, Provenance
+from trmcore.infer.runtime import create_session
+from trmcore.training.checkpoint import load_run
+from trmcore.training.runinfo import RunInfo
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+# Allowed max |onnxruntime - torch| on the logits, relative to max(1, max |logit|):
+# float32 graphs differ only by summation order; float16 keeps ~3 significant digits.
+TOLERANCE_FP32 = 1e-4
+TOLERANCE_FP16 = 2e-2
+
+logger = logging.getLogger(__name__)
+
+
+class ExportVerificationError(RuntimeError):
+    """onnxruntime's logits differ from torch's by more than the tolerance."""
+
+
+@dataclass
+class ExportResult:
+    """What ``export_run`` wrote and how well it matched torch."""
+
+    path: Path
+    metadata: ModelMetadata
+    exporter: str
+    opset: int
+    max_abs_diff: float
+    tolerance: float
+    checked_shapes: List[Tuple[int, int, int, int]]
+
+
+def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, fp16: bool) -> ModelMetadata:
+    """The :class:`ModelMetadata` of a run (channels, labels, preprocessing, provenance)."""
+    if info.divisor % info.model.divisor:
+        raise ValueError(f"run {run_dir}: size divisor {info.divisor} is not a multiple of the U-Net's "
+                         f"2**depth = {info.model.divisor}")
+    return ModelMetadata(
+        channels=list(info.channels), label_names=list(info.label_names),
+        label_values=[int(v) for v in info.label_values], normalization=info.normalization,
+        axis=int(info.axis), divisor=int(info.divisor), dtype="float16" if fp16 else "float32",
+        input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        provenance=Provenance(
+            run=Path(run_dir).resolve().name, source_model=info.source, method=info.method,
+            trmcore_version=info.trmcore_version or __version__, exporter=exporter,
+            exported_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
+
+
+def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool = False,
+               opset: int = DEFAULT_OPSET, tolerance: Optional[float] = None, overwrite: bool = False,
+               seed: int = 0) -> ExportResult:
+    """Export ``run_dir``'s model to ``out_path`` (.onnx), verified against torch.
+
+    Args:
+        run_dir: a run folder (``model.safetensors`` + ``run.json``).
+        out_path: the ONNX file to write (atomically; refused if it exists
+            unless ``overwrite``).
+        fp16: export the network in float16 (inputs and outputs float16 too;
+            :class:`trmcore.infer.Segmenter` casts).
+        opset: ONNX opset, >= 17.
+        tolerance: max allowed |onnxruntime - torch float32| on the logits,
+            relative to max(1, max |logit|); default 1e-4 (float32), 2e-2 (float16).
+        seed: seed of the random verification inputs.
+
+    Raises:
+        ExportVerificationError: onnxruntime and torch disagree beyond the tolerance
+            (nothing is written then).
+
+    Example:
+        >>> result = export_run("runs/t1-csf", "t1-csf.onnx")   # doctest: +SKIP
+        >>> result.max_abs_diff < result.tolerance              # doctest: +SKIP
+        True
+    """
+    out_path = Path(out_path)
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if out_path.suffix != ".onnx":
+        raise ValueError(f"output must be an .onnx file, got {out_path}")
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} exists; pass --overwrite to replace it")
+    model, info = load_run(run_dir, device="cpu")
+    model.eval()
+    divisor = info.divisor
+    example = _random_input(2, info.model.in_channels, 4 * divisor, 3 * divisor, seed)
+
+    network = copy.deepcopy(model).half() if fp16 else model
+    proto, exporter = _export_proto(network, example.half() if fp16 else example, opset)
+    metadata = metadata_from_run(info, run_dir, exporter, fp16)
+    _name_dynamic_dims(proto)
+    for key, value in metadata.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (f"trmcore 2D U-Net: {','.join(metadata.channels)} -> {','.join(metadata.label_names)}; "
+                        "run with trmcore.infer.Segmenter or `trm predict`")
+    onnx.checker.check_model(proto)
+
+    if tolerance is None:
+        tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
+    shapes = [(3, info.model.in_channels, 5 * divisor, 2 * divisor), (1, info.model.in_channels, 2 * divisor, 7 * divisor)]
+    data = proto.SerializeToString()
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = Path(tmp) / "model.onnx"
+        candidate.write_bytes(data)
+        max_diff, scale = _compare_with_torch(model, candidate, shapes, fp16, seed + 1)
+    allowed = tolerance * max(1.0, scale)
+    if not max_diff <= allowed:
+        raise ExportVerificationError(
+            f"onnxruntime logits differ from torch by {max_diff:.3g} (allowed {allowed:.3g}); "
+            f"nothing written to {out_path}")
+    _write_atomic(out_path, data)
+    return ExportResult(out_path, metadata, exporter, opset, max_diff, allowed, shapes)
+
+
+def _random_input(n: int, channels: int, height: int, width: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, height, width, generator=generator)
+
+
+def _export_proto(network: torch.nn.Module, example: torch.Tensor, opset: int) -> Tuple[onnx.ModelProto, str]:
+    """(ModelProto, exporter description); dynamo exporter first, legacy only if it fails."""
+    dim = torch.export.Dim.DYNAMIC
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                network, (example,), dynamo=True, opset_version=opset, external_data=False,
+                dynamic_shapes={"x": {0: dim, 2: dim, 3: dim}}, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], verbose=False, optimize=True)
+        return program.model_proto, f"torch {torch.__version__} torch.onnx.export(dynamo=True)"
+    except Exception as err:  # the exporter raises many types; the fallback below says why
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    warnings.warn(f"the torch.export-based ONNX exporter failed ({reason}); "
+                  "falling back to the legacy TorchScript exporter", RuntimeWarning)
+    buffer = io.BytesIO()
+    with _quiet():
+        torch.onnx.export(
+            network, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                                                      OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
+    return onnx.load_from_string(buffer.getvalue()), f"torch {torch.__version__} legacy TorchScript exporter"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and registry warnings (errors still raise)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
+    """Give the exporter's symbolic dims (``s53``) readable names: batch, height, width."""
+    renames = {}
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for index, name in ((0, "batch"), (2, "height"), (3, "width")):
+            if index < len(dims) and dims[index].dim_param:
+                renames.setdefault(dims[index].dim_param, name)
+    for value in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+
+
+def _compare_with_torch(model: torch.nn.Module, onnx_path: Path, shapes: Sequence[Tuple[int, int, int, int]],
+                        fp16: bool, seed: int) -> Tuple[float, float]:
+    """(max |onnxruntime - torch float32| over ``shapes``, max |torch logit|)."""
+    session = create_session(onnx_path, providers="cpu")
+    input_dtype = np.float16 if fp16 else np.float32
+    max_diff, scale = 0.0, 0.0
+    for i, shape in enumerate(shapes):
+        x = _random_input(*shape, seed=seed + i)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        (got,) = session.run(None, {INPUT_NAME: x.numpy().astype(input_dtype)})
+        if got.shape != expected.shape:
+            raise ExportVerificationError(f"onnxruntime output shape {got.shape} != torch {expected.shape} "
+                                          f"for input {shape}")
+        diff = np.abs(got.astype(np.float32) - expected)
+        max_diff = max(max_diff, float(np.nanmax(diff)) if np.isfinite(diff).all() else float("inf"))
+        scale = max(scale, float(np.abs(expected).max()))
+    return max_diff, scale
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

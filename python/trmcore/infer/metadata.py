@@ -1,0 +1,163 @@
+"""The metadata a deployed model carries: what inference needs besides the weights.
+
+An exported ONNX model stores one :class:`ModelMetadata` in its
+``metadata_props``: the key ``"trmcore"`` holds the whole record as JSON (the
+one inference reads), and a few plain keys (``channels``, ``labels``,
+``slice_axis`` ...) repeat the essentials so that a person inspecting the file
+with Netron or ``onnx`` sees them without parsing JSON.
+
+Torch-free and onnx-free: the record is read through onnxruntime's
+``custom_metadata_map`` (see :func:`read_model_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Mapping, Optional
+
+METADATA_KEY = "trmcore"
+SCHEMA_VERSION = 1
+NORMALIZATIONS = ("zscore-nonzero",)
+
+
+@dataclass
+class Provenance:
+    """Where a deployed model came from.
+
+    ``source_model`` names the model the run started from (None for a model
+    trained from scratch), ``method`` the fine-tuning method (None for a source
+    model), ``run`` the run folder's name.
+    """
+
+    run: Optional[str] = None
+    source_model: Optional[str] = None
+    method: Optional[str] = None
+    trmcore_version: str = ""
+    exporter: str = ""
+    exported_at: str = ""
+
+
+@dataclass
+class ModelMetadata:
+    """Everything inference needs to turn a NIfTI volume into a label volume.
+
+    - ``channels``: input channel names in the order the network expects them
+      (``["T1", "T2"]``); the input tensor is ``[N, len(channels), H, W]``.
+    - ``label_names`` / ``label_values``: one per output class, class 0 is
+      background; ``label_values[k]`` is the value written for class ``k``
+      (the dataset's own label value, e.g. 150 for iSeg GM).
+    - ``normalization``: per-channel intensity normalisation applied before
+      the network (``"zscore-nonzero"``: z-score over the non-zero voxels).
+    - ``axis``: the volume axis the 2D slices are taken along (2 = axial for
+      RAS-ish volumes); a slice is the volume with that axis removed.
+    - ``divisor``: slices are zero-padded so height and width are multiples of it.
+    - ``dtype``: the network's input and output dtype (``float32`` or ``float16``).
+    """
+
+    channels: List[str]
+    label_names: List[str]
+    label_values: List[int]
+    normalization: str = "zscore-nonzero"
+    axis: int = 2
+    divisor: int = 16
+    dtype: str = "float32"
+    input_name: str = "image"
+    output_name: str = "logits"
+    provenance: Provenance = field(default_factory=Provenance)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def validate(self) -> None:
+        """Raise ValueError when the record is inconsistent."""
+        if not self.channels or not all(isinstance(c, str) and c for c in self.channels):
+            raise ValueError(f"metadata channels must be a non-empty list of names, got {self.channels!r}")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"metadata channels must be distinct, got {self.channels!r}")
+        if len(self.label_names) < 2:
+            raise ValueError(f"metadata needs at least two label names (background + one), got {self.label_names!r}")
+        if len(self.label_values) != len(self.label_names):
+            raise ValueError(
+                f"metadata has {len(self.label_names)} label names but {len(self.label_values)} label values"
+            )
+        if any(int(v) != v or v < 0 or v > 65535 for v in self.label_values):
+            raise ValueError(f"metadata label values must be integers in [0, 65535], got {self.label_values!r}")
+        if len(set(self.label_values)) != len(self.label_values):
+            raise ValueError(f"metadata label values must be distinct, got {self.label_values!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {self.normalization!r}; known: {', '.join(NORMALIZATIONS)}")
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"metadata slice axis must be 0, 1 or 2, got {self.axis!r}")
+        if int(self.divisor) != self.divisor or self.divisor < 1:
+            raise ValueError(f"metadata size divisor must be a positive integer, got {self.divisor!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"metadata dtype must be float32 or float16, got {self.dtype!r}")
+
+    # -- serialisation -------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelMetadata":
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"trmcore metadata is not valid JSON: {err}") from None
+        if not isinstance(record, dict):
+            raise ValueError("trmcore metadata must be a JSON object")
+        version = record.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"model metadata schema version {version} is newer than this trmcore understands "
+                f"({SCHEMA_VERSION}); upgrade trmcore"
+            )
+        provenance = Provenance(**record.pop("provenance", {}) or {})
+        known = set(cls.__dataclass_fields__) - {"provenance"}
+        unknown = set(record) - known
+        if unknown:
+            raise ValueError(f"unknown keys in trmcore metadata: {sorted(unknown)}")
+        missing = {"channels", "label_names", "label_values"} - set(record)
+        if missing:
+            raise ValueError(f"trmcore metadata lacks {sorted(missing)}")
+        return cls(provenance=provenance, **record)
+
+    def to_props(self) -> Dict[str, str]:
+        """The ONNX ``metadata_props``: the JSON record plus readable copies."""
+        props = {
+            METADATA_KEY: self.to_json(),
+            "channels": ",".join(self.channels),
+            "labels": ",".join(f"{n}={v}" for n, v in zip(self.label_names, self.label_values)),
+            "normalization": self.normalization,
+            "slice_axis": str(self.axis),
+            "size_divisor": str(self.divisor),
+            "trmcore_version": self.provenance.trmcore_version,
+        }
+        if self.provenance.source_model:
+            props["source_model"] = self.provenance.source_model
+        if self.provenance.method:
+            props["method"] = self.provenance.method
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], model_path: str = "model") -> "ModelMetadata":
+        """Parse the record from ONNX metadata props; ValueError naming the model when absent."""
+        if METADATA_KEY not in props:
+            raise ValueError(
+                f"{model_path} has no trmcore metadata (metadata_props key {METADATA_KEY!r}); "
+                "export the model with `trm export RUN -o model.onnx`"
+            )
+        try:
+            return cls.from_json(props[METADATA_KEY])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{model_path}: invalid trmcore metadata: {err}") from None

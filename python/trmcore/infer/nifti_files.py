@@ -1,0 +1,229 @@
+"""Finding input cases, reading their channels, writing outputs atomically.
+
+Naming follows the nnU-Net convention: channel ``k`` of case ``CASE`` is
+``CASE_000k.nii.gz`` (or ``.nii``); the label output is ``CASE.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import nibabel as nib
+import numpy as np
+
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii\.gz|\.nii)$")
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+
+
+@dataclass
+class CaseFiles:
+    """One input case: its id and one file per model channel, in channel order."""
+
+    case_id: str
+    channel_paths: List[Path]
+
+
+def nifti_stem(path: Path) -> str:
+    """``case_0000.nii.gz`` -> ``case_0000``."""
+    name = path.name
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_EXTENSIONS)
+
+
+def find_cases(input_path: Path, num_channels: int,
+               channel_indices: Optional[Sequence[int]] = None) -> List[CaseFiles]:
+    """Cases under ``input_path`` (a NIfTI file or a folder of ``CASE_000k`` files).
+
+    ``channel_indices`` are the file channel indices (``k`` of ``_000k``) that
+    feed the model's channels, in the model's order (from the channel names
+    in ``dataset.json`` or ``--channels``); other channel files are ignored.
+    Without them a case must have exactly the files ``_0000`` ..
+    ``_{num_channels - 1}``. A single file brings its sibling channel files
+    along; a one-channel model also accepts a file without the channel suffix.
+    """
+    input_path = Path(input_path)
+    strict = channel_indices is None
+    indices = list(range(num_channels)) if strict else [int(k) for k in channel_indices]
+    if len(indices) != num_channels:
+        raise ValueError(f"{len(indices)} channel indices for a model with {num_channels} channel(s)")
+    if not input_path.exists():
+        raise FileNotFoundError(f"input not found: {input_path}")
+    if input_path.is_dir():
+        return _cases_in_folder(input_path, num_channels, indices, strict)
+    if not is_nifti(input_path):
+        raise ValueError(f"input {input_path} is not a NIfTI file (.nii or .nii.gz)")
+    match = CHANNEL_FILE.match(input_path.name)
+    if match is None:
+        if num_channels != 1:
+            raise ValueError(f"the model has {num_channels} channels: name the input CASE_0000.nii.gz with its "
+                             f"other channels beside it as CASE_0001.nii.gz ..., got {input_path.name}")
+        return [CaseFiles(nifti_stem(input_path), [input_path])]
+    case, ext = match["case"], match["ext"]
+    paths = [input_path.with_name(f"{case}_{k:04d}{ext}") for k in indices]
+    if input_path.name not in {p.name for p in paths}:
+        wanted = ", ".join(p.name for p in paths)
+        raise ValueError(f"the model reads {wanted} of case {case!r}, not {input_path.name}; "
+                         "check the channel names (dataset.json or --channels)")
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"case {case!r}: the model has {num_channels} channel(s) but "
+                                f"{', '.join(missing)} is missing beside {input_path.name}")
+    extra = input_path.with_name(f"{case}_{num_channels:04d}{ext}")
+    if strict and extra.exists():
+        raise ValueError(f"case {case!r} has more channel files than the model's {num_channels} "
+                         f"(found {extra.name}); name the channels with --channels or a dataset.json")
+    return [CaseFiles(case, paths)]
+
+
+def _cases_in_folder(folder: Path, num_channels: int, indices: List[int], strict: bool) -> List[CaseFiles]:
+    grouped: Dict[str, Dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        match = CHANNEL_FILE.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        channels = grouped.setdefault(match["case"], {})
+        index = int(match["channel"])
+        if index in channels:
+            raise ValueError(f"case {match['case']!r} has channel {index} twice: "
+                             f"{channels[index].name} and {path.name}")
+        channels[index] = path
+    if not grouped:
+        raise FileNotFoundError(f"no input files named CASE_0000.nii.gz (or .nii) in folder {folder}")
+    cases = []
+    for case_id, channels in sorted(grouped.items()):
+        found = ", ".join(f"_{k:04d}" for k in sorted(channels))
+        if strict and sorted(channels) != indices:
+            raise ValueError(f"case {case_id!r} has channel files [{found}] but the model expects "
+                             f"{num_channels} channel(s) _0000 .. _{num_channels - 1:04d} (name the channels "
+                             "with --channels or a dataset.json to pick some)")
+        missing = [k for k in indices if k not in channels]
+        if missing:
+            raise ValueError(f"case {case_id!r} has channel files [{found}] but lacks "
+                             f"{', '.join(f'_{k:04d}' for k in missing)}")
+        cases.append(CaseFiles(case_id, [channels[k] for k in indices]))
+    return cases
+
+
+def declared_channel_names(input_path: Path) -> Optional[List[str]]:
+    """Channel names from a ``dataset.json`` in the input folder or its parent, if any."""
+    folder = Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent
+    for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
+        if candidate.is_file():
+            try:
+                record = json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"cannot read {candidate}: {err}") from None
+            names = record.get("channel_names") or record.get("modality")
+            if isinstance(names, dict):
+                return [str(names[k]) for k in sorted(names, key=int)]
+            return None
+    return None
+
+
+def load_image(path: Path) -> "nib.spatialimages.SpatialImage":
+    """Load a NIfTI image and its data; ValueError naming the file when it is corrupt or not 3D."""
+    try:
+        image = nib.load(str(path))
+        image.get_fdata(dtype=np.float32)  # read now so a truncated file fails here, by name
+    except FileNotFoundError:
+        raise FileNotFoundError(f"input file not found: {path}") from None
+    except Exception as err:  # nibabel, gzip and zlib raise many types for damaged files
+        raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+    shape = tuple(image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        kind = {2: "2D", 4: "4D"}.get(len(shape), f"{len(shape)}D")
+        raise ValueError(f"{path} is a {kind} image of shape {tuple(image.shape)}; each channel file must be "
+                         "a 3D volume")
+    return image
+
+
+def load_case(case: CaseFiles) -> List["nib.spatialimages.SpatialImage"]:
+    """The case's channel images, checked to share one shape."""
+    images = [load_image(p) for p in case.channel_paths]
+    shapes = {tuple(img.shape[:3]) for img in images}
+    if len(shapes) != 1:
+        detail = ", ".join(f"{p.name} {tuple(img.shape)}" for p, img in zip(case.channel_paths, images))
+        raise ValueError(f"case {case.case_id!r}: channel images differ in shape: {detail}")
+    return images
+
+
+def image_like(data: np.ndarray, reference, dtype: np.dtype):
+    """A NIfTI image of ``data`` with ``reference``'s affine and header (dtype and scaling reset)."""
+    header = reference.header.copy()
+    klass = type(reference) if isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)) else nib.Nifti1Image
+    if not isinstance(header, klass.header_class):
+        header = klass.header_class.from_header(header)
+    image = klass(np.asarray(data, dtype=dtype), reference.affine, header=header)
+    image.set_data_dtype(dtype)
+    # The input's intensity scaling and display window mean nothing for labels.
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header["cal_min"] = 0
+    image.header["cal_max"] = 0
+    return image
+
+
+def save_atomic(image, out_path: Path) -> None:
+    """Write to a temporary file beside ``out_path``, then rename: no half-written outputs."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if out_path.name.endswith(".nii.gz") else ".nii"
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{nifti_stem(out_path)}.", suffix=suffix, dir=out_path.parent)
+    os.close(handle)
+    try:
+        nib.save(image, tmp_name)
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def probabilities_path(label_path: Path) -> Path:
+    """``out/case.nii.gz`` -> ``out/case_probabilities.nii.gz``."""
+    label_path = Path(label_path)
+    ext = ".nii.gz" if label_path.name.endswith(".nii.gz") else ".nii"
+    return label_path.with_name(f"{nifti_stem(label_path)}_probabilities{ext}")
+
+
+def plan_outputs(cases: Sequence[CaseFiles], input_path: Path, output: Path, probabilities: bool,
+                 overwrite: bool) -> List[Tuple[Path, Optional[Path]]]:
+    """(label path, probabilities path or None) per case; refuses to touch any input.
+
+    A single input file with an ``-o`` ending in ``.nii``/``.nii.gz`` writes
+    exactly there; otherwise ``output`` is a folder receiving ``CASE.nii.gz``.
+    """
+    output = Path(output)
+    single_file = Path(input_path).is_file()
+    if is_nifti(output):
+        if not single_file:
+            raise ValueError(f"input {input_path} is a folder, so the output must be a folder, not {output.name}")
+        targets = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"output {output} exists and is not a folder")
+        targets = [output / f"{case.case_id}.nii.gz" for case in cases]
+    planned = [(t, probabilities_path(t) if probabilities else None) for t in targets]
+    inputs = {p.resolve() for case in cases for p in case.channel_paths}
+    for label_path, prob_path in planned:
+        for path in (label_path, prob_path):
+            if path is None:
+                continue
+            if path.resolve() in inputs:
+                raise ValueError(f"output {path} is an input file; choose another output")
+            if path.exists() and not overwrite:
+                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
+    return planned

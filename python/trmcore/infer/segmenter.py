@@ -1,0 +1,250 @@
+"""Segment whole volumes with an exported trmcore model on onnxruntime (no torch).
+
+The network is 2D: a volume is cut into slices along the model's slice axis,
+each channel z-scored over its non-zero voxels, the slices zero-padded to a
+multiple of the size divisor and run in batches; the padding is cut off the
+logits and the slices are stacked back into a volume.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from trmcore.data.preprocess import pad_to_multiple, unpad, zscore_nonzero
+from trmcore.infer.metadata import ModelMetadata
+from trmcore.infer.runtime import ProviderSpec, active_provider, create_session
+
+VolumeInput = Union[np.ndarray, "nibabel.spatialimages.SpatialImage", Sequence]  # noqa: F821
+
+
+def label_dtype(label_values: Sequence[int]) -> np.dtype:
+    """uint8 when every label value fits, else uint16."""
+    return np.dtype(np.uint8) if max(label_values) <= 255 else np.dtype(np.uint16)
+
+
+class Segmenter:
+    """A deployed segmentation model.
+
+    Args:
+        model_path: an ONNX file written by ``trm export`` (it carries
+            :class:`~trmcore.infer.metadata.ModelMetadata`).
+        providers: ``"auto"`` (CUDA when onnxruntime-gpu sees a GPU, else CPU),
+            ``"cpu"``, ``"cuda"`` or an onnxruntime providers list.
+        threads: intra-op CPU threads (None: all cores).
+        batch_size: slices per network call.
+
+    Example:
+        >>> seg = Segmenter("model.onnx")                      # doctest: +SKIP
+        >>> labels = seg.predict_volume(nib.load("case_0000.nii.gz"))  # doctest: +SKIP
+        >>> labels.dtype, labels.shape                         # doctest: +SKIP
+        (dtype('uint8'), (240, 240, 155))
+    """
+
+    def __init__(self, model_path: Union[str, os.PathLike], providers: ProviderSpec = "auto",
+                 threads: Optional[int] = None, batch_size: int = 8) -> None:
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.model_path = Path(model_path)
+        self.session = create_session(self.model_path, providers, threads)
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = ModelMetadata.from_props(props, str(self.model_path))
+        self.provider = active_provider(self.session)
+        self.batch_size = int(batch_size)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{self.model_path}: expected one input and one output, "
+                             f"got {len(inputs)} and {len(outputs)}")
+        self._input_name = inputs[0].name
+        self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+
+    # -- properties ----------------------------------------------------------
+
+    @property
+    def channels(self) -> List[str]:
+        return list(self.metadata.channels)
+
+    @property
+    def label_names(self) -> List[str]:
+        return list(self.metadata.label_names)
+
+    @property
+    def label_values(self) -> List[int]:
+        return list(self.metadata.label_values)
+
+    @property
+    def num_classes(self) -> int:
+        return self.metadata.num_classes
+
+    def __repr__(self) -> str:
+        return (f"Segmenter({str(self.model_path)!r}, channels={self.channels}, "
+                f"labels={self.label_names}, provider={self.provider!r})")
+
+    # -- public prediction API -------------------------------------------------
+
+    def predict_volume(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None,
+                       progress: bool = False) -> np.ndarray:
+        """Label volume ``[X, Y, Z]`` holding the metadata's label VALUES (uint8, uint16 if needed).
+
+        ``volume``: a 3D array or nibabel image (one-channel models), a
+        ``[Cin, X, Y, Z]`` array, or a list of 3D arrays / images, one per
+        channel. ``channels`` names the given channels when their order may
+        differ from the model's; they are reordered to match.
+        """
+        image = self.prepare(volume, channels)
+        values = np.asarray(self.label_values, dtype=label_dtype(self.label_values))
+        out = np.empty(image.shape[1:], dtype=values.dtype)
+        for index, logits in self._slice_batches(image, progress):
+            classes = logits.argmax(axis=1)  # [B, H, W]
+            out[_slice_selector(self.metadata.axis, index)] = np.moveaxis(values[classes], 0, self.metadata.axis)
+        return out
+
+    def predict_logits(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None,
+                       progress: bool = False) -> np.ndarray:
+        """Raw network output as float32 ``[C, X, Y, Z]`` (C = number of classes)."""
+        return self.logits_normalized(self.prepare(volume, channels), progress)
+
+    def predict_probabilities(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None,
+                              progress: bool = False) -> np.ndarray:
+        """Softmax class probabilities as float32 ``[C, X, Y, Z]``."""
+        return softmax(self.predict_logits(volume, channels, progress), axis=0)
+
+    def logits_normalized(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Logits float32 ``[C, X, Y, Z]`` for an already normalised float32 ``[Cin, X, Y, Z]`` image."""
+        image = self._check_image(image)
+        out = np.empty((self.num_classes, *image.shape[1:]), dtype=np.float32)
+        for index, logits in self._slice_batches(image, progress):
+            out[(slice(None),) + _slice_selector(self.metadata.axis, index)] = np.moveaxis(
+                logits, 0, self.metadata.axis + 1)
+        return out
+
+    def slice_logits(self, slices: np.ndarray) -> np.ndarray:
+        """Run the network on padded slices: float32 ``[S, Cin, H, W]`` -> float32 ``[S, C, H, W]``.
+
+        H and W must be multiples of the size divisor.
+        """
+        if slices.ndim != 4 or slices.shape[1] != self.metadata.num_channels:
+            raise ValueError(f"slices must be [S, {self.metadata.num_channels}, H, W], got {slices.shape}")
+        d = self.metadata.divisor
+        if slices.shape[2] % d or slices.shape[3] % d:
+            raise ValueError(f"slice height and width must be multiples of {d}, got {slices.shape[2:]}")
+        outputs = []
+        for start in range(0, slices.shape[0], self.batch_size):
+            batch = np.ascontiguousarray(slices[start:start + self.batch_size], dtype=self._input_dtype)
+            (logits,) = self.session.run(None, {self._input_name: batch})
+            outputs.append(logits.astype(np.float32, copy=False))
+        return np.concatenate(outputs, axis=0)
+
+    # -- input handling --------------------------------------------------------
+
+    def prepare(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Stack, reorder and normalise the input: float32 ``[Cin, X, Y, Z]``."""
+        stacked = self._stack_channels(volume)
+        stacked = self._reorder_channels(stacked, channels)
+        if not np.isfinite(stacked).all():
+            raise ValueError("input volume contains NaN or infinite values")
+        return np.stack([zscore_nonzero(channel) for channel in stacked]).astype(np.float32, copy=False)
+
+    def _stack_channels(self, volume: VolumeInput) -> np.ndarray:
+        n = self.metadata.num_channels
+        if isinstance(volume, (list, tuple)):
+            parts = [_as_3d_array(v, f"channel {i}") for i, v in enumerate(volume)]
+            if len(parts) != n:
+                raise ValueError(f"model expects {n} channel(s) {self.channels}, got {len(parts)}")
+            shapes = {p.shape for p in parts}
+            if len(shapes) != 1:
+                raise ValueError(f"channel volumes differ in shape: {[p.shape for p in parts]}")
+            return np.stack(parts)
+        if isinstance(volume, np.ndarray):
+            if volume.ndim == 3:
+                if n != 1:
+                    raise ValueError(f"model expects {n} channels {self.channels}; give a [{n}, X, Y, Z] "
+                                     "array or a list of 3D volumes, not one 3D array")
+                return volume[None].astype(np.float32, copy=False)
+            if volume.ndim == 4:
+                if volume.shape[0] != n:
+                    raise ValueError(f"model expects {n} channel(s) {self.channels}; the [Cin, X, Y, Z] array "
+                                     f"has shape {volume.shape}")
+                return volume.astype(np.float32, copy=False)
+            raise ValueError(f"input volume must be 3D [X, Y, Z] or [Cin, X, Y, Z], got shape {volume.shape}")
+        array = _as_3d_array(volume, "input image")
+        if n != 1:
+            raise ValueError(f"model expects {n} channels {self.channels}; give one image per channel")
+        return array[None]
+
+    def _reorder_channels(self, stacked: np.ndarray, channels: Optional[Sequence[str]]) -> np.ndarray:
+        if channels is None:
+            return stacked
+        given = list(channels)
+        if len(given) != len(stacked):
+            raise ValueError(f"{len(given)} channel names {given} for {len(stacked)} channel volume(s)")
+        if sorted(given) != sorted(self.channels):
+            raise ValueError(f"input channels {given} do not match the model's channels {self.channels}")
+        return stacked[[given.index(name) for name in self.channels]]
+
+    def _check_image(self, image: np.ndarray) -> np.ndarray:
+        n = self.metadata.num_channels
+        if not isinstance(image, np.ndarray) or image.ndim != 4 or image.shape[0] != n:
+            shape = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"normalised image must be a float32 [{n}, X, Y, Z] array, got {shape}")
+        return image.astype(np.float32, copy=False)
+
+    def _slice_batches(self, image: np.ndarray, progress: bool) -> Iterator[Tuple[slice, np.ndarray]]:
+        """Yield (slice range along the axis, unpadded logits float32 [B, C, H, W])."""
+        axis = self.metadata.axis
+        slices = np.moveaxis(image, axis + 1, 0)  # [S, Cin, H, W], a view
+        total = slices.shape[0]
+        bar = _progress_bar(total, progress)
+        try:
+            for start in range(0, total, self.batch_size):
+                stop = min(start + self.batch_size, total)
+                padded, pad = pad_to_multiple(np.ascontiguousarray(slices[start:stop]), self.metadata.divisor)
+                (logits,) = self.session.run(None, {self._input_name: padded.astype(self._input_dtype, copy=False)})
+                yield slice(start, stop), unpad(logits, pad).astype(np.float32, copy=False)
+                if bar is not None:
+                    bar.update(stop - start)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Numerically stable softmax, float32."""
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=axis, keepdims=True)
+    return shifted.astype(np.float32, copy=False)
+
+
+def _slice_selector(axis: int, index: slice) -> tuple:
+    selector = [slice(None)] * 3
+    selector[axis] = index
+    return tuple(selector)
+
+
+def _as_3d_array(volume, what: str) -> np.ndarray:
+    """A 3D float32 array from an array or nibabel image; a trailing axis of length 1 is dropped."""
+    if hasattr(volume, "get_fdata"):
+        shape = tuple(volume.shape)
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) != 3:
+            raise ValueError(f"{what} must be a 3D volume, got shape {tuple(volume.shape)}"
+                             + (" (4D: give one 3D image per channel)" if len(shape) == 4 else ""))
+        return np.asarray(volume.get_fdata(dtype=np.float32)).reshape(shape)
+    if isinstance(volume, np.ndarray):
+        if volume.ndim != 3:
+            raise ValueError(f"{what} must be a 3D volume, got shape {volume.shape}")
+        return volume.astype(np.float32, copy=False)
+    raise TypeError(f"{what} must be a numpy array or a nibabel image, got {type(volume).__name__}")
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="slice", leave=False)
