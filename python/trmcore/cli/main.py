@@ -20,6 +20,7 @@ from trmcore import __version__
 # Modules with a register(subparsers) function, in the order of `trm --help`.
 COMMAND_MODULES = [
     "trmcore.cli.data",
+    "trmcore.cli.train",
     "trmcore.cli.deploy",
 ]
 

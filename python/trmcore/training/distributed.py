@@ -73,3 +73,8 @@ def setup_distributed(device: Optional[str] = None) -> DistContext:
         dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
         owns = True
     return DistContext(dist.get_rank(), dist.get_world_size(), resolved, owns)
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun job (RANK set by the launcher)."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -127,7 +127,7 @@ def summarize(volumes: List[VolumeDice], class_names: List[str]) -> EvaluationRe
 
 def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, labels: Optional[str] = None,
                  site: Optional[str] = None, cases: Optional[Sequence[str]] = None, device: Optional[str] = None,
-                 batch_size: int = 16, progress: bool = True) -> EvaluationResult:
+                 batch_size: int = 16, progress: bool = True, sites=None) -> EvaluationResult:
     """Load a run and evaluate it on a dataset's task (channels/labels default to the run's own)."""
     from trmcore.data import load_task_volumes, parse_task
     from trmcore.training.checkpoint import load_run
@@ -136,7 +136,7 @@ def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, la
     resolved = resolve_device(device)
     model, info = load_run(run_dir, device=resolved)
     task = parse_task(channel or info.channels, labels or info.label_names[1:], site)
-    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress)
+    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites)
     check_task_matches(info, task_info, run_dir)
     return evaluate_volumes(model, volumes, task_info.label_names, info.axis, info.divisor, resolved,
                             batch_size, progress=progress)
