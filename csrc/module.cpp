@@ -1,0 +1,244 @@
+// pybind11 binding trmcore._C: fills the launcher params structs of
+// trmcore/include/trmcore/ops.h from keyword arguments (pointers are Python ints
+// holding addresses, dtype is the trmcore::DType code), checks them, and calls
+// the CPU or CUDA launcher with the GIL released. No computation happens here.
+//
+// Errors: std::invalid_argument -> ValueError, std::runtime_error -> RuntimeError
+// (pybind11's built-in translation).
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "trmcore/ops.h"
+
+namespace py = pybind11;
+using trmcore::DType;
+
+namespace {
+
+constexpr bool kBuiltWithCuda =
+#ifdef TRMCORE_WITH_CUDA
+    true;
+#else
+    false;
+#endif
+
+template <typename T>
+T* address(std::uintptr_t value, const char* kernel, const char* name) {
+  if (value == 0) {
+    throw std::invalid_argument(std::string(kernel) + ": `" + name + "` is a null pointer (address 0)");
+  }
+  return reinterpret_cast<T*>(value);
+}
+
+void check_positive(int64_t value, const char* kernel, const char* name) {
+  if (value <= 0) {
+    throw std::invalid_argument(std::string(kernel) + ": `" + name + "` must be positive, got " +
+                                std::to_string(value));
+  }
+}
+
+DType to_dtype(int code, const char* kernel) {
+  if (code < 0 || code > 2) {
+    throw std::invalid_argument(std::string(kernel) + ": `dtype` must be 0 (float32), 1 (float16) or 2 "
+                                "(bfloat16), got " + std::to_string(code));
+  }
+  return static_cast<DType>(code);
+}
+
+int check_threads(int num_threads, const char* kernel) {
+  if (num_threads < 0) {
+    throw std::invalid_argument(std::string(kernel) + ": `num_threads` must be >= 0 (0 = OpenMP default), got " +
+                                std::to_string(num_threads));
+  }
+  return num_threads;
+}
+
+void check_cuda(bool cuda, const char* kernel) {
+  if (cuda && !kBuiltWithCuda) {
+    throw std::invalid_argument(std::string(kernel) + ": trmcore was built without CUDA");
+  }
+}
+
+// Runs the CPU or the CUDA launcher without the GIL.
+template <typename Params, typename CpuFn, typename CudaFn>
+void launch(const Params& params, bool cuda, std::uintptr_t stream, CpuFn cpu_fn, CudaFn cuda_fn) {
+  py::gil_scoped_release release;
+  if (cuda) {
+    cuda_fn(params, reinterpret_cast<void*>(stream));
+  } else {
+    cpu_fn(params);
+  }
+}
+
+#ifdef TRMCORE_WITH_CUDA
+#define TRMCORE_CUDA_LAUNCHER(name) trmcore::name##_cuda
+#else
+#define TRMCORE_CUDA_LAUNCHER(name) [](const auto&, void*) { throw std::invalid_argument("trmcore was built without CUDA"); }
+#endif
+
+void leep_joint(std::uintptr_t logits, int dtype, std::uintptr_t labels, int64_t n, int64_t z, int64_t hw, int64_t c,
+                int64_t ignore_index, std::uintptr_t joint, std::uintptr_t status, int num_threads, bool cuda,
+                std::uintptr_t stream) {
+  const char* k = "leep_joint";
+  check_cuda(cuda, k);
+  trmcore::LeepJointParams p;
+  p.logits = address<const void>(logits, k, "logits");
+  p.dtype = to_dtype(dtype, k);
+  p.labels = address<const int64_t>(labels, k, "labels");
+  check_positive(n, k, "n");
+  check_positive(z, k, "z");
+  check_positive(hw, k, "hw");
+  check_positive(c, k, "c");
+  p.n = n;
+  p.z = z;
+  p.hw = hw;
+  p.c = c;
+  p.ignore_index = ignore_index;
+  p.joint = address<double>(joint, k, "joint");
+  p.status = address<int64_t>(status, k, "status");
+  p.num_threads = check_threads(num_threads, k);
+  launch(p, cuda, stream, trmcore::leep_joint_cpu, TRMCORE_CUDA_LAUNCHER(leep_joint));
+}
+
+void pixel_leep(std::uintptr_t logits, int dtype, std::uintptr_t labels, std::uintptr_t conditional, int64_t n,
+                int64_t z, int64_t hw, int64_t c, int64_t ignore_index, std::uintptr_t out, std::uintptr_t status,
+                int num_threads, bool cuda, std::uintptr_t stream) {
+  const char* k = "pixel_leep";
+  check_cuda(cuda, k);
+  trmcore::PixelLeepParams p;
+  p.logits = address<const void>(logits, k, "logits");
+  p.dtype = to_dtype(dtype, k);
+  p.labels = address<const int64_t>(labels, k, "labels");
+  p.conditional = address<const double>(conditional, k, "conditional");
+  check_positive(n, k, "n");
+  check_positive(z, k, "z");
+  check_positive(hw, k, "hw");
+  check_positive(c, k, "c");
+  p.n = n;
+  p.z = z;
+  p.hw = hw;
+  p.c = c;
+  p.ignore_index = ignore_index;
+  p.out = address<float>(out, k, "out");
+  p.status = address<int64_t>(status, k, "status");
+  p.num_threads = check_threads(num_threads, k);
+  launch(p, cuda, stream, trmcore::pixel_leep_cpu, TRMCORE_CUDA_LAUNCHER(pixel_leep));
+}
+
+void risk_map(std::uintptr_t leep_map, std::uintptr_t labels, int64_t n, int64_t hw, int64_t ignore_index,
+              double base, double eps, bool per_image, std::uintptr_t risk, int num_threads, bool cuda,
+              std::uintptr_t stream) {
+  const char* k = "risk_map";
+  check_cuda(cuda, k);
+  trmcore::RiskMapParams p;
+  p.leep_map = address<const float>(leep_map, k, "leep_map");
+  p.labels = address<const int64_t>(labels, k, "labels");
+  check_positive(n, k, "n");
+  check_positive(hw, k, "hw");
+  p.n = n;
+  p.hw = hw;
+  p.ignore_index = ignore_index;
+  p.base = base;
+  p.eps = eps;
+  p.per_image = per_image;
+  p.risk = address<float>(risk, k, "risk");
+  p.num_threads = check_threads(num_threads, k);
+  launch(p, cuda, stream, trmcore::risk_map_cpu, TRMCORE_CUDA_LAUNCHER(risk_map));
+}
+
+void rwce_forward(std::uintptr_t logits, int dtype, std::uintptr_t labels, std::uintptr_t weights, int64_t n,
+                  int64_t c, int64_t hw, int64_t ignore_index, std::uintptr_t per_image, std::uintptr_t status,
+                  int num_threads, bool cuda, std::uintptr_t stream) {
+  const char* k = "rwce_forward";
+  check_cuda(cuda, k);
+  trmcore::RwceForwardParams p;
+  p.logits = address<const void>(logits, k, "logits");
+  p.dtype = to_dtype(dtype, k);
+  p.labels = address<const int64_t>(labels, k, "labels");
+  p.weights = address<const float>(weights, k, "weights");
+  check_positive(n, k, "n");
+  check_positive(c, k, "c");
+  check_positive(hw, k, "hw");
+  p.n = n;
+  p.c = c;
+  p.hw = hw;
+  p.ignore_index = ignore_index;
+  p.per_image = address<double>(per_image, k, "per_image");
+  p.status = address<int64_t>(status, k, "status");
+  p.num_threads = check_threads(num_threads, k);
+  launch(p, cuda, stream, trmcore::rwce_forward_cpu, TRMCORE_CUDA_LAUNCHER(rwce_forward));
+}
+
+void rwce_backward(std::uintptr_t logits, int dtype, std::uintptr_t labels, std::uintptr_t weights,
+                   std::uintptr_t scale, int64_t n, int64_t c, int64_t hw, int64_t ignore_index, std::uintptr_t grad,
+                   int num_threads, bool cuda, std::uintptr_t stream) {
+  const char* k = "rwce_backward";
+  check_cuda(cuda, k);
+  trmcore::RwceBackwardParams p;
+  p.logits = address<const void>(logits, k, "logits");
+  p.dtype = to_dtype(dtype, k);
+  p.labels = address<const int64_t>(labels, k, "labels");
+  p.weights = address<const float>(weights, k, "weights");
+  p.scale = address<const float>(scale, k, "scale");
+  check_positive(n, k, "n");
+  check_positive(c, k, "c");
+  check_positive(hw, k, "hw");
+  p.n = n;
+  p.c = c;
+  p.hw = hw;
+  p.ignore_index = ignore_index;
+  p.grad = address<void>(grad, k, "grad");
+  p.num_threads = check_threads(num_threads, k);
+  launch(p, cuda, stream, trmcore::rwce_backward_cpu, TRMCORE_CUDA_LAUNCHER(rwce_backward));
+}
+
+int omp_max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "trmcore native core: pixel-level LEEP, transfer risk map and risk-weighted cross-entropy launchers "
+            "(CPU/OpenMP and CUDA). Pointers are integer addresses; see trmcore/include/trmcore/ops.h.";
+
+  m.def("leep_joint", &leep_joint, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
+        py::arg("n"), py::arg("z"), py::arg("hw"), py::arg("c"), py::arg("ignore_index") = -100, py::arg("joint"),
+        py::arg("status"), py::arg("num_threads") = 0, py::arg("cuda") = false, py::arg("stream") = 0,
+        "joint[C, Z] (float64) <- sum over valid pixels with label y of softmax(logits)[z]; status[3] <- "
+        "(#valid, #bad labels, #non-finite logits).");
+  m.def("pixel_leep", &pixel_leep, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
+        py::arg("conditional"), py::arg("n"), py::arg("z"), py::arg("hw"), py::arg("c"),
+        py::arg("ignore_index") = -100, py::arg("out"), py::arg("status"), py::arg("num_threads") = 0,
+        py::arg("cuda") = false, py::arg("stream") = 0,
+        "out[N, HW] (float32) <- log(max(sum_z P(y|z) softmax(logits)[z], FLT_MIN)), 0 at ignored pixels.");
+  m.def("risk_map", &risk_map, py::kw_only(), py::arg("leep_map"), py::arg("labels"), py::arg("n"), py::arg("hw"),
+        py::arg("ignore_index") = -100, py::arg("base") = 10.0, py::arg("eps") = 1e-8, py::arg("per_image") = true,
+        py::arg("risk"), py::arg("num_threads") = 0, py::arg("cuda") = false, py::arg("stream") = 0,
+        "risk[N, HW] (float32) <- base ** ((max T - T) / (max T - min T + eps)), 0 at ignored pixels.");
+  m.def("rwce_forward", &rwce_forward, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
+        py::arg("weights"), py::arg("n"), py::arg("c"), py::arg("hw"), py::arg("ignore_index") = -100,
+        py::arg("per_image"), py::arg("status"), py::arg("num_threads") = 0, py::arg("cuda") = false,
+        py::arg("stream") = 0,
+        "per_image[N, 3] (float64) <- (sum_valid w * CE, #foreground, #valid); status[3] as for leep_joint.");
+  m.def("rwce_backward", &rwce_backward, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
+        py::arg("weights"), py::arg("scale"), py::arg("n"), py::arg("c"), py::arg("hw"),
+        py::arg("ignore_index") = -100, py::arg("grad"), py::arg("num_threads") = 0, py::arg("cuda") = false,
+        py::arg("stream") = 0,
+        "grad[N, C, HW] (logits dtype) <- scale[b] * w * (softmax(logits) - onehot(y)), 0 at ignored pixels.");
+  m.def("built_with_cuda", []() { return kBuiltWithCuda; }, "Whether this build contains the CUDA kernels.");
+  m.def("cuda_available", []() { return trmcore::cuda_available(); },
+        "Whether this build contains the CUDA kernels and a CUDA device is usable.");
+  m.def("omp_max_threads", &omp_max_threads, "OpenMP's default thread count (1 without OpenMP).");
+}

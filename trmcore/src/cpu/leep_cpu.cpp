@@ -1,0 +1,188 @@
+// Pixel-level LEEP on the CPU (SPEC section 2): the unnormalised joint
+// sum_{pixels with label y} softmax(logits)[z] and the per-pixel log EEP map.
+#include <algorithm>
+#include <cfloat>
+#include <vector>
+
+#include "rows.h"
+#include "trmcore/ops.h"
+#include "../validate.h"
+
+namespace trmcore {
+namespace cpu {
+namespace {
+
+// Target class counts up to this use the masked (vectorised) joint update.
+constexpr int64_t kMaskedMaxTargetClasses = 8;
+// Upper bound on the memory of per-chunk partial joints held at once.
+constexpr int64_t kPartialBudgetBytes = int64_t{64} << 20;
+
+template <typename D, int KT>
+struct LeepJointKernel {
+  static void run(const LeepJointParams& prm) {
+    const int K = KT > 0 ? KT : static_cast<int>(prm.z);
+    const int64_t C = prm.c;
+    const int64_t CK = C * K;
+    const int64_t hw = prm.hw;
+    const int64_t total = prm.n * hw;
+    const int64_t num_chunks = ceil_div(total, kChunkPixels);
+    // Masked update: for each (y, z) lane arrays acc[y][z][p] += [label==y] * theta.
+    const bool masked = KT > 0 && C <= kMaskedMaxTargetClasses;
+    const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(num_chunks, kPartialBudgetBytes / (CK * 8)));
+    std::vector<double> partials(static_cast<size_t>(slots * CK));
+    std::fill(prm.joint, prm.joint + CK, 0.0);
+    const auto* logits = static_cast<const typename D::storage*>(prm.logits);
+    const int threads = thread_count(prm.num_threads);
+    int64_t valid = 0, bad = 0, nonfinite = 0;
+
+    for (int64_t wave = 0; wave < num_chunks; wave += slots) {
+      const int64_t wave_chunks = std::min(slots, num_chunks - wave);
+#pragma omp parallel num_threads(threads) if (wave_chunks > 1) reduction(+ : valid, bad, nonfinite)
+      {
+        AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
+        AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels);
+        AlignedBuffer<int32_t> label(kRowPixels);
+        AlignedBuffer<double> acc(masked ? static_cast<size_t>(CK) * kRowPixels : 1);
+        LabelCounts counts;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < wave_chunks; ++i) {
+          double* __restrict out = partials.data() + i * CK;
+          const int64_t begin = (wave + i) * kChunkPixels;
+          const int64_t end = std::min(total, begin + kChunkPixels);
+          if (masked) {
+            std::fill(acc.get(), acc.get() + CK * kRowPixels, 0.0);
+          } else {
+            std::fill(out, out + CK, 0.0);
+          }
+          for_each_row(begin, end, hw, [&](int64_t image, int64_t pixel, int len) {
+            const auto* src = logits + image * K * hw + pixel;
+            float* __restrict xs = x.get();
+            const float* __restrict s = sum.get();
+            const int32_t* __restrict y = label.get();
+            nonfinite += load_logits_row<D, KT>(src, hw, K, len, xs, rowmax.get());
+            exp_shifted_row<KT>(K, len, xs, rowmax.get(), sum.get());
+            load_labels(prm.labels + image * hw + pixel, len, C, prm.ignore_index, label.get(), counts);
+            for (int p = 0; p < len; ++p) rowmax.get()[p] = 1.0f / s[p];  // reuse as 1/sum
+            const float* __restrict inv = rowmax.get();
+            for (int k = 0; k < K; ++k) {
+              float* __restrict xk = xs + k * kRowPixels;
+              for (int p = 0; p < len; ++p) xk[p] *= inv[p];  // theta
+            }
+            if (masked) {
+              double* __restrict a = acc.get();
+              for (int64_t c = 0; c < C; ++c) {
+                for (int k = 0; k < K; ++k) {
+                  const float* __restrict xk = xs + k * kRowPixels;
+                  double* __restrict ack = a + (c * K + k) * kRowPixels;
+                  const int32_t cc = static_cast<int32_t>(c);
+                  for (int p = 0; p < len; ++p) ack[p] += static_cast<double>(y[p] == cc ? xk[p] : 0.0f);
+                }
+              }
+            } else {
+              for (int p = 0; p < len; ++p) {
+                if (y[p] < 0) continue;
+                double* __restrict row = out + static_cast<int64_t>(y[p]) * K;
+                for (int k = 0; k < K; ++k) row[k] += static_cast<double>(xs[k * kRowPixels + p]);
+              }
+            }
+          });
+          if (masked) {
+            for (int64_t j = 0; j < CK; ++j) {
+              const double* a = acc.get() + j * kRowPixels;
+              double t = 0.0;
+              for (int p = 0; p < kRowPixels; ++p) t += a[p];
+              out[j] = t;
+            }
+          }
+        }
+        valid += counts.valid;
+        bad += counts.bad;
+      }
+      // Ordered reduction of this wave's partials: chunk order, for any thread count.
+      double* joint = prm.joint;
+      const double* part = partials.data();
+#pragma omp parallel for num_threads(threads) if (CK >= 4096) schedule(static)
+      for (int64_t j = 0; j < CK; ++j) {
+        double t = joint[j];
+        for (int64_t i = 0; i < wave_chunks; ++i) t += part[i * CK + j];
+        joint[j] = t;
+      }
+    }
+    prm.status[kStatusValid] = valid;
+    prm.status[kStatusBadLabels] = bad;
+    prm.status[kStatusNonFinite] = nonfinite;
+  }
+};
+
+template <typename D, int KT>
+struct PixelLeepKernel {
+  static void run(const PixelLeepParams& prm, const float* cond) {
+    const int K = KT > 0 ? KT : static_cast<int>(prm.z);
+    const int64_t C = prm.c;
+    const int64_t hw = prm.hw;
+    const int64_t total = prm.n * hw;
+    const int64_t num_chunks = ceil_div(total, kChunkPixels);
+    const auto* logits = static_cast<const typename D::storage*>(prm.logits);
+    const int threads = thread_count(prm.num_threads);
+    int64_t valid = 0, bad = 0, nonfinite = 0;
+#pragma omp parallel num_threads(threads) if (num_chunks > 1) reduction(+ : valid, bad, nonfinite)
+    {
+      AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
+      AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels), num(kRowPixels);
+      AlignedBuffer<int32_t> label(kRowPixels);
+      LabelCounts counts;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+        const int64_t begin = chunk * kChunkPixels;
+        const int64_t end = std::min(total, begin + kChunkPixels);
+        for_each_row(begin, end, hw, [&](int64_t image, int64_t pixel, int len) {
+          float* __restrict xs = x.get();
+          const float* __restrict s = sum.get();
+          float* __restrict eep = num.get();
+          const int32_t* __restrict y = label.get();
+          nonfinite += load_logits_row<D, KT>(logits + image * K * hw + pixel, hw, K, len, xs, rowmax.get());
+          exp_shifted_row<KT>(K, len, xs, rowmax.get(), sum.get());
+          load_labels(prm.labels + image * hw + pixel, len, C, prm.ignore_index, label.get(), counts);
+          for (int p = 0; p < len; ++p) eep[p] = 0.0f;
+          for (int k = 0; k < K; ++k) {
+            const float* __restrict xk = xs + k * kRowPixels;
+            const float* __restrict ck = cond + k;
+            for (int p = 0; p < len; ++p) {
+              const int32_t yy = y[p] < 0 ? 0 : y[p];
+              eep[p] += ck[static_cast<int64_t>(yy) * K] * xk[p];
+            }
+          }
+          float* __restrict out = prm.out + image * hw + pixel;
+          for (int p = 0; p < len; ++p) {
+            float e = eep[p] / s[p];
+            e = e < FLT_MIN ? FLT_MIN : e;  // also maps NaN-free underflow to the floor
+            out[p] = y[p] >= 0 ? fast_log(e) : 0.0f;
+          }
+        });
+      }
+      valid += counts.valid;
+      bad += counts.bad;
+    }
+    prm.status[kStatusValid] = valid;
+    prm.status[kStatusBadLabels] = bad;
+    prm.status[kStatusNonFinite] = nonfinite;
+  }
+};
+
+}  // namespace
+}  // namespace cpu
+
+void leep_joint_cpu(const LeepJointParams& p) {
+  detail::validate(p, "leep_joint_cpu");
+  cpu::dispatch<cpu::LeepJointKernel>(p, p.z);
+}
+
+void pixel_leep_cpu(const PixelLeepParams& p) {
+  detail::validate(p, "pixel_leep_cpu");
+  // P(y | z) as float in the [C, Z] layout; products with theta are float32.
+  std::vector<float> cond(static_cast<size_t>(p.c * p.z));
+  for (size_t i = 0; i < cond.size(); ++i) cond[i] = static_cast<float>(p.conditional[i]);
+  cpu::dispatch<cpu::PixelLeepKernel>(p, p.z, static_cast<const float*>(cond.data()));
+}
+
+}  // namespace trmcore

@@ -1,0 +1,200 @@
+// Shared machinery of the CPU kernels: fixed chunking (determinism), per-thread
+// aligned scratch, dtype/class-count dispatch and the vectorisable row loops
+// (load + convert, softmax over the class dimension for a row of pixels).
+//
+// Work is split into chunks of kChunkPixels pixels whose boundaries depend only
+// on the problem size; every reduction first forms per-chunk partial sums and
+// then adds the partials in chunk order, so results are bitwise identical for
+// any thread count. Inside a chunk, pixels are processed kRowPixels at a time
+// with the class index as the (small) outer loop and pixels as the inner,
+// vectorised loop. Per-pixel float sums live in per-lane arrays (element-wise
+// updates), never in reassociated horizontal reductions.
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "trmcore/ops.h"
+#include "numeric.h"
+
+namespace trmcore {
+namespace cpu {
+
+constexpr int kRowPixels = 64;          // pixels per vectorised row
+constexpr int64_t kChunkPixels = 4096;  // pixels per deterministic chunk (multiple of kRowPixels)
+constexpr int kMaxStaticClasses = 8;    // class counts specialised at compile time
+
+inline int thread_count(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+// 64-byte aligned heap array, allocated once per thread per call so that the
+// vector loops see the same alignment in every thread.
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(size_t count)
+      : data_(static_cast<T*>(::operator new(std::max<size_t>(count, 1) * sizeof(T), std::align_val_t(64)))) {}
+  ~AlignedBuffer() { ::operator delete(data_, std::align_val_t(64)); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* get() const { return data_; }
+
+ private:
+  T* data_;
+};
+
+// Storage types of the three logits dtypes and their float conversions.
+struct Float32 {
+  using storage = float;
+  static float load(float v) { return v; }
+  static float store(float v) { return v; }
+};
+struct Float16 {
+  using storage = uint16_t;
+  static float load(uint16_t v) { return half_to_float(v); }
+  static uint16_t store(float v) { return float_to_half(v); }
+};
+struct BFloat16 {
+  using storage = uint16_t;
+  static float load(uint16_t v) { return bf16_to_float(v); }
+  static uint16_t store(float v) { return float_to_bf16(v); }
+};
+
+// Calls Kernel<D, KT>::run(params, args...) with D the dtype tag and KT the class
+// count when it is at most kMaxStaticClasses (KT = 0: generic, runtime count).
+template <template <typename, int> class Kernel, typename Params, typename... Args>
+void dispatch(const Params& params, int64_t classes, Args&&... args) {
+  auto by_classes = [&](auto tag) {
+    using D = decltype(tag);
+    switch (classes) {
+      case 1: return Kernel<D, 1>::run(params, args...);
+      case 2: return Kernel<D, 2>::run(params, args...);
+      case 3: return Kernel<D, 3>::run(params, args...);
+      case 4: return Kernel<D, 4>::run(params, args...);
+      case 5: return Kernel<D, 5>::run(params, args...);
+      case 6: return Kernel<D, 6>::run(params, args...);
+      case 7: return Kernel<D, 7>::run(params, args...);
+      case 8: return Kernel<D, 8>::run(params, args...);
+      default: return Kernel<D, 0>::run(params, args...);
+    }
+  };
+  switch (params.dtype) {
+    case DType::kFloat32: return by_classes(Float32{});
+    case DType::kFloat16: return by_classes(Float16{});
+    case DType::kBFloat16: return by_classes(BFloat16{});
+  }
+  throw std::invalid_argument("trmcore: unknown dtype code " + std::to_string(static_cast<int>(params.dtype)));
+}
+
+// Labels of one row as int32 class indices; -1 marks ignored and out-of-range
+// labels (which are counted as bad and never used as an index).
+struct LabelCounts {
+  int64_t valid = 0;
+  int64_t bad = 0;
+};
+
+inline void load_labels(const int64_t* __restrict src, int len, int64_t classes, int64_t ignore_index,
+                        int32_t* __restrict dst, LabelCounts& counts) {
+  int64_t valid = 0, bad = 0;
+  for (int p = 0; p < len; ++p) {
+    const int64_t y = src[p];
+    const int64_t ignored = y == ignore_index;
+    const int64_t in_range = (y >= 0) & (y < classes);
+    const int64_t ok = in_range & (ignored ^ 1);
+    dst[p] = ok ? static_cast<int32_t>(y) : -1;
+    valid += ok;
+    bad += (in_range | ignored) ^ 1;
+  }
+  counts.valid += valid;
+  counts.bad += bad;
+}
+
+// Loads classes 0..K-1 of a row (class stride `hw`) into x[k * kRowPixels + p] as
+// float, sets rowmax[p], and returns the number of non-finite logits.
+template <typename D, int KT>
+inline int64_t load_logits_row(const typename D::storage* __restrict src, int64_t hw, int classes, int len,
+                               float* __restrict x, float* __restrict rowmax) {
+  const int K = KT > 0 ? KT : classes;
+  int64_t nonfinite = 0;
+  for (int k = 0; k < K; ++k) {
+    const typename D::storage* __restrict s = src + k * hw;
+    float* __restrict xk = x + k * kRowPixels;
+    int32_t bad = 0;
+    for (int p = 0; p < len; ++p) {
+      const float v = D::load(s[p]);
+      xk[p] = v;
+      bad += is_nonfinite(v);
+    }
+    nonfinite += bad;
+  }
+  for (int p = 0; p < len; ++p) rowmax[p] = x[p];
+  for (int k = 1; k < K; ++k) {
+    const float* __restrict xk = x + k * kRowPixels;
+    for (int p = 0; p < len; ++p) rowmax[p] = xk[p] > rowmax[p] ? xk[p] : rowmax[p];
+  }
+  return nonfinite;
+}
+
+// In place: x[k][p] <- exp(x[k][p] - rowmax[p]); sum[p] <- sum_k of those.
+// With a runtime class count (possibly hundreds) the sum runs in double so that
+// its rounding error does not grow with K.
+template <int KT>
+inline void exp_shifted_row(int classes, int len, float* __restrict x, const float* __restrict rowmax,
+                            float* __restrict sum) {
+  if constexpr (KT > 0) {
+    for (int p = 0; p < len; ++p) sum[p] = 0.0f;
+    for (int k = 0; k < KT; ++k) {
+      float* __restrict xk = x + k * kRowPixels;
+      for (int p = 0; p < len; ++p) {
+        const float e = fast_exp(xk[p] - rowmax[p]);
+        xk[p] = e;
+        sum[p] += e;
+      }
+    }
+  } else {
+    alignas(64) double wide[kRowPixels];
+    for (int p = 0; p < len; ++p) wide[p] = 0.0;
+    for (int k = 0; k < classes; ++k) {
+      float* __restrict xk = x + k * kRowPixels;
+      for (int p = 0; p < len; ++p) {
+        const float e = fast_exp(xk[p] - rowmax[p]);
+        xk[p] = e;
+        wide[p] += static_cast<double>(e);
+      }
+    }
+    for (int p = 0; p < len; ++p) sum[p] = static_cast<float>(wide[p]);
+  }
+}
+
+// Visits the rows of flattened pixels [begin, end) of an [N, HW] layout; a row
+// never crosses an image boundary. fn(image, pixel_offset, length).
+template <typename Fn>
+inline void for_each_row(int64_t begin, int64_t end, int64_t hw, Fn&& fn) {
+  int64_t g = begin;
+  while (g < end) {
+    const int64_t image = g / hw;
+    const int64_t pixel = g - image * hw;
+    const int64_t len = std::min<int64_t>({static_cast<int64_t>(kRowPixels), end - g, hw - pixel});
+    fn(image, pixel, static_cast<int>(len));
+    g += len;
+  }
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace cpu
+}  // namespace trmcore

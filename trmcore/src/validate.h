@@ -1,0 +1,127 @@
+// Argument checks shared by the CPU and CUDA launchers: every launcher rejects
+// null pointers and non-positive sizes with std::invalid_argument before it
+// touches memory, so the binding and direct C++ callers get the same errors.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "trmcore/ops.h"
+
+namespace trmcore {
+namespace detail {
+
+inline void require_pointer(const void* ptr, const char* launcher, const char* name) {
+  if (ptr == nullptr) {
+    throw std::invalid_argument(std::string(launcher) + ": `" + name + "` is a null pointer");
+  }
+}
+
+inline void require_positive(int64_t value, const char* launcher, const char* name) {
+  if (value <= 0) {
+    throw std::invalid_argument(std::string(launcher) + ": `" + name + "` must be positive, got " +
+                                std::to_string(value));
+  }
+}
+
+inline void require_dtype(DType dtype, const char* launcher) {
+  const int code = static_cast<int>(dtype);
+  if (code < 0 || code > 2) {
+    throw std::invalid_argument(std::string(launcher) + ": `dtype` must be 0 (float32), 1 (float16) or 2 "
+                                "(bfloat16), got " + std::to_string(code));
+  }
+}
+
+// Class counts are stored in 32-bit lanes by the kernels.
+inline void require_class_count(int64_t value, const char* launcher, const char* name) {
+  require_positive(value, launcher, name);
+  if (value > (int64_t{1} << 24)) {
+    throw std::invalid_argument(std::string(launcher) + ": `" + name + "` = " + std::to_string(value) +
+                                " is too large (at most 2^24 classes)");
+  }
+}
+
+inline void require_sizes(int64_t n, int64_t k, int64_t hw, const char* launcher) {
+  if (n > 0 && k > 0 && hw > 0 &&
+      (n > std::numeric_limits<int64_t>::max() / k || n * k > std::numeric_limits<int64_t>::max() / hw)) {
+    throw std::invalid_argument(std::string(launcher) + ": n * classes * hw overflows int64");
+  }
+}
+
+inline void validate(const LeepJointParams& p, const char* launcher) {
+  require_pointer(p.logits, launcher, "logits");
+  require_pointer(p.labels, launcher, "labels");
+  require_pointer(p.joint, launcher, "joint");
+  require_pointer(p.status, launcher, "status");
+  require_dtype(p.dtype, launcher);
+  require_positive(p.n, launcher, "n");
+  require_class_count(p.z, launcher, "z");
+  require_positive(p.hw, launcher, "hw");
+  require_class_count(p.c, launcher, "c");
+  require_sizes(p.n, p.z, p.hw, launcher);
+  if (p.c > std::numeric_limits<int64_t>::max() / p.z) {
+    throw std::invalid_argument(std::string(launcher) + ": c * z overflows int64");
+  }
+}
+
+inline void validate(const PixelLeepParams& p, const char* launcher) {
+  require_pointer(p.logits, launcher, "logits");
+  require_pointer(p.labels, launcher, "labels");
+  require_pointer(p.conditional, launcher, "conditional");
+  require_pointer(p.out, launcher, "out");
+  require_pointer(p.status, launcher, "status");
+  require_dtype(p.dtype, launcher);
+  require_positive(p.n, launcher, "n");
+  require_class_count(p.z, launcher, "z");
+  require_positive(p.hw, launcher, "hw");
+  require_class_count(p.c, launcher, "c");
+  require_sizes(p.n, p.z, p.hw, launcher);
+}
+
+inline void validate(const RiskMapParams& p, const char* launcher) {
+  require_pointer(p.leep_map, launcher, "leep_map");
+  require_pointer(p.labels, launcher, "labels");
+  require_pointer(p.risk, launcher, "risk");
+  require_positive(p.n, launcher, "n");
+  require_positive(p.hw, launcher, "hw");
+  require_sizes(p.n, 1, p.hw, launcher);
+  if (!(std::isfinite(p.base) && p.base > 0.0)) {
+    throw std::invalid_argument(std::string(launcher) + ": `base` must be a positive finite number, got " +
+                                std::to_string(p.base));
+  }
+  if (!(std::isfinite(p.eps) && p.eps >= 0.0)) {
+    throw std::invalid_argument(std::string(launcher) + ": `eps` must be a finite number >= 0, got " +
+                                std::to_string(p.eps));
+  }
+}
+
+inline void validate(const RwceForwardParams& p, const char* launcher) {
+  require_pointer(p.logits, launcher, "logits");
+  require_pointer(p.labels, launcher, "labels");
+  require_pointer(p.weights, launcher, "weights");
+  require_pointer(p.per_image, launcher, "per_image");
+  require_pointer(p.status, launcher, "status");
+  require_dtype(p.dtype, launcher);
+  require_positive(p.n, launcher, "n");
+  require_class_count(p.c, launcher, "c");
+  require_positive(p.hw, launcher, "hw");
+  require_sizes(p.n, p.c, p.hw, launcher);
+}
+
+inline void validate(const RwceBackwardParams& p, const char* launcher) {
+  require_pointer(p.logits, launcher, "logits");
+  require_pointer(p.labels, launcher, "labels");
+  require_pointer(p.weights, launcher, "weights");
+  require_pointer(p.scale, launcher, "scale");
+  require_pointer(p.grad, launcher, "grad");
+  require_dtype(p.dtype, launcher);
+  require_positive(p.n, launcher, "n");
+  require_class_count(p.c, launcher, "c");
+  require_positive(p.hw, launcher, "hw");
+  require_sizes(p.n, p.c, p.hw, launcher);
+}
+
+}  // namespace detail
+}  // namespace trmcore
