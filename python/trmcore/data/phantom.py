@@ -92,7 +92,7 @@ class SiteProfile:
 SITE_PROFILES: Tuple[SiteProfile, ...] = (
     SiteProfile("site-A", bias=0.08, bias_gradient=0.0, noise=0.02, blur_mm=0.0, contrast=1.0, gamma=1.0, gain=1000.0),
     SiteProfile("site-B", bias=0.40, bias_gradient=0.8, noise=0.05, blur_mm=2.0, contrast=0.85, gamma=1.6, gain=420.0),
-    SiteProfile("site-C", bias=0.20, bias_gradient=0.2, noise=0.11, blur_mm=5.0, contrast=0.50, gamma=0.55, gain=2600.0),
+    SiteProfile("site-C", bias=0.20, bias_gradient=0.2, noise=0.06, blur_mm=2.5, contrast=0.65, gamma=0.7, gain=2600.0),
     SiteProfile("site-D", bias=0.15, bias_gradient=0.4, noise=0.04, blur_mm=1.0, contrast=1.35, gamma=2.2, gain=90.0),
 )
 
@@ -242,14 +242,17 @@ def _anatomy(shape: Tuple[int, int, int], spacing: np.ndarray, rng: np.random.Ge
     label = np.zeros(shape, np.uint8)
     label[brain] = 3  # WM
 
-    # Cortical ribbon folded by a band-limited field: the CSF/GM and GM/WM
-    # boundaries are level sets of depth + A*fold, so the ribbon keeps its
-    # thickness while gyri and sulci alternate.
-    fold = np.tanh(1.6 * smooth_noise(shape, _sigma_vox(0.055, shape), rng))
-    amplitude = rng.uniform(0.10, 0.15)
-    t_csf = max(0.025, 0.9 * voxel)
-    t_gm = max(0.09, 2.2 * voxel)
-    folded = depth + amplitude * fold
+    # Cortical ribbon: sulci are sheets along the zero set of a band-limited
+    # field, reaching down to a random depth. `folded` approximates the
+    # distance to the nearest CSF (brain surface or sulcus); bands of it give
+    # a CSF lining, then a grey-matter ribbon of near-constant thickness.
+    spacing_unit = max(0.08, 2.5 * voxel)
+    field = smooth_noise(shape, _sigma_vox(spacing_unit, shape), rng)
+    sulcal_depth = rng.uniform(0.17, 0.25)
+    to_sulcus = 1.2 * spacing_unit * np.abs(field) + 3.0 * np.maximum(0.0, depth - sulcal_depth)
+    folded = np.minimum(depth, to_sulcus)
+    t_csf = max(0.012, 0.5 * voxel)
+    t_gm = max(0.06, 1.8 * voxel)
     label[brain & (folded < t_csf + t_gm)] = 2
     label[brain & (folded < t_csf)] = 1
 
