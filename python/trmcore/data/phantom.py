@@ -54,7 +54,7 @@ TUMOUR_LABELS = {"NCR": 4, "ED": 5, "ET": 6}
 TISSUE_MEANS = {
     "T1": np.array([0.0, 0.22, 0.52, 0.80, 0.16, 0.42, 0.70]),
     "T2": np.array([0.0, 0.95, 0.58, 0.36, 0.88, 0.78, 0.52]),
-    "FLAIR": np.array([0.0, 0.08, 0.56, 0.42, 0.30, 0.92, 0.80]),
+    "FLAIR": np.array([0.0, 0.08, 0.60, 0.40, 0.30, 0.92, 0.80]),
 }
 
 # Field of view in mm of the whole volume: sets the voxel size in the affine.
@@ -288,15 +288,20 @@ def _add_tumour(label, brain, depth, grid, shape, rng) -> None:
         candidates = np.argwhere(brain)
     centre_idx = candidates[rng.integers(len(candidates))]
     centre = np.array([np.ravel(g)[i] for g, i in zip(grid, centre_idx)])
-    r_ed = rng.uniform(0.22, 0.34)
-    r_et = r_ed * rng.uniform(0.45, 0.62)
-    r_ncr = r_et * rng.uniform(0.45, 0.70)
+    # Shell radii in unit coordinates; each shell at least ~1.5 voxels thick
+    # so the nesting survives the coarse default grid.
+    voxel = 2.0 / min(shape)
+    r_ed = rng.uniform(0.30, 0.40)
+    r_et = min(r_ed * rng.uniform(0.60, 0.72), r_ed - 1.5 * voxel)
+    r_ncr = max(min(r_et * rng.uniform(0.45, 0.60), r_et - 1.5 * voxel), 1.2 * voxel)
     dist = np.sqrt((ux - centre[0]) ** 2 + (uy - centre[1]) ** 2 + (uz - centre[2]) ** 2)
     irregular = 1.0 + 0.18 * smooth_noise(shape, _sigma_vox(0.08, shape), rng)
-    oedema = brain & (dist * irregular < r_ed) & ((label == 3) | (dist < 0.7 * r_ed))
+    # Oedema spreads along white matter; near the core it takes every tissue.
+    scaled = dist * irregular
+    oedema = brain & (scaled < r_ed) & ((label == 3) | (scaled < 0.8 * r_ed))
     label[oedema] = 5
-    label[brain & (dist * irregular < r_et)] = 6
-    label[brain & (dist * irregular < r_ncr)] = 4
+    label[brain & (scaled < r_et)] = 6
+    label[brain & (scaled < r_ncr)] = 4
 
 
 # ------------------------------------------------------------------ acquisition
