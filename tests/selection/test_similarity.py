@@ -85,3 +85,26 @@ def test_constant_volume_and_bad_inputs():
         image_signature(np.ones((1, 2, 3, 4, 5)), 4)
     sig = image_signature(np.random.default_rng(6).normal(size=(2, 5, 6, 7)), 4)
     assert np.all(np.diff(sig) >= 0)
+
+
+@pytest.mark.parametrize("m,n", [(300, 170), (5, 5), (1, 4), (64 * 3, 64 * 5), (97, 89)])
+def test_wasserstein_quantile_form_matches_scipy_for_any_lengths(m, n):
+    rng = np.random.default_rng(m * 1000 + n)
+    u, v = np.sort(rng.normal(size=m)), np.sort(rng.exponential(size=n))
+    assert wasserstein_1d(u, v) == pytest.approx(stats.wasserstein_distance(u, v), rel=1e-12, abs=1e-15)
+
+
+def test_pca_scores_are_the_projection_and_keep_the_intensity_scale():
+    from trmcore.selection.similarity import pca_scores
+
+    volume = np.random.default_rng(7).normal(size=(8, 8, 8))
+    scores = pca_scores(volume)
+    comps = pca_components(volume)
+    x = volume.reshape(64, 8)
+    np.testing.assert_allclose(scores, (x - x.mean(0)) @ comps.T, atol=1e-12)
+    np.testing.assert_allclose(pca_scores(10 * volume), 10 * scores, rtol=1e-10, atol=1e-10)
+    # Explained variance of the kept scores reaches the asked fraction.
+    kept = scores.var(axis=0).sum() / (x - x.mean(0)).var(axis=0).sum()
+    assert kept > 0.75
+    with pytest.raises(ValueError, match="output"):
+        image_signature(volume, 4, output="loadings")

@@ -17,7 +17,6 @@ baseline.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -26,8 +25,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from trmcore.selection._blas import cpu_count, single_threaded_blas
 from trmcore.selection.similarity import (
-    SSIM_C, global_ssim, image_signature, label_intensity, resize_labels, ssim_from_moments, wasserstein_1d,
+    PCA_OUTPUTS, SSIM_C, global_ssim, image_signature, label_intensity, resize_labels, ssim_from_moments, wasserstein_1d,
 )
 from trmcore.selection.tasks import SelectionTask
 
@@ -43,6 +43,8 @@ class AffinityConfig:
         size: edge of the cube every volume is resized to (128 in [SEQ]; small in tests).
         samples: K, volumes sampled per task; pairs are K x K.
         variance: PCA explained variance kept (0.75).
+        pca_output: ``"scores"`` (projected data, as the [SEQ] authors' code) or
+            ``"components"`` (principal axes); see :func:`image_signature`.
         seed: sampling seed (each task's sample also depends on its name, not its order).
         alpha, beta: weights of d = alpha * W + beta * (1 - S).
         workers: threads (default: all cores).
@@ -52,6 +54,7 @@ class AffinityConfig:
     size: int = 128
     samples: int = 10
     variance: float = 0.75
+    pca_output: str = "scores"
     seed: int = 0
     alpha: float = DEFAULT_ALPHA
     beta: float = DEFAULT_BETA
@@ -65,10 +68,12 @@ class AffinityConfig:
             raise ValueError(f"AffinityConfig.samples must be >= 1, got {self.samples}")
         if not 0.0 < self.variance <= 1.0:
             raise ValueError(f"AffinityConfig.variance must be in (0, 1], got {self.variance}")
+        if self.pca_output not in PCA_OUTPUTS:
+            raise ValueError(f"AffinityConfig.pca_output must be one of {PCA_OUTPUTS}, got {self.pca_output!r}")
 
     @property
     def num_workers(self) -> int:
-        return max(1, self.workers or os.cpu_count() or 1)
+        return max(1, self.workers or cpu_count())
 
 
 @dataclass
@@ -117,7 +122,8 @@ def volume_signature(image: np.ndarray, labels: np.ndarray, num_classes: int, co
     resized = resize_labels(np.asarray(labels), config.size)
     if resized.min() < 0 or resized.max() >= num_classes:
         raise ValueError(f"volume_signature: label values outside 0..{num_classes - 1}")
-    return VolumeSignature(image_signature(image, config.size, config.variance), resized.astype(np.uint8), num_classes)
+    return VolumeSignature(image_signature(image, config.size, config.variance, config.pca_output),
+                           resized.astype(np.uint8), num_classes)
 
 
 def sample_cases(cases: Sequence[str], task: SelectionTask, samples: int, seed: int) -> List[str]:
@@ -219,36 +225,33 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Itera
     return tqdm(iterable, total=total, desc=desc, unit="it", leave=False)
 
 
+VolumePair = Tuple[np.ndarray, np.ndarray]
+
+
 def compute_signatures(
     tasks: Sequence[SelectionTask],
-    loaders: Sequence[Callable[[], Tuple[np.ndarray, np.ndarray]]],
-    owners: Sequence[int],
+    loaders: Sequence[Callable[[], Sequence[VolumePair]]],
     n_cases: Sequence[int],
     config: AffinityConfig,
 ) -> List[TaskSignatures]:
-    """Load and summarise every sampled volume once, in parallel.
+    """Load and summarise every sampled volume once; tasks run in parallel threads.
 
     Args:
         tasks: the tasks.
-        loaders: one callable per sampled volume returning ``(image, labels)``;
-            called in worker threads, so a volume is in memory only while its
-            signature is computed.
-        owners: task index of each loader.
+        loaders: one callable per task returning its sampled ``(image, labels)``
+            pairs; called in a worker thread, so only ``workers`` tasks' raw
+            volumes are in memory at a time (the signatures are small).
         n_cases: labelled cases per task.
     """
-    def job(i: int) -> VolumeSignature:
-        image, labels = loaders[i]()
-        return volume_signature(image, labels, tasks[owners[i]].num_classes, config)
+    def job(t: int) -> TaskSignatures:
+        pairs = loaders[t]()
+        if not pairs:
+            raise ValueError(f"task {tasks[t].name}: no volumes")
+        volumes = [volume_signature(image, labels, tasks[t].num_classes, config) for image, labels in pairs]
+        return TaskSignatures(tasks[t], n_cases[t], volumes)
 
-    result = [TaskSignatures(task, n, []) for task, n in zip(tasks, n_cases)]
-    with ThreadPoolExecutor(config.num_workers) as pool:
-        signatures = list(_progress(pool.map(job, range(len(loaders))), len(loaders), "volumes", config.progress))
-    for owner, signature in zip(owners, signatures):
-        result[owner].volumes.append(signature)
-    for entry in result:
-        if not entry.volumes:
-            raise ValueError(f"task {entry.task.name}: no volumes")
-    return result
+    with single_threaded_blas(), ThreadPoolExecutor(config.num_workers) as pool:
+        return list(_progress(pool.map(job, range(len(tasks))), len(tasks), "task volumes", config.progress))
 
 
 def _label_moments(signatures: Sequence[VolumeSignature], chunk: int = 1 << 16) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -299,7 +302,7 @@ def affinity_from_signatures(signatures: Sequence[TaskSignatures], config: Affin
 
     W = np.zeros((n_tasks, n_tasks))
     S = np.zeros((n_tasks, n_tasks))
-    with ThreadPoolExecutor(config.num_workers) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(config.num_workers) as pool:
         values = list(_progress(pool.map(pair, pairs), len(pairs), "task pairs", config.progress))
     for (a, b), (w, s) in zip(pairs, values):
         W[a, b] = W[b, a] = w
@@ -317,21 +320,18 @@ def _config_json(config: AffinityConfig) -> Dict[str, object]:
 
 def affinity_from_volumes(tasks: Sequence[TaskVolumes], config: AffinityConfig) -> AffinityResult:
     """The fast affinity of in-memory task samples (signatures once per volume)."""
-    loaders, owners = [], []
-    for owner, entry in enumerate(tasks):
-        if not entry.images:
-            raise ValueError(f"task {entry.task.name}: no volumes")
+    for entry in tasks:
         if len(entry.images) != len(entry.labels):
             raise ValueError(f"task {entry.task.name}: {len(entry.images)} images but {len(entry.labels)} label maps")
-        for image, labels in zip(entry.images, entry.labels):
-            loaders.append(lambda image=image, labels=labels: (image, labels))
-            owners.append(owner)
-    signatures = compute_signatures([t.task for t in tasks], loaders, owners, [t.n_cases for t in tasks], config)
+    loaders = [lambda entry=entry: list(zip(entry.images, entry.labels)) for entry in tasks]
+    signatures = compute_signatures([t.task for t in tasks], loaders, [t.n_cases for t in tasks], config)
     return affinity_from_signatures(signatures, config)
 
 
 def affinity_reference(tasks: Sequence[TaskVolumes], config: AffinityConfig) -> AffinityResult:
     """Straightforward per-pair affinity: resize and PCA both volumes of every pair, serially.
+
+    ``config.workers`` is ignored (one thread).
 
     The test oracle and the benchmark baseline; same values as
     :func:`affinity_from_volumes` up to float rounding.
@@ -339,18 +339,25 @@ def affinity_reference(tasks: Sequence[TaskVolumes], config: AffinityConfig) -> 
     n_tasks = len(tasks)
     W = np.zeros((n_tasks, n_tasks))
     S = np.zeros((n_tasks, n_tasks))
+    with single_threaded_blas():
+        _reference_pairs(tasks, config, W, S)
+    return AffinityResult([t.task for t in tasks], [t.n_cases for t in tasks], [len(t.images) for t in tasks],
+                          W, S, config.alpha, config.beta, _config_json(config))
+
+
+def _reference_pairs(tasks: Sequence[TaskVolumes], config: AffinityConfig, W: np.ndarray, S: np.ndarray) -> None:
+    n_tasks = len(tasks)
     for a in range(n_tasks):
         for b in range(a, n_tasks):
             ta, tb = tasks[a], tasks[b]
             w_values, s_values = [], []
             for image_a, labels_a in zip(ta.images, ta.labels):
                 for image_b, labels_b in zip(tb.images, tb.labels):
-                    w_values.append(wasserstein_1d(image_signature(image_a, config.size, config.variance),
-                                                   image_signature(image_b, config.size, config.variance)))
+                    w_values.append(wasserstein_1d(
+                        image_signature(image_a, config.size, config.variance, config.pca_output),
+                        image_signature(image_b, config.size, config.variance, config.pca_output)))
                     la = label_intensity(resize_labels(labels_a, config.size), ta.task.num_classes)
                     lb = label_intensity(resize_labels(labels_b, config.size), tb.task.num_classes)
                     s_values.append(global_ssim(la, lb, SSIM_C, SSIM_C))
             W[a, b] = W[b, a] = float(np.mean(w_values))
             S[a, b] = S[b, a] = float(np.mean(s_values))
-    return AffinityResult([t.task for t in tasks], [t.n_cases for t in tasks], [len(t.images) for t in tasks],
-                          W, S, config.alpha, config.beta, _config_json(config))

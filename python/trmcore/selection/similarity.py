@@ -3,7 +3,7 @@
 Torch-free (NumPy only). Two measures compare a pair of volumes:
 
 - image dissimilarity: the 1-D Wasserstein distance between the flattened PCA
-  components of the two (resized) image volumes, :func:`pca_components` and
+  output of the two (resized) image volumes, :func:`image_signature` and
   :func:`wasserstein_1d`;
 - label similarity: the global, single-window SSIM of the two (resized) label
   volumes, :func:`global_ssim`.
@@ -14,7 +14,9 @@ different shapes are compared, never refused.
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import math
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -118,44 +120,83 @@ def pca_components(volume: np.ndarray, variance: float = 0.75) -> np.ndarray:
     return components * signs[:, None]
 
 
-def image_signature(image: np.ndarray, size: int = 128, variance: float = 0.75) -> np.ndarray:
-    """The sorted, flattened PCA components of an image volume: what W compares.
+PCA_OUTPUTS = ("scores", "components")
+
+
+def pca_scores(volume: np.ndarray, variance: float = 0.75) -> np.ndarray:
+    """The volume projected on its kept principal components: ``(S*S, k)`` float64.
+
+    What ``sklearn.decomposition.PCA(n_components=variance).fit_transform`` of the
+    ``(S*S, S)`` reshaped volume returns (up to the sign convention of
+    :func:`pca_components`). These values carry the image's intensity scale,
+    which is why the default alpha of d is small.
+    """
+    components = pca_components(volume, variance)
+    size = volume.shape[0]
+    samples = volume.reshape(size * size, size).astype(np.float64)
+    return (samples - samples.mean(axis=0)) @ components.T
+
+
+def image_signature(image: np.ndarray, size: int = 128, variance: float = 0.75, output: str = "scores") -> np.ndarray:
+    """The sorted, flattened PCA output of an image volume: what W compares.
 
     Args:
-        image: ``[X, Y, Z]`` or ``[Cin, X, Y, Z]`` (channels' components are
+        image: ``[X, Y, Z]`` or ``[Cin, X, Y, Z]`` (channels' values are
             concatenated, so a multi-channel task is compared on all its inputs).
         size: resize cube edge; variance: explained variance kept.
+        output: ``"scores"`` (default; the projected data, as the [SEQ] authors'
+            code flattens ``PCA.fit_transform``) or ``"components"`` (the unit
+            principal axes, ``PCA.components_``).
 
     Returns:
         float64 1-D array, sorted ascending (the empirical distribution for
         :func:`wasserstein_1d`).
     """
+    if output not in PCA_OUTPUTS:
+        raise ValueError(f"image_signature: output must be one of {PCA_OUTPUTS}, got {output!r}")
     image = np.asarray(image)
     channels = image[None] if image.ndim == 3 else image
     if channels.ndim != 4:
         raise ValueError(f"image_signature: image must be [X, Y, Z] or [Cin, X, Y, Z], got shape {image.shape}")
-    parts = [pca_components(resize_image(channel, size), variance).ravel() for channel in channels]
+    project = pca_scores if output == "scores" else pca_components
+    parts = [project(resize_image(channel, size), variance).ravel() for channel in channels]
     return np.sort(np.concatenate(parts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _merge_pattern(a: int, b: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantile breakpoints of two step functions with a and b equal steps on [0, 1).
+
+    Returns the step index of each (iu, iv) and the width of each merged interval.
+    """
+    points = np.union1d(np.arange(a, dtype=np.int64) * b, np.arange(b, dtype=np.int64) * a)
+    ends = np.append(points[1:], a * b)
+    return points // b, points // a, (ends - points) / float(a * b)
 
 
 def wasserstein_1d(u_sorted: np.ndarray, v_sorted: np.ndarray) -> float:
     """1-Wasserstein distance between two empirical distributions of equal-weight values.
 
-    Same value as ``scipy.stats.wasserstein_distance(u, v)``: the integral of
-    ``|F_u(x) - F_v(x)|`` over the merged support, with both inputs already
-    sorted (a signature is sorted once, then compared many times).
+    Same value as ``scipy.stats.wasserstein_distance(u, v)``, computed as the
+    integral over q in [0, 1] of ``|Q_u(q) - Q_v(q)|`` (quantile functions).
+    With ``g = gcd(m, n)``, ``m = g a``, ``n = g b``, the breakpoints of both
+    quantile functions repeat with period 1/g, so the integral is a sum over a
+    ``(g, a) x (g, b)`` reshape with a small cached (a, b) merge pattern: O(m + n),
+    no merge sort of the data (PCA outputs of cube volumes share g >= S*S).
 
     Args:
         u_sorted, v_sorted: 1-D float arrays sorted ascending, non-empty; lengths may differ.
     """
-    if u_sorted.size == 0 or v_sorted.size == 0:
+    m, n = u_sorted.size, v_sorted.size
+    if m == 0 or n == 0:
         raise ValueError("wasserstein_1d: both distributions need at least one value")
-    merged = np.concatenate([u_sorted, v_sorted])
-    merged.sort(kind="stable")  # two sorted runs: a merge
-    deltas = np.diff(merged)
-    cdf_u = np.searchsorted(u_sorted, merged[:-1], side="right") / u_sorted.size
-    cdf_v = np.searchsorted(v_sorted, merged[:-1], side="right") / v_sorted.size
-    return float(np.dot(np.abs(cdf_u - cdf_v), deltas))
+    if m == n:
+        return float(np.mean(np.abs(u_sorted - v_sorted)))
+    g = math.gcd(m, n)
+    iu, iv, width = _merge_pattern(m // g, n // g)
+    u = u_sorted.reshape(g, m // g)[:, iu]
+    v = v_sorted.reshape(g, n // g)[:, iv]
+    return float(np.abs(u - v).sum(axis=0) @ width / g)
 
 
 def label_intensity(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -212,6 +253,6 @@ def _check_size(size: int) -> None:
 
 
 __all__: Sequence[str] = [
-    "SSIM_C", "resize_image", "resize_labels", "pca_components", "image_signature",
+    "SSIM_C", "PCA_OUTPUTS", "resize_image", "resize_labels", "pca_components", "pca_scores", "image_signature",
     "wasserstein_1d", "label_intensity", "ssim_from_moments", "global_ssim",
 ]

@@ -13,7 +13,6 @@ separated by ``,`` or ``+``); blank lines and ``#`` comments are skipped.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -100,91 +99,59 @@ def read_tasks_file(path: Path) -> List[SelectionTask]:
     return tasks
 
 
-@dataclass(frozen=True)
-class DatasetIndex:
-    """What a dataset root offers: channels, labels, and the labelled cases per site.
+def labelled_cases(layout, task: SelectionTask) -> List[str]:
+    """Case ids of ``task``'s site that have a label file (sorted).
 
-    Read from ``DATA/dataset.json`` and ``DATA/labelsTr`` (nnU-Net v2 raw layout);
-    the optional ``"sites"`` mapping of dataset.json assigns cases to sites.
+    Args:
+        layout: a :class:`trmcore.data.DatasetLayout`.
     """
-
-    root: Path
-    channels: Tuple[str, ...]
-    labels: Tuple[str, ...]  # foreground label names (background excluded)
-    case_sites: Dict[str, Optional[str]]  # labelled case id -> site
-
-    @property
-    def sites(self) -> List[str]:
-        return sorted({site for site in self.case_sites.values() if site is not None})
-
-    def cases(self, site: Optional[str]) -> List[str]:
-        """Labelled case ids of a site (all of them for None), sorted."""
-        return sorted(case for case, case_site in self.case_sites.items() if site is None or case_site == site)
-
-    def check(self, task: SelectionTask) -> None:
-        """Raise ValueError naming what the dataset lacks for this task."""
-        missing_channels = [c for c in task.channels if c not in self.channels]
-        if missing_channels:
-            raise ValueError(f"task {task.name}: channel(s) {missing_channels} not in {self.root}/dataset.json "
-                             f"(available: {list(self.channels)})")
-        missing_labels = [label for label in task.labels if label not in self.labels]
-        if missing_labels:
-            raise ValueError(f"task {task.name}: label(s) {missing_labels} do not exist in {self.root}/dataset.json "
-                             f"(available: {list(self.labels)})")
-        if task.site is not None and task.site not in self.sites:
-            raise ValueError(f"task {task.name}: site {task.site!r} has no labelled case in {self.root} "
-                             f"(sites: {self.sites or 'none declared'})")
-        if not self.cases(task.site):
-            raise ValueError(f"task {task.name}: no labelled volume in {self.root}/labelsTr")
+    return [case for case in layout.cases("Tr")
+            if (task.site is None or layout.site_of(case) == task.site) and layout.label_path(case).is_file()]
 
 
-def read_dataset_index(root: Path) -> DatasetIndex:
-    """Index a dataset in the standard layout without loading any volume."""
-    root = Path(root)
-    meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{root} is not a dataset: {meta_path} not found")
-    meta = json.loads(meta_path.read_text())
-    try:
-        channel_names = meta["channel_names"]
-        label_map = meta["labels"]
-    except KeyError as err:
-        raise ValueError(f"{meta_path} lacks {err.args[0]!r}") from None
-    channels = tuple(channel_names[key] for key in sorted(channel_names, key=int))
-    labels = tuple(name for name, value in sorted(label_map.items(), key=lambda kv: _label_order(kv[1]))
-                   if _label_order(value) != 0)
-    ending = meta.get("file_ending", ".nii.gz")
-    labels_dir = root / "labelsTr"
-    if not labels_dir.is_dir():
-        raise FileNotFoundError(f"{labels_dir} not found")
-    case_ids = sorted(p.name[: -len(ending)] for p in labels_dir.iterdir() if p.name.endswith(ending))
-    sites = meta.get("sites") or {}
-    return DatasetIndex(root, channels, labels, {case: sites.get(case) for case in case_ids})
+def check_task(layout, task: SelectionTask) -> None:
+    """Raise ValueError naming what the dataset lacks for ``task`` (channel, label, site, cases)."""
+    channels = list(layout.channel_names.values())
+    missing = [c for c in task.channels if c.lower() not in {n.lower() for n in channels}]
+    if missing:
+        raise ValueError(f"task {task.name}: channel(s) {missing} not in {layout.root}/dataset.json "
+                         f"(available: {channels})")
+    labels = [n for n in layout.labels if n != "background"]
+    missing = [label for label in task.labels if label.lower() not in {n.lower() for n in labels}]
+    if missing:
+        raise ValueError(f"task {task.name}: label set {list(task.labels)} does not exist in {layout.root}/dataset.json "
+                         f"(unknown: {missing}; available: {labels})")
+    sites = sorted(set(layout.sites.values()))
+    if task.site is not None and task.site not in sites:
+        raise ValueError(f"task {task.name}: site {task.site!r} not found in {layout.root} "
+                         f"(sites: {sites or 'none declared; give a sites CSV'})")
+    if not labelled_cases(layout, task):
+        raise ValueError(f"task {task.name}: no labelled volume in {layout.root}/labelsTr")
 
 
-def _label_order(value: Any) -> int:
-    # nnU-Net allows a list of values for region-based labels; order by the first.
-    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
-
-
-def all_tasks(index: DatasetIndex) -> List[SelectionTask]:
-    """Every site x single channel x label set of a dataset.
+def all_tasks(layout) -> List[SelectionTask]:
+    """Every site x single channel x label set of a dataset (a :class:`trmcore.data.DatasetLayout`).
 
     Label sets: each single label (binary tasks, as iSeg's {CSF, GM, WM}) and,
     when the dataset has several, all of them together (as FeTS's NCR+ED+ET).
-    Without declared sites the site is ``*`` (every case).
+    Without declared sites the site is ``*`` (every case). Combinations
+    without a labelled case are left out.
     """
-    sites: Sequence[Optional[str]] = index.sites or [None]
-    label_sets = [(label,) for label in index.labels]
-    if len(index.labels) > 1:
-        label_sets.append(tuple(index.labels))
-    return [SelectionTask(site, (channel,), labels)
-            for site, channel, labels in itertools.product(sites, index.channels, label_sets)]
+    sites: Sequence[Optional[str]] = sorted(set(layout.sites.values())) or [None]
+    labels = [n for n in layout.labels if n != "background"]
+    label_sets = [(label,) for label in labels]
+    if len(labels) > 1:
+        label_sets.append(tuple(labels))
+    tasks = [SelectionTask(site, (channel,), label_set)
+             for site, channel, label_set in itertools.product(sites, layout.channel_names.values(), label_sets)]
+    return [task for task in tasks if labelled_cases(layout, task)]
 
 
-def resolve_tasks(spec: str, index: DatasetIndex) -> List[SelectionTask]:
+def resolve_tasks(spec: str, layout) -> List[SelectionTask]:
     """``--tasks`` value: ``all``, or a tasks file; every task checked against the dataset."""
-    tasks = all_tasks(index) if spec == "all" else read_tasks_file(Path(spec))
+    tasks = all_tasks(layout) if spec == "all" else read_tasks_file(Path(spec))
+    if not tasks:
+        raise ValueError(f"no task with labelled volumes in {layout.root}")
     for task in tasks:
-        index.check(task)
+        check_task(layout, task)
     return tasks
