@@ -19,7 +19,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Union
 
 import nibabel as nib
 import numpy as np
@@ -68,10 +68,8 @@ def import_iseg(src: Union[str, Path], dst: Union[str, Path], overwrite: bool = 
                 raise FileNotFoundError(f"case {case}: channel file {src / f'{case}-{name}.hdr'} not found")
         labelled = "label" in files
         split = "Tr" if labelled else "Ts"
-        reference = None
         for index, name in enumerate(ISEG_CHANNELS):
             img = _load_3d(files[name.lower()], case)
-            reference = reference or img
             _write(np.asanyarray(img.dataobj), img.affine, dst / f"images{split}" / f"{case}_{index:04d}.nii.gz", img.header)
         if labelled:
             img = _load_3d(files["label"], case)
@@ -131,7 +129,6 @@ def import_brats(
             _write(values.astype(np.uint8), img.affine, dst / "labelsTr" / f"{case}.nii.gz", None)
             n_train += 1
             labels_seen = labels
-    unknown = sorted(set(sites) - {p.name for p in cases})
     case_sites = {p.name: sites[p.name] for p in cases if p.name in sites}
     missing = [p.name for p in cases if sites and p.name not in sites]
     if sites and missing:
@@ -139,7 +136,7 @@ def import_brats(
             f"partitions CSV {partitions} has no partition for case(s) {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''} (of {len(missing)})"
         )
-    del unknown  # subjects listed in the CSV but absent here are fine (a subset was downloaded)
+    # Subjects listed in the CSV but absent here are fine: a subset was downloaded.
     _write_dataset_json(dst, "BraTS", BRATS_CHANNELS, labels_seen, n_train, case_sites)
     return dst
 
