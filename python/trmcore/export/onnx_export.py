@@ -106,6 +106,8 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
     out_path = Path(out_path)
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if tolerance is not None and not tolerance > 0:
+        raise ValueError(f"tolerance must be positive, got {tolerance!r}")
     if out_path.suffix != ".onnx":
         raise ValueError(f"output must be an .onnx file, got {out_path}")
     if out_path.exists() and not overwrite:
