@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "trmcore.cli.data",
     "trmcore.cli.train",
     "trmcore.cli.deploy",
+    "trmcore.cli.selection",
 ]
 
 
