@@ -181,6 +181,7 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
     elapsed_before = float(metrics.rows[-1]["elapsed_s"]) if metrics.rows else 0.0
     started = time.perf_counter()
     loss_sum, loss_count = 0.0, 0
+    last_plot = started
     bar = tqdm(total=config.iterations, initial=start, disable=not (progress and ctx.is_main),
                desc=f"{info.method or 'source'}", unit="it", dynamic_ncols=True)
     last_dice: Optional[float] = metrics.rows[-1]["val_dice"] if metrics.rows else None
@@ -222,7 +223,10 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
             info.iterations_done = done
             info.val_dice = last_dice
             if ctx.is_main:
-                _write_run(run_dir, model, info, metrics)
+                # Curves are redrawn at most once a minute (and at the end): matplotlib is slow.
+                plot = done == config.iterations or time.perf_counter() - last_plot > 60
+                _write_run(run_dir, model, info, metrics, plot)
+                last_plot = time.perf_counter() if plot else last_plot
                 if done < config.iterations:
                     save_train_state(run_dir, {
                         "iteration": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -243,9 +247,11 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
     return info
 
 
-def _write_run(run_dir: Path, model: UNet, info: RunInfo, metrics: MetricsLog) -> None:
+def _write_run(run_dir: Path, model: UNet, info: RunInfo, metrics: MetricsLog, plot: bool = True) -> None:
     save_run(run_dir, model, info)
     metrics.write_csv(run_dir)
+    if not plot:
+        return
     title = f"{info.method or 'source'}: {'+'.join(info.channels)} -> {', '.join(info.label_names[1:])}"
     metrics.plot(run_dir, title)
 
