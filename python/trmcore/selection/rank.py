@@ -1,0 +1,239 @@
+"""Rank candidate source models by LEEP on a target training set (SPEC sections 2 and 6).
+
+For each source (a run folder ``RUN/model.safetensors + run.json``, or an ONNX
+model), the source's logits over the target training slices feed
+:class:`trmcore.ops.LeepAccumulator` batch by batch (first pass: the joint
+P(y, z)); a second pass sums :func:`trmcore.ops.pixel_leep` with the
+finished joint. LEEP = that sum / number of pixels (<= 0, higher = more
+transferable). The source head's Z outputs are used as they are, whatever
+the number of target classes.
+
+``validate_ranking`` fine-tunes each source briefly with
+:func:`trmcore.training.finetune`, evaluates 3D Dice on the held-out cases,
+and reports Kendall's tau between LEEP and Dice.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """Target task and how its slices are made.
+
+    Attributes:
+        channel, labels, site: the target task (as ``trm train``'s options).
+        val_fraction, seed: the case split; LEEP uses the training cases only,
+            the same split fine-tuning makes.
+        shots: keep N seeded training slices (few-shot), or None for all.
+        axis, divisor: slicing for ONNX sources (run folders use their run.json).
+        batch_size: slices per forward pass; device: torch device for run folders.
+    """
+
+    channel: str
+    labels: str
+    site: Optional[str] = None
+    val_fraction: float = 0.2
+    shots: Optional[int] = None
+    axis: int = 2
+    divisor: int = 16
+    batch_size: int = 16
+    device: Optional[str] = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SourceScore:
+    source: Path
+    kind: str  # "run" or "onnx"
+    leep: float
+    num_source_classes: int
+    pixels: int
+
+    def to_json(self) -> Dict[str, object]:
+        return {"source": str(self.source), "kind": self.kind, "leep": self.leep,
+                "num_source_classes": self.num_source_classes, "pixels": self.pixels}
+
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _run_source(path: Path, device: Optional[str]) -> Tuple[LogitsFn, int, int, int]:
+    """(logits function on float32 [N, Cin, H, W], in_channels, axis, divisor) of a run folder."""
+    import torch
+
+    from trmcore.training import load_run
+    from trmcore.training.distributed import resolve_device
+
+    resolved = resolve_device(device)
+    model, info = load_run(path, device=resolved)
+    model.eval()
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch).to(resolved)).float().cpu().numpy()
+
+    return logits, info.model.in_channels, info.axis, info.divisor
+
+
+def _onnx_source(path: Path) -> Tuple[LogitsFn, Optional[int]]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError(f"ranking the ONNX model {path} needs onnxruntime (pip install onnxruntime)") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ValueError(f"ONNX model {path} has {len(inputs)} inputs; expected one image input [N, Cin, H, W]")
+    name = inputs[0].name
+    shape = inputs[0].shape
+    in_channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: batch})[0], dtype=np.float32)
+
+    return logits, in_channels
+
+
+def _batches(n: int, size: int) -> Iterable[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def source_leep(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                batch_size: int = 16) -> Tuple[float, int, int]:
+    """Dataset LEEP of one source over slices, in two batched passes.
+
+    Args:
+        logits_fn: float32 ``[N, Cin, H, W]`` -> ``[N, Z, H, W]``.
+        images: float32 ``[S, Cin, H, W]``; labels: int64 ``[S, H, W]`` (0..C-1).
+        num_classes: C.
+
+    Returns:
+        (LEEP, Z, number of pixels).
+    """
+    from trmcore.ops import LeepAccumulator, pixel_leep
+
+    accumulator = LeepAccumulator(num_classes)
+    for part in _batches(len(images), batch_size):
+        accumulator.update(logits_fn(images[part]), labels[part])
+    joint = accumulator.joint
+    if joint.count == 0:
+        raise ValueError("the target training set has no pixel to score")
+    total = 0.0
+    for part in _batches(len(images), batch_size):
+        total += float(np.sum(pixel_leep(logits_fn(images[part]), labels[part], joint), dtype=np.float64))
+    return total / joint.count, joint.num_source_classes, joint.count
+
+
+def _target_slices(data: PathLike, config: RankConfig, axis: int, divisor: int, cache: Dict):
+    key = (axis, divisor)
+    if key not in cache:
+        from trmcore.data import few_shot, load_task_volumes, parse_task, split_cases, volumes_to_slices
+
+        if "volumes" not in cache:
+            volumes, info = load_task_volumes(data, parse_task(config.channel, config.labels, config.site),
+                                              progress=False)
+            train, _ = split_cases(volumes, config.val_fraction, config.seed)
+            cache["volumes"], cache["info"] = train, info
+        slices = volumes_to_slices(cache["volumes"], axis=axis, divisor=divisor, skip_empty=True)
+        if config.shots is not None:
+            slices = few_shot(slices, config.shots, seed=config.seed)
+        cache[key] = slices
+    return cache[key], cache["info"]
+
+
+def rank_sources(data: PathLike, sources: Sequence[PathLike], config: RankConfig) -> List[SourceScore]:
+    """LEEP of every source on the target training slices, best (highest) first.
+
+    Raises:
+        FileNotFoundError: a source that is neither a run folder nor an .onnx file.
+        ValueError: a source whose input channels differ from the target's.
+    """
+    if not sources:
+        raise ValueError("no source models given")
+    cache: Dict = {}
+    scores = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            if not (source / "run.json").is_file():
+                raise FileNotFoundError(f"source {source} is a folder without run.json (not a run folder)")
+            logits_fn, in_channels, axis, divisor = _run_source(source, config.device)
+            kind = "run"
+        elif source.is_file() and source.suffix == ".onnx":
+            logits_fn, in_channels = _onnx_source(source)
+            axis, divisor, kind = config.axis, config.divisor, "onnx"
+        else:
+            raise FileNotFoundError(f"source {source} not found (give a run folder or an .onnx model)")
+        slices, info = _target_slices(data, config, axis, divisor, cache)
+        if in_channels is not None and in_channels != slices.images.shape[1]:
+            raise ValueError(f"source {source} takes {in_channels} input channel(s); the target task has "
+                             f"{slices.images.shape[1]} ({', '.join(info.channels)})")
+        value, z, pixels = source_leep(logits_fn, slices.images, slices.labels, info.num_classes, config.batch_size)
+        scores.append(SourceScore(source, kind, value, z, pixels))
+    return sorted(scores, key=lambda s: -s.leep)
+
+
+@dataclass(frozen=True)
+class RankValidation:
+    dice: List[float]
+    tau: float
+    p_value: float
+    iterations: int
+    method: str
+
+    def to_json(self) -> Dict[str, object]:
+        return {"dice": self.dice, "kendall_tau": self.tau, "p_value": self.p_value,
+                "iterations": self.iterations, "method": self.method}
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Tuple[float, float]:
+    """Kendall's tau-b and its p-value (scipy.stats.kendalltau); NaN when undefined (n < 2 or constant)."""
+    from scipy.stats import kendalltau
+
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    result = kendalltau(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: RankConfig, iterations: int = 200,
+                     method: str = "vanilla", work_dir: Optional[PathLike] = None,
+                     progress: bool = False) -> RankValidation:
+    """Fine-tune each run-folder source briefly on the target; Kendall tau between LEEP and Dice.
+
+    Uses :func:`trmcore.training.finetune` (same split: ``config.val_fraction``
+    and ``config.seed``) and the validation Dice it reports.
+    """
+    from trmcore.data import parse_task
+    from trmcore.training import TrainConfig, evaluate_run, finetune
+
+    for score in ranking:
+        if score.kind != "run":
+            raise ValueError(f"--validate needs run folders to fine-tune; {score.source} is an ONNX model")
+    task = parse_task(config.channel, config.labels, config.site)
+    train_config = TrainConfig(iterations=iterations, method=method, few_shot=config.shots, seed=config.seed,
+                               val_fraction=config.val_fraction, val_every=0)
+    dice: List[float] = []
+    with tempfile.TemporaryDirectory(prefix="trm-rank-") as tmp:
+        root = Path(work_dir) if work_dir is not None else Path(tmp)
+        for k, score in enumerate(ranking):
+            run_dir = root / f"validate-{k:02d}-{score.source.name}"
+            info = finetune(data, task, score.source, run_dir, train_config, device=config.device,
+                            progress=progress)
+            if info.val_dice is not None:
+                dice.append(float(info.val_dice))
+            else:
+                result = evaluate_run(str(run_dir), str(data), site=config.site, cases=info.val_cases,
+                                      device=config.device, progress=progress)
+                dice.append(float(result.mean))
+    tau, p_value = kendall_tau([s.leep for s in ranking], dice)
+    return RankValidation(dice, tau, p_value, iterations, method)
