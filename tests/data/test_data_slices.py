@@ -121,3 +121,19 @@ def test_split_by_case_has_no_overlap_and_is_deterministic():
     assert len(split_cases(vols[:1], val_fraction=0.5)[0]) == 1  # never an empty training set
     with pytest.raises(ValueError, match="val_fraction"):
         split_cases(vols, val_fraction=1.0)
+
+
+def test_data_package_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any torch import would now fail
+        "import trmcore.data, trmcore.data.preprocess, trmcore.cli.data\n"
+        "from trmcore.data import make_phantom, load_task_volumes, parse_task\n"
+        "import tempfile, pathlib\n"
+        "root = make_phantom(pathlib.Path(tempfile.mkdtemp()) / 'p', n_cases=1, sites=1, size=(16, 16, 8))\n"
+        "load_task_volumes(root, parse_task('T1', 'WM'), progress=False)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

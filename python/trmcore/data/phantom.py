@@ -350,8 +350,10 @@ def smooth_noise(shape: Sequence[int], sigma_vox: Sequence[float], rng: np.rando
     """
     shape = tuple(int(s) for s in shape)
     sigma = np.asarray(sigma_vox, np.float64)
-    factor = max(1, int(np.floor(sigma.min() / 2.0)))
+    factor = max(1, int(np.floor(sigma.min() / 1.5)))
     coarse = tuple(max(2, -(-n // factor) + 1) for n in shape)
+    if factor > 1:
+        coarse = tuple(_nice_size(n) for n in coarse)  # FFT-friendly; upsampling absorbs the extra
     field = gaussian_blur(rng.standard_normal(coarse, dtype=np.float32), sigma / factor, wrap=True)
     if coarse != shape:
         field = _resize_linear(field, shape)
@@ -369,7 +371,9 @@ def gaussian_blur(volume: np.ndarray, sigma_vox: Sequence[float], wrap: bool = F
     sigma = np.broadcast_to(np.asarray(sigma_vox, np.float64), (vol.ndim,))
     if np.all(sigma <= 0):
         return vol.copy()
-    pads = [(0, 0) if wrap else (0, int(np.ceil(3 * s))) for s in sigma]
+    # Pad to FFT-friendly sizes (factors 2, 3, 5): pocketfft is many times
+    # slower on sizes with a large prime factor.
+    pads = [(0, 0) if wrap else (0, _nice_size(n + int(np.ceil(3 * s))) - n) for n, s in zip(vol.shape, sigma)]
     padded = np.pad(vol, pads) if not wrap else vol
     spectrum = np.fft.rfftn(padded, axes=tuple(range(vol.ndim)))
     for axis, (n, s) in enumerate(zip(padded.shape, sigma)):
@@ -380,6 +384,19 @@ def gaussian_blur(volume: np.ndarray, sigma_vox: Sequence[float], wrap: bool = F
         spectrum *= kernel.reshape(view)
     out = np.fft.irfftn(spectrum, s=padded.shape, axes=tuple(range(vol.ndim))).astype(np.float32)
     return out[tuple(slice(0, n) for n in vol.shape)]
+
+
+def _nice_size(n: int) -> int:
+    """Smallest m >= n whose only prime factors are 2, 3 and 5."""
+    m = max(1, int(n))
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
 
 
 def _resize_linear(field: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
