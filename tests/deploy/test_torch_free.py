@@ -1,0 +1,66 @@
+"""The inference path must run where torch cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+PYTHON_SRC = Path(__file__).resolve().parents[2] / "python"
+
+
+def _run_without_torch(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    blocker = tmp_path / "no-torch"
+    (blocker / "torch").mkdir(parents=True, exist_ok=True)
+    (blocker / "torch" / "__init__.py").write_text(
+        "raise ImportError('torch is blocked: the inference path must not import it')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(PYTHON_SRC)]))
+    prelude = "import sys\ntry:\n    import torch\nexcept ImportError:\n    pass\nelse:\n    sys.exit('blocker failed')\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_predict_and_segmenter_without_torch(phantom, onnx_model, tmp_path):
+    out = tmp_path / "pred"
+    result = _run_without_torch(tmp_path, f"""
+        import sys
+        import nibabel as nib
+        from trmcore.cli.main import main
+        from trmcore.infer import Segmenter
+        code = main(["predict", "-m", {str(onnx_model)!r}, "-i", {str(phantom / "imagesTr")!r},
+                     "-o", {str(out)!r}, "--no-progress"])
+        seg = Segmenter({str(onnx_model)!r}, providers="auto")
+        files = [{str(phantom / "imagesTr" / "phantom_001_0000.nii.gz")!r},
+                 {str(phantom / "imagesTr" / "phantom_001_0001.nii.gz")!r}]
+        labels = seg.predict_volume([nib.load(f) for f in files])
+        print("PROVIDER", seg.provider, "SHAPE", labels.shape)
+        assert "torch" not in sys.modules
+        sys.exit(code)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "PROVIDER CPUExecutionProvider" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == [f"phantom_00{i}.nii.gz" for i in range(3)]
+    with_torch = nib.load(str(out / "phantom_001.nii.gz"))
+    assert with_torch.get_data_dtype() == np.uint8
+
+
+def test_transferability_without_torch(phantom, onnx_model, tmp_path):
+    report = tmp_path / "report.json"
+    result = _run_without_torch(tmp_path, f"""
+        import sys
+        from trmcore.cli.main import main
+        code = main(["transferability", "-m", {str(onnx_model)!r}, {str(phantom)!r}, "--channel", "T1,T2",
+                     "--labels", "CSF", "--json", {str(report)!r}, "--no-progress"])
+        assert "torch" not in sys.modules
+        sys.exit(code)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "dataset LEEP" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["leep"] <= 0 and len(data["cases"]) == 3
