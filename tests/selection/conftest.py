@@ -43,3 +43,4 @@ def synthetic_tasks() -> List[TaskVolumes]:
         make_task("B", "T1", "GM", radius=0.7, contrast=4.0, noise=0.05, seed=3),
         make_task("B", "T2", "WM", radius=0.55, contrast=0.5, noise=1.0, seed=4, shape=(16, 12, 12)),
     ]
+

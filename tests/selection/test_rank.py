@@ -10,31 +10,14 @@ torch = pytest.importorskip("torch")
 from trmcore.cli.main import main  # noqa: E402
 from trmcore.selection.rank import RankConfig, kendall_tau, rank_sources, source_leep  # noqa: E402
 
+from selection_helpers import make_source  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     from trmcore.data import make_phantom
 
     return make_phantom(tmp_path_factory.mktemp("data") / "ph", n_cases=4, sites=2, size=(24, 24, 8))
-
-
-def make_source(run_dir, seed, num_classes=3, bias=0.0):
-    """A small random-weight source run (channel T1); ``bias`` shifts class 1's logit."""
-    from trmcore.models import UNet, UNetConfig
-    from trmcore.training import RunInfo, save_run
-
-    torch.manual_seed(seed)
-    config = UNetConfig(in_channels=1, num_classes=num_classes, depth=2, width=4)
-    model = UNet(config).eval()
-    if bias:
-        with torch.no_grad():
-            head = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-            head.bias[1] += bias
-    names = ["background"] + [f"c{k}" for k in range(1, num_classes)]
-    info = RunInfo(model=config, channels=["T1"], label_names=names, label_values=list(range(num_classes)),
-                   axis=2, divisor=config.divisor)
-    save_run(run_dir, model, info)
-    return run_dir
 
 
 def test_leep_matches_reference_on_all_slices(phantom, tmp_path):
