@@ -8,7 +8,7 @@ from trmcore.selection.affinity import AffinityResult
 from trmcore.selection.path import (
     _hop_limited_paths, build_task_graph, communities, landmark, path_cost, select_paths,
 )
-from trmcore.selection.tasks import SelectionTask, parse_task_name
+from trmcore.selection.tasks import parse_task_name
 
 
 def affinity_of(names, d, n_cases):

@@ -8,7 +8,7 @@ into signatures, then dropped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import List, Mapping, Sequence, Union
 
 from trmcore.selection.affinity import AffinityConfig, AffinityResult, affinity_from_signatures, compute_signatures, sample_cases
 from trmcore.selection.tasks import SelectionTask, check_task, labelled_cases
@@ -55,6 +55,3 @@ def affinity_from_dataset(root: Union[str, Path], tasks: Sequence[SelectionTask]
     signatures = compute_signatures(list(tasks), loaders, n_cases, config)
     return affinity_from_signatures(signatures, config)
 
-
-def default_sites(sites: Optional[str]) -> SitesArg:
-    return Path(sites) if sites else None

@@ -27,7 +27,6 @@ the graph is disconnected, only direct transfer is proposed (and a note says why
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
