@@ -78,6 +78,9 @@ inline void validate(const PixelLeepParams& p, const char* launcher) {
   require_positive(p.hw, launcher, "hw");
   require_class_count(p.c, launcher, "c");
   require_sizes(p.n, p.z, p.hw, launcher);
+  if (p.c * p.z >= (int64_t{1} << 31)) {
+    throw std::invalid_argument(std::string(launcher) + ": c * z must be below 2^31");
+  }
 }
 
 inline void validate(const RiskMapParams& p, const char* launcher) {

@@ -75,7 +75,10 @@ struct LeepJointKernel {
                   const float* __restrict xk = xs + k * kRowPixels;
                   double* __restrict ack = a + (c * K + k) * kRowPixels;
                   const int32_t cc = static_cast<int32_t>(c);
-                  for (int p = 0; p < len; ++p) ack[p] += static_cast<double>(y[p] == cc ? xk[p] : 0.0f);
+                  for (int p = 0; p < len; ++p) {
+                    const float v = xk[p];  // unconditional loads keep the select vectorisable
+                    ack[p] += static_cast<double>(y[p] == cc ? v : 0.0f);
+                  }
                 }
               }
             } else {
@@ -143,20 +146,38 @@ struct PixelLeepKernel {
           nonfinite += load_logits_row<D, KT>(logits + image * K * hw + pixel, hw, K, len, xs, rowmax.get());
           exp_shifted_row<KT>(K, len, xs, rowmax.get(), sum.get());
           load_labels(prm.labels + image * hw + pixel, len, C, prm.ignore_index, label.get(), counts);
-          for (int p = 0; p < len; ++p) eep[p] = 0.0f;
-          for (int k = 0; k < K; ++k) {
-            const float* __restrict xk = xs + k * kRowPixels;
-            const float* __restrict ck = cond + k;
+          if (C <= kMaskedMaxTargetClasses) {
+            // Vectorised: the dot product for every target class, kept where y == c.
+            float* __restrict dot = rowmax.get();  // the row max is no longer needed
+            for (int p = 0; p < len; ++p) eep[p] = 0.0f;
+            for (int64_t c = 0; c < C; ++c) {
+              for (int p = 0; p < len; ++p) dot[p] = 0.0f;
+              for (int k = 0; k < K; ++k) {
+                const float* __restrict xk = xs + k * kRowPixels;
+                const float coef = cond[c * K + k];
+                for (int p = 0; p < len; ++p) dot[p] += coef * xk[p];
+              }
+              const int32_t cc = static_cast<int32_t>(c);
+              for (int p = 0; p < len; ++p) {
+                const float d = dot[p], old = eep[p];
+                eep[p] = y[p] == cc ? d : old;
+              }
+            }
+          } else {
+            // Same arithmetic (sum over k in order), one gathered row of P(y|z) per pixel.
             for (int p = 0; p < len; ++p) {
-              const int32_t yy = y[p] < 0 ? 0 : y[p];
-              eep[p] += ck[static_cast<int64_t>(yy) * K] * xk[p];
+              const float* __restrict row = cond + static_cast<int64_t>(y[p] < 0 ? 0 : y[p]) * K;
+              float d = 0.0f;
+              for (int k = 0; k < K; ++k) d += row[k] * xs[k * kRowPixels + p];
+              eep[p] = d;
             }
           }
           float* __restrict out = prm.out + image * hw + pixel;
           for (int p = 0; p < len; ++p) {
             float e = eep[p] / s[p];
-            e = e < FLT_MIN ? FLT_MIN : e;  // also maps NaN-free underflow to the floor
-            out[p] = y[p] >= 0 ? fast_log(e) : 0.0f;
+            e = e < FLT_MIN ? FLT_MIN : e;
+            const float log_eep = fast_log(e);
+            out[p] = y[p] >= 0 ? log_eep : 0.0f;
           }
         });
       }

@@ -107,17 +107,25 @@ struct LabelCounts {
   int64_t bad = 0;
 };
 
-inline void load_labels(const int64_t* __restrict src, int len, int64_t classes, int64_t ignore_index,
+// Reads each int64 label as two 32-bit halves (little-endian) so that the loop
+// vectorises with SSE2, which has no 64-bit integer compares.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "trmcore's CPU kernels assume little-endian int64");
+typedef int32_t aliasing_int32 __attribute__((may_alias));
+
+inline void load_labels(const int64_t* __restrict labels, int len, int64_t classes, int64_t ignore_index,
                         int32_t* __restrict dst, LabelCounts& counts) {
-  int64_t valid = 0, bad = 0;
+  const aliasing_int32* __restrict half = reinterpret_cast<const aliasing_int32*>(labels);
+  const int32_t ignore_lo = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(ignore_index)));
+  const int32_t ignore_hi = static_cast<int32_t>(static_cast<uint64_t>(ignore_index) >> 32);
+  const int32_t num_classes = static_cast<int32_t>(classes);  // <= 2^24, checked by the launchers
+  int32_t valid = 0, bad = 0;
   for (int p = 0; p < len; ++p) {
-    const int64_t y = src[p];
-    const int64_t ignored = y == ignore_index;
-    const int64_t in_range = (y >= 0) & (y < classes);
-    const int64_t ok = in_range & (ignored ^ 1);
-    dst[p] = ok ? static_cast<int32_t>(y) : -1;
+    const int32_t lo = half[2 * p], hi = half[2 * p + 1];
+    const int32_t ignored = (lo == ignore_lo) & (hi == ignore_hi);
+    const int32_t ok = (hi == 0) & (lo >= 0) & (lo < num_classes) & (ignored ^ 1);
+    dst[p] = ok ? lo : -1;
     valid += ok;
-    bad += (in_range | ignored) ^ 1;
+    bad += (ok | ignored) ^ 1;
   }
   counts.valid += valid;
   counts.bad += bad;

@@ -52,10 +52,13 @@ struct RwceForwardKernel {
           for (int p = 0; p < len; ++p) xy[p] = 0.0f;
           for (int k = 0; k < K; ++k) {
             const float* __restrict xk = xs + k * kRowPixels;
-            for (int p = 0; p < len; ++p) xy[p] = y[p] == k ? xk[p] : xy[p];
+            for (int p = 0; p < len; ++p) {
+              const float v = xk[p], old = xy[p];
+              xy[p] = y[p] == k ? v : old;
+            }
           }
           exp_shifted_row<KT>(K, len, xs, m, s);
-          int64_t fg = 0;
+          int32_t fg = 0;
           for (int p = 0; p < len; ++p) {
             const float ce = fast_log(s[p]) - (xy[p] - m[p]);
             const double term = static_cast<double>(w[p]) * static_cast<double>(ce);
@@ -124,7 +127,10 @@ struct RwceBackwardKernel {
           load_labels(prm.labels + image * hw + pixel, len, K, prm.ignore_index, label.get(), counts);
           exp_shifted_row<KT>(K, len, xs, m, s);
           // m becomes the per-pixel factor scale * w / sum (0 where ignored).
-          for (int p = 0; p < len; ++p) m[p] = y[p] >= 0 ? scale * w[p] : 0.0f;
+          for (int p = 0; p < len; ++p) {
+            const float factor = scale * w[p];
+            m[p] = y[p] >= 0 ? factor : 0.0f;
+          }
           for (int p = 0; p < len; ++p) s[p] = 1.0f / s[p];
           typename D::storage* dst = grad + image * K * hw + pixel;
           for (int k = 0; k < K; ++k) {
