@@ -1,4 +1,9 @@
-"""The inference path must run where torch cannot be imported."""
+"""The inference path must run where torch cannot be imported.
+
+The subprocess also blocks the other packages of the ``train`` extra
+(networkx, scipy, matplotlib, onnx, onnxscript, safetensors): ``pip install
+trmcore[cpu]`` installs none of them, so ``trm predict`` must not need them.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,32 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
-PYTHON_SRC = Path(__file__).resolve().parents[2] / "python"
+import trmcore
+
+# The trmcore these tests import (the source tree or an installed copy), put after the blocker.
+TRMCORE_PARENT = Path(trmcore.__file__).resolve().parents[1]
 
 
-def _run_without_torch(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+TORCH_ONLY = ("torch",)
+TRAIN_EXTRA = ("torch", "networkx", "scipy", "matplotlib", "onnx", "onnxscript", "safetensors")
+
+
+def _run_without_torch(tmp_path: Path, code: str, blocked=TORCH_ONLY) -> subprocess.CompletedProcess:
     blocker = tmp_path / "no-torch"
-    (blocker / "torch").mkdir(parents=True, exist_ok=True)
-    (blocker / "torch" / "__init__.py").write_text(
-        "raise ImportError('torch is blocked: the inference path must not import it')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(PYTHON_SRC)]))
+    for name in blocked:
+        (blocker / name).mkdir(parents=True, exist_ok=True)
+        (blocker / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is blocked: the inference path must not import it')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(TRMCORE_PARENT)]))
     prelude = "import sys\ntry:\n    import torch\nexcept ImportError:\n    pass\nelse:\n    sys.exit('blocker failed')\n"
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, capture_output=True,
                           text=True, timeout=300)
 
 
-def test_predict_and_segmenter_without_torch(phantom, onnx_model, tmp_path):
+@pytest.mark.parametrize("blocked", [TORCH_ONLY, TRAIN_EXTRA], ids=["no-torch", "no-train-extra"])
+def test_predict_and_segmenter_without_torch(phantom, onnx_model, tmp_path, blocked):
     out = tmp_path / "pred"
     result = _run_without_torch(tmp_path, f"""
         import sys
@@ -40,9 +55,9 @@ def test_predict_and_segmenter_without_torch(phantom, onnx_model, tmp_path):
                  {str(phantom / "imagesTr" / "phantom_001_0001.nii.gz")!r}]
         labels = seg.predict_volume([nib.load(f) for f in files])
         print("PROVIDER", seg.provider, "SHAPE", labels.shape)
-        assert "torch" not in sys.modules
+        assert not set(sys.modules) & {set(blocked)!r}
         sys.exit(code)
-    """)
+    """, blocked)
     assert result.returncode == 0, result.stderr
     assert "PROVIDER CPUExecutionProvider" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [f"phantom_00{i}.nii.gz" for i in range(3)]
@@ -57,9 +72,9 @@ def test_transferability_without_torch(phantom, onnx_model, tmp_path):
         from trmcore.cli.main import main
         code = main(["transferability", "-m", {str(onnx_model)!r}, {str(phantom)!r}, "--channel", "T1,T2",
                      "--labels", "CSF", "--json", {str(report)!r}, "--no-progress"])
-        assert "torch" not in sys.modules
+        assert not set(sys.modules) & {set(TRAIN_EXTRA)!r}
         sys.exit(code)
-    """)
+    """, TRAIN_EXTRA)
     assert result.returncode == 0, result.stderr
     assert "dataset LEEP" in result.stdout
     data = json.loads(report.read_text())
