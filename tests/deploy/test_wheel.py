@@ -8,6 +8,7 @@ else from pip's configured indexes.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -36,8 +37,10 @@ def test_wheel_installs_and_predicts_without_torch(phantom, onnx_model, tmp_path
     if not (REPO / "pyproject.toml").is_file():
         pytest.skip("no source tree to build a wheel from")
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", REPO, "--no-deps", "--no-build-isolation", "-q", "-w", wheels],
-         timeout=900)
+    # Reuse this environment's build backend when it has one (no index needed), else let pip fetch it.
+    have_backend = all(importlib.util.find_spec(m) for m in ("scikit_build_core", "pybind11"))
+    isolation = ["--no-build-isolation"] if have_backend else []
+    _run([sys.executable, "-m", "pip", "wheel", REPO, "--no-deps", *isolation, "-q", "-w", wheels], timeout=900)
     (wheel,) = wheels.glob("trmcore-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("trmcore/_C") and n.endswith((".so", ".pyd")) for n in names), \
