@@ -14,10 +14,6 @@ namespace {
 
 // Target class counts up to this use the masked (vectorised) joint update.
 constexpr int64_t kMaskedMaxTargetClasses = 8;
-// The masked update sums at most this many rows per lane in float32 before
-// adding into the float64 lane accumulators, so the rounding error stays at a
-// few float32 ulps however many pixels there are (the joint itself is float64).
-constexpr int kFloatRowsPerFlush = 8;
 // Upper bound on the memory of per-chunk partial joints held at once.
 constexpr int64_t kPartialBudgetBytes = int64_t{64} << 20;
 
@@ -47,17 +43,6 @@ struct LeepJointKernel {
         AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels);
         AlignedBuffer<int32_t> label(kRowPixels);
         AlignedBuffer<double> acc(masked ? static_cast<size_t>(CK) * kRowPixels : 1);
-        AlignedBuffer<float> acc_f(masked ? static_cast<size_t>(CK) * kRowPixels : 1);
-        int rows_in_float = 0;
-        auto flush = [&]() {
-          double* __restrict a = acc.get();
-          float* __restrict f = acc_f.get();
-          for (int64_t j = 0; j < CK * kRowPixels; ++j) {
-            a[j] += static_cast<double>(f[j]);
-            f[j] = 0.0f;
-          }
-          rows_in_float = 0;
-        };
         LabelCounts counts;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < wave_chunks; ++i) {
@@ -66,8 +51,6 @@ struct LeepJointKernel {
           const int64_t end = std::min(total, begin + kChunkPixels);
           if (masked) {
             std::fill(acc.get(), acc.get() + CK * kRowPixels, 0.0);
-            std::fill(acc_f.get(), acc_f.get() + CK * kRowPixels, 0.0f);
-            rows_in_float = 0;
           } else {
             std::fill(out, out + CK, 0.0);
           }
@@ -86,19 +69,18 @@ struct LeepJointKernel {
               for (int p = 0; p < len; ++p) xk[p] *= inv[p];  // theta
             }
             if (masked) {
-              float* __restrict a = acc_f.get();
+              double* __restrict a = acc.get();
               for (int64_t c = 0; c < C; ++c) {
                 for (int k = 0; k < K; ++k) {
                   const float* __restrict xk = xs + k * kRowPixels;
-                  float* __restrict ack = a + (c * K + k) * kRowPixels;
+                  double* __restrict ack = a + (c * K + k) * kRowPixels;
                   const int32_t cc = static_cast<int32_t>(c);
                   for (int p = 0; p < len; ++p) {
                     const float v = xk[p];  // unconditional loads keep the select vectorisable
-                    ack[p] += y[p] == cc ? v : 0.0f;
+                    ack[p] += static_cast<double>(y[p] == cc ? v : 0.0f);
                   }
                 }
               }
-              if (++rows_in_float == kFloatRowsPerFlush) flush();
             } else {
               for (int p = 0; p < len; ++p) {
                 if (y[p] < 0) continue;
@@ -108,7 +90,6 @@ struct LeepJointKernel {
             }
           });
           if (masked) {
-            flush();
             for (int64_t j = 0; j < CK; ++j) {
               const double* a = acc.get() + j * kRowPixels;
               double t = 0.0;
