@@ -6,15 +6,11 @@ import pytest
 import torch
 
 from trmcore.data import make_phantom, parse_task
-from trmcore.training import TrainConfig
 from trmcore.training.trainer import train
 
+from .helpers import tiny_config
+
 torch.set_num_threads(2)
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    base = dict(iterations=4, batch_size=4, val_every=2, val_fraction=0.25, seed=0, lr=1e-3)
-    return TrainConfig(**{**base, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.trainer import finetune, prepare_data
 from trmcore.training.weighting import leep_statistics
 
-from conftest import tiny_config
+from .helpers import tiny_config
 
 TARGET = parse_task("T2", "CSF")
 

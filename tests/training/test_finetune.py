@@ -13,7 +13,7 @@ from trmcore.training import METHODS
 from trmcore.training.checkpoint import TRAIN_STATE_FILE, load_run
 from trmcore.training.trainer import finetune, train
 
-from conftest import tiny_config
+from .helpers import tiny_config
 
 TARGET = parse_task("T2", "CSF")
 
