@@ -216,8 +216,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("leep_joint", &leep_joint, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
         py::arg("n"), py::arg("z"), py::arg("hw"), py::arg("c"), py::arg("ignore_index") = -100, py::arg("joint"),
         py::arg("status"), py::arg("num_threads") = 0, py::arg("cuda") = false, py::arg("stream") = 0,
-        "joint[C, Z] (float64) <- sum over valid pixels with label y of softmax(logits)[z]; status[3] <- "
-        "(#valid, #bad labels, #non-finite logits).");
+        "joint[C, Z] (float64) <- sum over valid pixels with label y of softmax(logits)[z]; status[5] (int64) <- "
+        "(#valid, #bad labels, #non-finite logits, 0, 0).");
   m.def("pixel_leep", &pixel_leep, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
         py::arg("conditional"), py::arg("n"), py::arg("z"), py::arg("hw"), py::arg("c"),
         py::arg("ignore_index") = -100, py::arg("out"), py::arg("status"), py::arg("num_threads") = 0,
@@ -231,7 +231,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weights"), py::arg("n"), py::arg("c"), py::arg("hw"), py::arg("ignore_index") = -100,
         py::arg("per_image"), py::arg("status"), py::arg("num_threads") = 0, py::arg("cuda") = false,
         py::arg("stream") = 0,
-        "per_image[N, 3] (float64) <- (sum_valid w * CE, #foreground, #valid); status[3] as for leep_joint.");
+        "per_image[N, 3] (float64) <- (sum_valid w * CE, #foreground, #valid); status[5] <- (#valid, #bad labels, "
+        "#non-finite logits, #non-finite weights, #negative weights).");
   m.def("rwce_backward", &rwce_backward, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
         py::arg("weights"), py::arg("scale"), py::arg("n"), py::arg("c"), py::arg("hw"),
         py::arg("ignore_index") = -100, py::arg("grad"), py::arg("num_threads") = 0, py::arg("cuda") = false,
@@ -241,4 +242,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_available", []() { return trmcore::cuda_available(); },
         "Whether this build contains the CUDA kernels and a CUDA device is usable.");
   m.def("omp_max_threads", &omp_max_threads, "OpenMP's default thread count (1 without OpenMP).");
+  m.def("cpu_isa", []() { return std::string(trmcore::cpu_isa()); },
+        "Instruction-set variant of the CPU kernels in use: 'avx2' or 'baseline'.");
+  m.def("set_cpu_isa", [](const std::string& name) { trmcore::set_cpu_isa(name.c_str()); }, py::arg("name"),
+        "Use the 'baseline', 'avx2' or 'auto' variant of the CPU kernels (results are identical; for tests "
+        "and benchmarks). The environment variable TRMCORE_CPU_ISA=baseline sets it at import.");
 }

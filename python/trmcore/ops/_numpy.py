@@ -24,11 +24,11 @@ def _labels_array(labels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
-def _map_array(values: np.ndarray, name: str) -> np.ndarray:
+def _map_array(values: np.ndarray, name: str, check_finite: bool = True) -> np.ndarray:
     if values.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {values.dtype}")
     values = np.ascontiguousarray(values, dtype=np.float32)
-    if not np.isfinite(values).all():
+    if check_finite and not np.isfinite(values).all():
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return values
 
@@ -37,7 +37,7 @@ def leep_joint(logits: np.ndarray, labels: np.ndarray, num_classes: int, ignore_
     n, z, hw = V.check_logits_labels(logits.shape, labels.shape)
     logits, labels = _logits_array(logits), _labels_array(labels)
     sums = np.empty((num_classes, z), dtype=np.float64)
-    status = np.zeros(3, dtype=np.int64)
+    status = np.zeros(V.STATUS_SIZE, dtype=np.int64)
     launch("leep_joint", logits=logits.ctypes.data, dtype=DTYPE_CODES[logits.dtype.name], labels=labels.ctypes.data,
            n=n, z=z, hw=hw, c=num_classes, ignore_index=ignore_index, joint=sums.ctypes.data,
            status=status.ctypes.data, num_threads=0, cuda=False, stream=0)
@@ -51,7 +51,7 @@ def pixel_leep(logits: np.ndarray, labels: np.ndarray, conditional: np.ndarray, 
     num_classes = conditional.shape[0]
     conditional = np.ascontiguousarray(conditional, dtype=np.float64)
     out = np.empty(labels.shape, dtype=np.float32)
-    status = np.zeros(3, dtype=np.int64)
+    status = np.zeros(V.STATUS_SIZE, dtype=np.int64)
     launch("pixel_leep", logits=logits.ctypes.data, dtype=DTYPE_CODES[logits.dtype.name], labels=labels.ctypes.data,
            conditional=conditional.ctypes.data, n=n, z=z, hw=hw, c=num_classes, ignore_index=ignore_index,
            out=out.ctypes.data, status=status.ctypes.data, num_threads=0, cuda=False, stream=0)
@@ -76,11 +76,9 @@ def risk_weighted_ce(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray
     n, c, hw = V.check_logits_labels(logits.shape, labels.shape)
     V.check_map_labels(weights.shape, labels.shape, "weights")
     logits, labels = _logits_array(logits), _labels_array(labels)
-    weights = _map_array(weights, "weights")
-    if (weights < 0).any():
-        raise ValueError("weights must be >= 0")
+    weights = _map_array(weights, "weights", check_finite=False)  # the kernel checks the values
     per_image = np.empty((n, 3), dtype=np.float64)
-    status = np.zeros(3, dtype=np.int64)
+    status = np.zeros(V.STATUS_SIZE, dtype=np.int64)
     launch("rwce_forward", logits=logits.ctypes.data, dtype=DTYPE_CODES[logits.dtype.name], labels=labels.ctypes.data,
            weights=weights.ctypes.data, n=n, c=c, hw=hw, ignore_index=ignore_index, per_image=per_image.ctypes.data,
            status=status.ctypes.data, num_threads=0, cuda=False, stream=0)

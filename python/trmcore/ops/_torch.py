@@ -6,9 +6,9 @@ implementation, so the ops trace under ``torch.compile`` and pass
 ``register_autograd``. CPU tensors run the OpenMP kernels with torch's thread
 count, CUDA tensors the CUDA kernels on the current stream.
 
-Value checks that need the data (labels in range, finite logits) happen inside
-the ops, where the kernels count them; the Python wrappers check only shapes,
-dtypes and devices.
+Value checks that need the data (labels in range, finite logits, finite and
+non-negative weights) happen inside the ops, where the kernels count them in the
+same pass; the Python wrappers check only shapes, dtypes and devices.
 """
 
 from typing import Dict, Tuple
@@ -72,7 +72,7 @@ def _leep_joint_op(logits: Tensor, labels: Tensor, num_classes: int, ignore_inde
     n, z, h, w = logits.shape
     logits, labels = logits.contiguous(), labels.contiguous()
     sums = torch.empty((num_classes, z), dtype=torch.float64, device=logits.device)
-    status = torch.zeros(3, dtype=torch.int64, device=logits.device)
+    status = torch.zeros(V.STATUS_SIZE, dtype=torch.int64, device=logits.device)
     with _DeviceGuard(logits):
         launch("leep_joint", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
                n=n, z=z, hw=h * w, c=num_classes, ignore_index=ignore_index, joint=sums.data_ptr(),
@@ -84,7 +84,7 @@ def _leep_joint_op(logits: Tensor, labels: Tensor, num_classes: int, ignore_inde
 @_leep_joint_op.register_fake
 def _(logits: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> Tuple[Tensor, Tensor]:
     return (logits.new_empty((num_classes, logits.shape[1]), dtype=torch.float64),
-            logits.new_empty((3,), dtype=torch.int64))
+            logits.new_empty((V.STATUS_SIZE,), dtype=torch.int64))
 
 
 @torch.library.custom_op("trmcore::pixel_leep", mutates_args=())
@@ -93,7 +93,7 @@ def _pixel_leep_op(logits: Tensor, labels: Tensor, conditional: Tensor, ignore_i
     logits, labels, conditional = logits.contiguous(), labels.contiguous(), conditional.contiguous()
     num_classes = conditional.shape[0]
     out = torch.empty((n, h, w), dtype=torch.float32, device=logits.device)
-    status = torch.zeros(3, dtype=torch.int64, device=logits.device)
+    status = torch.zeros(V.STATUS_SIZE, dtype=torch.int64, device=logits.device)
     with _DeviceGuard(logits):
         launch("pixel_leep", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
                conditional=conditional.data_ptr(), n=n, z=z, hw=h * w, c=num_classes, ignore_index=ignore_index,
@@ -133,12 +133,8 @@ def _rwce_forward_op(logits: Tensor, labels: Tensor, weights: Tensor, ignore_ind
                      normalize: str) -> Tuple[Tensor, Tensor]:
     n, c, h, w = logits.shape
     logits, labels, weights = logits.contiguous(), labels.contiguous(), weights.contiguous()
-    if not bool(torch.isfinite(weights).all()):
-        raise ValueError("weights contain non-finite values (NaN or inf)")
-    if bool((weights < 0).any()):
-        raise ValueError("weights must be >= 0")
     per_image = torch.empty((n, 3), dtype=torch.float64, device=logits.device)
-    status = torch.zeros(3, dtype=torch.int64, device=logits.device)
+    status = torch.zeros(V.STATUS_SIZE, dtype=torch.int64, device=logits.device)
     with _DeviceGuard(logits):
         launch("rwce_forward", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
                weights=weights.data_ptr(), n=n, c=c, hw=h * w, ignore_index=ignore_index,

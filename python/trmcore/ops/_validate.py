@@ -2,14 +2,18 @@
 
 They look only at shapes and sizes so they cost nothing and stay traceable by
 ``torch.compile``; value checks (labels in range, finite logits) are counted by
-the kernels themselves in a status array and raised by :func:`raise_for_status`.
+the kernels themselves in a status array and raised by :func:`raise_for_status`
+(labels in range, finite logits; for the loss also finite, non-negative weights).
 """
 
 from __future__ import annotations
 
 from typing import Sequence, Tuple
 
+# Layout of the kernels' status counters (trmcore/include/trmcore/ops.h).
 STATUS_VALID, STATUS_BAD_LABELS, STATUS_NONFINITE = 0, 1, 2
+STATUS_NONFINITE_WEIGHTS, STATUS_NEGATIVE_WEIGHTS = 3, 4
+STATUS_SIZE = 5
 SCOPES = ("image", "batch")
 NORMALIZATIONS = ("batch", "image", "valid")
 
@@ -77,7 +81,11 @@ def check_base(base: object) -> float:
 def raise_for_status(status: Sequence[int], num_classes: int, ignore_index: int,
                      require_valid: bool = True) -> None:
     """Turn the kernels' status counters into a clear error."""
-    valid, bad_labels, nonfinite = (int(v) for v in status[:3])
+    valid, bad_labels, nonfinite, nonfinite_weights, negative_weights = (int(v) for v in status[:STATUS_SIZE])
+    if nonfinite_weights:
+        raise ValueError(f"weights contain non-finite values (NaN or inf) at {nonfinite_weights} pixels")
+    if negative_weights:
+        raise ValueError(f"weights must be >= 0; {negative_weights} pixels have a negative weight")
     if nonfinite:
         raise ValueError(f"logits contain {nonfinite} non-finite values (NaN or inf)")
     if bad_labels:

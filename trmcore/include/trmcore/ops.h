@@ -17,12 +17,15 @@ namespace trmcore {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// status[3]: number of valid pixels, labels outside [0, C) that are not
-// ignore_index, non-finite logits. Overwritten by every launcher that takes it.
+// status[kStatusSize]: number of valid pixels, labels outside [0, C) that are not
+// ignore_index, non-finite logits, and (rwce_forward only, 0 elsewhere) non-finite
+// and negative weights. Overwritten by every launcher that takes it.
 constexpr int kStatusValid = 0;
 constexpr int kStatusBadLabels = 1;
 constexpr int kStatusNonFinite = 2;
-constexpr int kStatusSize = 3;
+constexpr int kStatusNonFiniteWeights = 3;
+constexpr int kStatusNegativeWeights = 4;
+constexpr int kStatusSize = 5;
 
 struct LeepJointParams {
   const void* logits = nullptr;  // [N, Z, HW]
@@ -90,6 +93,11 @@ void rwce_forward_cpu(const RwceForwardParams& p);
 void rwce_backward_cpu(const RwceBackwardParams& p);
 
 bool cuda_available();  // compiled with CUDA and a device is present
+
+// The instruction-set variant the CPU launchers use: "avx2" or "baseline".
+const char* cpu_isa();
+// Switch it: "baseline", "avx2" (std::invalid_argument if unavailable) or "auto".
+void set_cpu_isa(const char* name);
 #ifdef TRMCORE_WITH_CUDA
 void leep_joint_cuda(const LeepJointParams& p, void* stream);
 void pixel_leep_cuda(const PixelLeepParams& p, void* stream);

@@ -1,15 +1,17 @@
 // Pixel-level LEEP on the CPU (SPEC section 2): the unnormalised joint
 // sum_{pixels with label y} softmax(logits)[z] and the per-pixel log EEP map.
+// Compiled once per instruction-set variant (see kernels.h); the launchers that
+// validate and choose a variant are in launch_cpu.cpp.
 #include <algorithm>
 #include <cfloat>
 #include <vector>
 
 #include "rows.h"
+#include "kernels.h"
 #include "trmcore/ops.h"
-#include "../validate.h"
 
 namespace trmcore {
-namespace cpu {
+namespace TRMCORE_CPU_ISA {
 namespace {
 
 // Target class counts up to this use the masked (vectorised) joint update.
@@ -111,9 +113,7 @@ struct LeepJointKernel {
         joint[j] = t;
       }
     }
-    prm.status[kStatusValid] = valid;
-    prm.status[kStatusBadLabels] = bad;
-    prm.status[kStatusNonFinite] = nonfinite;
+    write_status(prm.status, valid, bad, nonfinite);
   }
 };
 
@@ -184,26 +184,15 @@ struct PixelLeepKernel {
       valid += counts.valid;
       bad += counts.bad;
     }
-    prm.status[kStatusValid] = valid;
-    prm.status[kStatusBadLabels] = bad;
-    prm.status[kStatusNonFinite] = nonfinite;
+    write_status(prm.status, valid, bad, nonfinite);
   }
 };
 
 }  // namespace
-}  // namespace cpu
 
-void leep_joint_cpu(const LeepJointParams& p) {
-  detail::validate(p, "leep_joint_cpu");
-  cpu::dispatch<cpu::LeepJointKernel>(p, p.z);
-}
+void leep_joint(const LeepJointParams& p) { dispatch<LeepJointKernel>(p, p.z); }
 
-void pixel_leep_cpu(const PixelLeepParams& p) {
-  detail::validate(p, "pixel_leep_cpu");
-  // P(y | z) as float in the [C, Z] layout; products with theta are float32.
-  std::vector<float> cond(static_cast<size_t>(p.c * p.z));
-  for (size_t i = 0; i < cond.size(); ++i) cond[i] = static_cast<float>(p.conditional[i]);
-  cpu::dispatch<cpu::PixelLeepKernel>(p, p.z, static_cast<const float*>(cond.data()));
-}
+void pixel_leep(const PixelLeepParams& p, const float* cond) { dispatch<PixelLeepKernel>(p, p.z, cond); }
 
+}  // namespace TRMCORE_CPU_ISA
 }  // namespace trmcore

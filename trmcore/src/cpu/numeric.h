@@ -4,11 +4,18 @@
 // No -ffast-math is needed, so results are IEEE-exact functions of the inputs
 // whether a lane runs in a vector or in the scalar epilogue.
 #pragma once
+// Everything here lives in the namespace TRMCORE_CPU_ISA, which the build sets
+// per instruction-set variant (cpu_baseline, cpu_avx2): the same inline code is
+// compiled once per variant, and distinct namespaces keep the linker from
+// merging an AVX2 copy into the baseline path (which would crash CPUs without AVX2).
+#ifndef TRMCORE_CPU_ISA
+#error "TRMCORE_CPU_ISA (the namespace of this instruction-set variant) must be defined"
+#endif
 #include <cstdint>
 #include <cstring>
 
 namespace trmcore {
-namespace cpu {
+namespace TRMCORE_CPU_ISA {
 
 inline float bits_to_float(uint32_t u) {
   float f;
@@ -111,5 +118,5 @@ inline float fast_log(float x) {
   return (m + y) + fe * 0.693359375f;
 }
 
-}  // namespace cpu
+}  // namespace TRMCORE_CPU_ISA
 }  // namespace trmcore

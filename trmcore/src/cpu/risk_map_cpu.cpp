@@ -7,14 +7,17 @@
 #include <limits>
 #include <vector>
 
+#include "huge_pages.h"
 #include "rows.h"
 #include "trmcore/ops.h"
 #include "../validate.h"
 
 namespace trmcore {
+namespace cpu = TRMCORE_CPU_ISA;  // baseline build only: the map is a cheap elementwise pass
 
 void risk_map_cpu(const RiskMapParams& prm) {
   detail::validate(prm, "risk_map_cpu");
+  cpu_memory::advise_huge_pages(prm.risk, static_cast<size_t>(prm.n * prm.hw) * sizeof(float));
   const int64_t hw = prm.hw;
   const int64_t chunks_per_image = cpu::ceil_div(hw, cpu::kChunkPixels);
   const int64_t num_chunks = prm.n * chunks_per_image;

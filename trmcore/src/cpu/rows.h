@@ -10,6 +10,13 @@
 // vectorised loop. Per-pixel float sums live in per-lane arrays (element-wise
 // updates), never in reassociated horizontal reductions.
 #pragma once
+// Everything here lives in the namespace TRMCORE_CPU_ISA, which the build sets
+// per instruction-set variant (cpu_baseline, cpu_avx2): the same inline code is
+// compiled once per variant, and distinct namespaces keep the linker from
+// merging an AVX2 copy into the baseline path (which would crash CPUs without AVX2).
+#ifndef TRMCORE_CPU_ISA
+#error "TRMCORE_CPU_ISA (the namespace of this instruction-set variant) must be defined"
+#endif
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -26,7 +33,7 @@
 #include "numeric.h"
 
 namespace trmcore {
-namespace cpu {
+namespace TRMCORE_CPU_ISA {
 
 constexpr int kRowPixels = 64;          // pixels per vectorised row
 constexpr int64_t kChunkPixels = 4096;  // pixels per deterministic chunk (multiple of kRowPixels)
@@ -204,5 +211,15 @@ inline void for_each_row(int64_t begin, int64_t end, int64_t hw, Fn&& fn) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-}  // namespace cpu
+// Fills every entry of a launcher's status array (ops.h).
+inline void write_status(int64_t* status, int64_t valid, int64_t bad_labels, int64_t nonfinite,
+                         int64_t nonfinite_weights = 0, int64_t negative_weights = 0) {
+  status[kStatusValid] = valid;
+  status[kStatusBadLabels] = bad_labels;
+  status[kStatusNonFinite] = nonfinite;
+  status[kStatusNonFiniteWeights] = nonfinite_weights;
+  status[kStatusNegativeWeights] = negative_weights;
+}
+
+}  // namespace TRMCORE_CPU_ISA
 }  // namespace trmcore

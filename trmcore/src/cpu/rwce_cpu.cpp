@@ -1,15 +1,16 @@
 // Risk-weighted cross-entropy on the CPU (SPEC section 4).
 // Forward: per image (sum over valid pixels of w * CE, #foreground, #valid) with
 // CE = logsumexp(l) - l[y]. Backward: scale[b] * w * (softmax(l) - onehot(y)).
+// Compiled once per instruction-set variant (see kernels.h).
 #include <algorithm>
 #include <vector>
 
 #include "rows.h"
+#include "kernels.h"
 #include "trmcore/ops.h"
-#include "../validate.h"
 
 namespace trmcore {
-namespace cpu {
+namespace TRMCORE_CPU_ISA {
 namespace {
 
 template <typename D, int KT>
@@ -24,8 +25,9 @@ struct RwceForwardKernel {
     std::vector<int64_t> chunk_fg(static_cast<size_t>(num_chunks)), chunk_valid(static_cast<size_t>(num_chunks));
     const auto* logits = static_cast<const typename D::storage*>(prm.logits);
     const int threads = thread_count(prm.num_threads);
-    int64_t bad = 0, nonfinite = 0;
-#pragma omp parallel num_threads(threads) if (num_chunks > 1) reduction(+ : bad, nonfinite)
+    int64_t bad = 0, nonfinite = 0, nonfinite_weights = 0, negative_weights = 0;
+#pragma omp parallel num_threads(threads) if (num_chunks > 1) \
+    reduction(+ : bad, nonfinite, nonfinite_weights, negative_weights)
     {
       AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
       AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels), picked(kRowPixels);
@@ -58,14 +60,20 @@ struct RwceForwardKernel {
             }
           }
           exp_shifted_row<KT>(K, len, xs, m, s);
-          int32_t fg = 0;
+          int32_t fg = 0, w_nonfinite = 0, w_negative = 0;
           for (int p = 0; p < len; ++p) {
             const float ce = fast_log(s[p]) - (xy[p] - m[p]);
             const double term = static_cast<double>(w[p]) * static_cast<double>(ce);
             a[p] += y[p] >= 0 ? term : 0.0;
             fg += y[p] > 0;
+            // Weights are checked at every pixel, ignored ones included, so that a
+            // corrupt weight map is reported whatever the labels.
+            w_nonfinite += is_nonfinite(w[p]);
+            w_negative += w[p] < 0.0f;
           }
           foreground += fg;
+          nonfinite_weights += w_nonfinite;
+          negative_weights += w_negative;
         });
         double t = 0.0;
         for (int p = 0; p < kRowPixels; ++p) t += a[p];
@@ -90,9 +98,7 @@ struct RwceForwardKernel {
       prm.per_image[image * 3 + 2] = static_cast<double>(v);
       valid += v;
     }
-    prm.status[kStatusValid] = valid;
-    prm.status[kStatusBadLabels] = bad;
-    prm.status[kStatusNonFinite] = nonfinite;
+    write_status(prm.status, valid, bad, nonfinite, nonfinite_weights, negative_weights);
   }
 };
 
@@ -149,16 +155,10 @@ struct RwceBackwardKernel {
 };
 
 }  // namespace
-}  // namespace cpu
 
-void rwce_forward_cpu(const RwceForwardParams& p) {
-  detail::validate(p, "rwce_forward_cpu");
-  cpu::dispatch<cpu::RwceForwardKernel>(p, p.c);
-}
+void rwce_forward(const RwceForwardParams& p) { dispatch<RwceForwardKernel>(p, p.c); }
 
-void rwce_backward_cpu(const RwceBackwardParams& p) {
-  detail::validate(p, "rwce_backward_cpu");
-  cpu::dispatch<cpu::RwceBackwardKernel>(p, p.c);
-}
+void rwce_backward(const RwceBackwardParams& p) { dispatch<RwceBackwardKernel>(p, p.c); }
 
+}  // namespace TRMCORE_CPU_ISA
 }  // namespace trmcore

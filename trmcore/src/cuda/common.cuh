@@ -123,16 +123,21 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Adds per-thread integer counts into status[0..2] (one atomic per warp).
-__device__ __forceinline__ void add_status(int64_t* status, int valid, int bad, int bad_values) {
+// Adds per-thread integer counts into the status counters of ops.h (one atomic per warp).
+__device__ __forceinline__ void add_status(int64_t* status, int valid, int bad, int bad_values,
+                                           int nonfinite_weights = 0, int negative_weights = 0) {
   const unsigned long long v = warp_sum(static_cast<unsigned long long>(valid));
   const unsigned long long b = warp_sum(static_cast<unsigned long long>(bad));
   const unsigned long long f = warp_sum(static_cast<unsigned long long>(bad_values));
+  const unsigned long long wf = warp_sum(static_cast<unsigned long long>(nonfinite_weights));
+  const unsigned long long wn = warp_sum(static_cast<unsigned long long>(negative_weights));
   if ((threadIdx.x & 31) == 0) {
     auto* s = reinterpret_cast<unsigned long long*>(status);
     if (v) atomicAdd(s + kStatusValid, v);
     if (b) atomicAdd(s + kStatusBadLabels, b);
     if (f) atomicAdd(s + kStatusNonFinite, f);
+    if (wf) atomicAdd(s + kStatusNonFiniteWeights, wf);
+    if (wn) atomicAdd(s + kStatusNegativeWeights, wn);
   }
 }
 

@@ -22,10 +22,14 @@ __global__ void rwce_forward_kernel(const T* __restrict__ logits, const int64_t*
   __shared__ long long iscratch[32];
   const int64_t image = blockIdx.y;
   double loss = 0.0;
-  int valid = 0, bad = 0, bad_values = 0, fg = 0;
+  int valid = 0, bad = 0, bad_values = 0, fg = 0, nonfinite_weights = 0, negative_weights = 0;
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < hw;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t g = image * hw + p;
+    // Weights are checked at every pixel, ignored ones included (as on the CPU).
+    const float weight = weights[g];
+    nonfinite_weights += !isfinite(weight);
+    negative_weights += weight < 0.0f;
     const T* src = logits + image * K * hw + p;
     const int y = classify_label(labels[g], K, ignore_index, valid, bad);
     float m, inv;
@@ -36,19 +40,20 @@ __global__ void rwce_forward_kernel(const T* __restrict__ logits, const int64_t*
         // The true-class logit is re-read from L1 (the line was just loaded).
         // CE = -log softmax_y, computed as logsumexp - l_y = log(sum) + max - l_y.
         const float ce = -logf(inv) + m - load_logit(src + static_cast<int64_t>(y) * hw);
-        loss += static_cast<double>(weights[g]) * static_cast<double>(ce);
+        loss += static_cast<double>(weight) * static_cast<double>(ce);
         fg += y != 0;
       }
     } else {
       softmax_stats(src, hw, K, m, inv, bad_values);
       if (y >= 0) {
         const float ce = -logf(inv) + m - load_logit(src + static_cast<int64_t>(y) * hw);
-        loss += static_cast<double>(weights[g]) * static_cast<double>(ce);
+        loss += static_cast<double>(weight) * static_cast<double>(ce);
         fg += y != 0;
       }
     }
   }
-  add_status(status, 0, bad, bad_values);  // valid pixels are counted from the partials
+  // valid pixels are counted from the partials
+  add_status(status, 0, bad, bad_values, nonfinite_weights, negative_weights);
   const double block_loss = block_sum(loss, dscratch);
   const long long block_fg = block_sum(static_cast<long long>(fg), iscratch);
   const long long block_valid = block_sum(static_cast<long long>(valid), iscratch);
