@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_ops.py                 # CPU, 2 threads
     python benchmarks/bench_ops.py --device cuda   # GPU (needs a CUDA build)
+    python benchmarks/bench_ops.py --isa baseline  # force the x86-64 baseline kernels (no AVX2)
 
 For each case it prints the time of
 - the LEEP map (joint + pixel map) with trmcore, with the fastest of two torch
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from trmcore import ops
+from trmcore.ops._native import native
 
 IGNORE = -100
 
@@ -171,8 +173,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and trmcore (default 2)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy baseline")
+    parser.add_argument("--isa", default="auto", choices=["auto", "baseline", "avx2"],
+                        help="instruction-set variant of the CPU kernels (default: the best this CPU has)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    native().set_cpu_isa(args.isa)
+    print(f"trmcore CPU kernels: {native().cpu_isa()} variant\n")
     with torch.no_grad():
         # warm the custom-op registration outside the timings
         ops.leep(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.int64), 2)

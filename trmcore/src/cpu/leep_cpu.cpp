@@ -127,12 +127,18 @@ struct PixelLeepKernel {
     const int64_t num_chunks = ceil_div(total, kChunkPixels);
     const auto* logits = static_cast<const typename D::storage*>(prm.logits);
     const int threads = thread_count(prm.num_threads);
+    // P(y | z) transposed to [Z, C] for the gathered lookup of many target classes.
+    AlignedBuffer<float> transposed(static_cast<size_t>(K * C));
+    for (int64_t c = 0; c < C; ++c) {
+      for (int k = 0; k < K; ++k) transposed.get()[k * C + c] = cond[c * K + k];
+    }
+    const float* __restrict cond_t = transposed.get();
     int64_t valid = 0, bad = 0, nonfinite = 0;
 #pragma omp parallel num_threads(threads) if (num_chunks > 1) reduction(+ : valid, bad, nonfinite)
     {
       AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
       AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels), num(kRowPixels);
-      AlignedBuffer<int32_t> label(kRowPixels);
+      AlignedBuffer<int32_t> label(kRowPixels), offset(kRowPixels);
       LabelCounts counts;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
@@ -164,12 +170,15 @@ struct PixelLeepKernel {
               }
             }
           } else {
-            // Same arithmetic (sum over k in order), one gathered row of P(y|z) per pixel.
-            for (int p = 0; p < len; ++p) {
-              const float* __restrict row = cond + static_cast<int64_t>(y[p] < 0 ? 0 : y[p]) * K;
-              float d = 0.0f;
-              for (int k = 0; k < K; ++k) d += row[k] * xs[k * kRowPixels + p];
-              eep[p] = d;
+            // Many target classes: P(y_p | k) gathered per pixel (vgatherdps in the
+            // AVX2 variant), pixels innermost; the same sum over k in order.
+            int32_t* __restrict row = offset.get();
+            for (int p = 0; p < len; ++p) row[p] = y[p] < 0 ? 0 : y[p];
+            for (int p = 0; p < len; ++p) eep[p] = 0.0f;
+            for (int k = 0; k < K; ++k) {
+              const float* __restrict xk = xs + k * kRowPixels;
+              const float* __restrict cond_k = cond_t + static_cast<int64_t>(k) * C;
+              for (int p = 0; p < len; ++p) eep[p] += cond_k[row[p]] * xk[p];
             }
           }
           float* __restrict out = prm.out + image * hw + pixel;
