@@ -195,8 +195,10 @@ def _register_rank(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sources", nargs="+", required=True, type=Path, help="run folders or .onnx models")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="cases held out of the training set (0.2)")
     parser.add_argument("--shots", type=int, help="use N seeded training slices (few-shot)")
-    parser.add_argument("--axis", type=int, default=2, help="slice axis for ONNX sources (default 2)")
-    parser.add_argument("--divisor", type=int, default=16, help="pad multiple for ONNX sources (default 16)")
+    parser.add_argument("--axis", type=int, default=None,
+                        help="slice axis for ONNX sources (default: from the model's trmcore metadata, else 2)")
+    parser.add_argument("--divisor", type=int, default=None,
+                        help="pad multiple for ONNX sources (default: from the model's trmcore metadata, else 16)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     parser.add_argument("--device", default=None, help="torch device for run folders (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="split / few-shot seed (default 0)")
@@ -218,9 +220,9 @@ def _run_rank(args: argparse.Namespace) -> int:
     payload = {"target": {"data": str(args.data), "channel": args.channel, "labels": args.labels, "site": args.site},
                "ranking": [r.to_json() for r in ranking]}
     width = max(len(str(r.source)) for r in ranking)
-    print(f"{'rank':>4}  {'LEEP':>10}  source")
+    print(f"{'rank':>4}  {'LEEP':>10}  {'kind':<4}  {'Z':>3}  {'pixels':>10}  source")
     for k, r in enumerate(ranking, start=1):
-        print(f"{k:>4}  {r.leep:10.5f}  {str(r.source):<{width}}")
+        print(f"{k:>4}  {r.leep:10.5f}  {r.kind:<4}  {r.num_source_classes:>3}  {r.pixels:>10}  {str(r.source)}")
     if args.validate:
         validation = validate_ranking(args.data, ranking, config, iterations=args.iterations, method=args.method,
                                       work_dir=args.work_dir)

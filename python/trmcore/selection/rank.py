@@ -34,8 +34,11 @@ class RankConfig:
         val_fraction, seed: the case split; LEEP uses the training cases only,
             the same split fine-tuning makes.
         shots: keep N seeded training slices (few-shot), or None for all.
-        axis, divisor: slicing for ONNX sources (run folders use their run.json).
-        batch_size: slices per forward pass; device: torch device for run folders.
+        axis, divisor: slicing for ONNX sources. None (default) takes them from
+            the model's trmcore metadata (``trm export`` writes the run's), else
+            2 and 16 for an ONNX model without it. Run folders always use their run.json.
+        batch_size: slices per forward pass; device: torch device for run folders
+            (a ``cuda`` device also lets ONNX sources use onnxruntime's CUDA provider).
     """
 
     channel: str
@@ -43,8 +46,8 @@ class RankConfig:
     site: Optional[str] = None
     val_fraction: float = 0.2
     shots: Optional[int] = None
-    axis: int = 2
-    divisor: int = 16
+    axis: Optional[int] = None
+    divisor: Optional[int] = None
     batch_size: int = 16
     device: Optional[str] = None
     seed: int = 0
@@ -65,9 +68,33 @@ class SourceScore:
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
+# Slicing of an ONNX model that carries no trmcore metadata (as `trm train`'s defaults).
+FALLBACK_AXIS = 2
+FALLBACK_DIVISOR = 16
 
-def _run_source(path: Path, device: Optional[str]) -> Tuple[LogitsFn, int, int, int]:
-    """(logits function on float32 [N, Cin, H, W], in_channels, axis, divisor) of a run folder."""
+
+@dataclass
+class LoadedSource:
+    """A source model ready to score.
+
+    Attributes:
+        logits: float32 ``[N, Cin, H, W]`` -> float32 ``[N, Z, H, W]``.
+        in_channels: Cin the model takes (None when an ONNX model leaves it dynamic).
+        channels: the model's input channel names in network order (None when unknown).
+        axis, divisor: how the target volumes are sliced and padded for it.
+        kind: ``"run"`` or ``"onnx"``.
+    """
+
+    logits: LogitsFn
+    in_channels: Optional[int]
+    channels: Optional[List[str]]
+    axis: int
+    divisor: int
+    kind: str
+
+
+def _run_source(path: Path, device: Optional[str]) -> LoadedSource:
+    """A run folder (``model.safetensors`` + ``run.json``), sliced as its run.json says."""
     import torch
 
     from trmcore.training import load_run
@@ -81,26 +108,70 @@ def _run_source(path: Path, device: Optional[str]) -> Tuple[LogitsFn, int, int, 
         with torch.no_grad():
             return model(torch.from_numpy(batch).to(resolved)).float().cpu().numpy()
 
-    return logits, info.model.in_channels, info.axis, info.divisor
+    return LoadedSource(logits, info.model.in_channels, list(info.channels), info.axis, info.divisor, "run")
 
 
-def _onnx_source(path: Path) -> Tuple[LogitsFn, Optional[int]]:
+def _onnx_source(path: Path, config: RankConfig) -> LoadedSource:
+    """An ONNX model; slicing from its trmcore metadata unless ``config`` sets it.
+
+    Raises:
+        ValueError naming ``path``: not a loadable ONNX model, not one image
+            input, invalid trmcore metadata, or onnxruntime missing.
+    """
     try:
-        import onnxruntime as ort
+        from trmcore.infer.metadata import METADATA_KEY, ModelMetadata
+        from trmcore.infer.runtime import create_session
     except ImportError:
         raise ValueError(f"ranking the ONNX model {path} needs onnxruntime (pip install onnxruntime)") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wants_cuda = config.device is not None and str(config.device).startswith("cuda")
+    session = create_session(path, providers="auto" if wants_cuda else "cpu")
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ValueError(f"ONNX model {path} has {len(inputs)} inputs; expected one image input [N, Cin, H, W]")
-    name = inputs[0].name
-    shape = inputs[0].shape
-    in_channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
+    name, shape = inputs[0].name, inputs[0].shape
+    if len(shape) != 4:
+        raise ValueError(f"ONNX model {path}: input {name!r} has shape {shape}; expected [N, Cin, H, W]")
+    input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+    in_channels = shape[1] if isinstance(shape[1], int) else None
+
+    props = session.get_modelmeta().custom_metadata_map
+    metadata = ModelMetadata.from_props(props, str(path)) if METADATA_KEY in props else None
+    channels = list(metadata.channels) if metadata is not None else None
+    if metadata is not None and in_channels is None:
+        in_channels = metadata.num_channels
+    axis = config.axis if config.axis is not None else (metadata.axis if metadata else FALLBACK_AXIS)
+    divisor = config.divisor if config.divisor is not None else (metadata.divisor if metadata else FALLBACK_DIVISOR)
 
     def logits(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {name: batch})[0], dtype=np.float32)
+        try:
+            out = session.run(None, {name: batch.astype(input_dtype, copy=False)})[0]
+        except Exception as err:  # onnxruntime raises its own exception types
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"ONNX model {path} failed on a batch of shape {batch.shape}: {first_line}") from None
+        out = np.asarray(out, dtype=np.float32)
+        if out.ndim != 4 or out.shape[0] != batch.shape[0] or out.shape[2:] != batch.shape[2:]:
+            raise ValueError(f"ONNX model {path} returned shape {out.shape} for input {batch.shape}; "
+                             "expected logits [N, Z, H, W] of the input's size")
+        return out
 
-    return logits, in_channels
+    return LoadedSource(logits, in_channels, channels, axis, divisor, "onnx")
+
+
+def _channel_order(source: Path, loaded: LoadedSource, target_channels: Sequence[str]) -> Optional[List[int]]:
+    """Indices putting the target's channels in the model's order, or None to keep them.
+
+    Raises ValueError when the model takes a different number of channels.
+    When the model names exactly the target's channels in another order
+    (``T2,T1`` vs ``T1,T2``), they are reordered; names that differ (a T1
+    model scored on a T2 target) are the cross-modality case and are kept as given.
+    """
+    if loaded.in_channels is not None and loaded.in_channels != len(target_channels):
+        raise ValueError(f"source {source} takes {loaded.in_channels} input channel(s); the target task has "
+                         f"{len(target_channels)} ({', '.join(target_channels)})")
+    if loaded.channels and sorted(loaded.channels) == sorted(target_channels) \
+            and list(loaded.channels) != list(target_channels):
+        return [list(target_channels).index(c) for c in loaded.channels]
+    return None
 
 
 def _batches(n: int, size: int) -> Iterable[slice]:
@@ -151,34 +222,48 @@ def _target_slices(data: PathLike, config: RankConfig, axis: int, divisor: int, 
     return cache[key], cache["info"]
 
 
+def _load_source(source: Path, config: RankConfig) -> LoadedSource:
+    if source.is_dir():
+        if not (source / "run.json").is_file():
+            raise FileNotFoundError(f"source {source} is a folder without run.json (not a run folder)")
+        return _run_source(source, config.device)
+    if source.is_file() and source.suffix == ".onnx":
+        return _onnx_source(source, config)
+    if source.is_file():
+        raise ValueError(f"source {source} is neither a run folder nor an .onnx model")
+    raise FileNotFoundError(f"source {source} not found (give a run folder or an .onnx model)")
+
+
 def rank_sources(data: PathLike, sources: Sequence[PathLike], config: RankConfig) -> List[SourceScore]:
     """LEEP of every source on the target training slices, best (highest) first.
 
+    Run folders are sliced as their run.json says, ONNX models as their
+    embedded trmcore metadata says (or ``config.axis``/``config.divisor``), so a
+    run and its ``trm export`` score the same slices.
+
     Raises:
-        FileNotFoundError: a source that is neither a run folder nor an .onnx file.
-        ValueError: a source whose input channels differ from the target's.
+        FileNotFoundError: a source path that does not exist, or a folder without run.json.
+        ValueError: a file that is not an .onnx model or that onnxruntime cannot
+            load (the message names the file), or a source whose number of input
+            channels differs from the target's.
     """
     if not sources:
         raise ValueError("no source models given")
+    from trmcore.data import parse_task
+
+    channels = parse_task(config.channel, config.labels, config.site).channels
+    # Open and check every source before scoring any, so a bad one fails at once, not after minutes of work.
+    loaded = []
+    for source in map(Path, sources):
+        model = _load_source(source, config)
+        loaded.append((source, model, _channel_order(source, model, channels)))
     cache: Dict = {}
     scores = []
-    for source in map(Path, sources):
-        if source.is_dir():
-            if not (source / "run.json").is_file():
-                raise FileNotFoundError(f"source {source} is a folder without run.json (not a run folder)")
-            logits_fn, in_channels, axis, divisor = _run_source(source, config.device)
-            kind = "run"
-        elif source.is_file() and source.suffix == ".onnx":
-            logits_fn, in_channels = _onnx_source(source)
-            axis, divisor, kind = config.axis, config.divisor, "onnx"
-        else:
-            raise FileNotFoundError(f"source {source} not found (give a run folder or an .onnx model)")
-        slices, info = _target_slices(data, config, axis, divisor, cache)
-        if in_channels is not None and in_channels != slices.images.shape[1]:
-            raise ValueError(f"source {source} takes {in_channels} input channel(s); the target task has "
-                             f"{slices.images.shape[1]} ({', '.join(info.channels)})")
-        value, z, pixels = source_leep(logits_fn, slices.images, slices.labels, info.num_classes, config.batch_size)
-        scores.append(SourceScore(source, kind, value, z, pixels))
+    for source, model, order in loaded:
+        slices, info = _target_slices(data, config, model.axis, model.divisor, cache)
+        images = slices.images if order is None else np.ascontiguousarray(slices.images[:, order])
+        value, z, pixels = source_leep(model.logits, images, slices.labels, info.num_classes, config.batch_size)
+        scores.append(SourceScore(source, model.kind, value, z, pixels))
     return sorted(scores, key=lambda s: -s.leep)
 
 
