@@ -77,3 +77,25 @@ def test_sampling_is_seeded_and_order_independent():
     assert sample_cases(cases[:3], task, 10, seed=0) == cases[:3]
     with pytest.raises(ValueError, match="no volumes"):
         sample_cases([], task, 10, seed=0)
+
+
+def test_pca_output_components_option(synthetic_tasks):
+    """``pca_output="components"`` (the SPEC-literal reading) compares unit principal axes:
+    the fast path equals the per-pair reference, W differs from the default "scores",
+    and W no longer follows the intensity scale (scores scale with it). The images are
+    float32, so "unchanged" holds to float32 rounding (rtol 1e-5)."""
+    config = AffinityConfig(size=8, samples=4, progress=False, pca_output="components")
+    fast = affinity_from_volumes(synthetic_tasks, config)
+    slow = affinity_reference(synthetic_tasks, config)
+    np.testing.assert_allclose(fast.W, slow.W, rtol=1e-9, atol=1e-12)
+    assert fast.config["pca_output"] == "components"
+    scores = affinity_from_volumes(synthetic_tasks, CONFIG)
+    assert CONFIG.pca_output == "scores" and scores.config["pca_output"] == "scores"
+    assert not np.allclose(fast.W, scores.W)
+    np.testing.assert_allclose(fast.S, scores.S)
+    for entry in synthetic_tasks:
+        entry.images = [10.0 * image for image in entry.images]
+    np.testing.assert_allclose(affinity_from_volumes(synthetic_tasks, config).W, fast.W, rtol=1e-5, atol=1e-10)
+    np.testing.assert_allclose(affinity_from_volumes(synthetic_tasks, CONFIG).W, 10 * scores.W, rtol=1e-5)
+    with pytest.raises(ValueError, match="pca_output"):
+        AffinityConfig(pca_output="loadings")

@@ -55,7 +55,33 @@ def test_path_writes_choice_and_plot(affinity_dir, tmp_path, capsys):
     assert len(payload["chosen"]["path"]) == 3
     assert any(len(c["path"]) == 2 for c in payload["candidates"])
     assert (tmp_path / "path.png").stat().st_size > 0
-    assert "chosen:" in capsys.readouterr().out
+    # The chosen path and the best direct path, side by side with their costs.
+    direct = min((c for c in payload["candidates"] if len(c["path"]) == 2), key=lambda c: c["cost"])
+    assert payload["best_direct"] == direct and payload["allow_direct"] is False
+    assert payload["chosen_minus_direct_cost"] == pytest.approx(payload["chosen"]["cost"] - direct["cost"])
+    out = capsys.readouterr().out
+    assert f"chosen:       {' -> '.join(payload['chosen']['path'])}" in out
+    assert f"best direct:  {' -> '.join(direct['path'])}" in out
+    assert f"cost {direct['cost']:.4f}" in out and f"cost {payload['chosen']['cost']:.4f}" in out
+    assert "chosen - best direct" in out and "W compares PCA scores" in out
+
+    assert main(["path", str(affinity_dir), "--target", "site-C/T1/CSF", "--communities", "3", "--allow-direct",
+                 "-o", str(tmp_path)]) == 0
+    literal = json.loads((tmp_path / "path.json").read_text())
+    assert literal["allow_direct"] is True and literal["chosen"] == literal["best_direct"] == direct
+    assert "direct paths included" in capsys.readouterr().out
+
+
+def test_pca_output_components_is_recorded_and_reported(phantom, tmp_path, capsys):
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("site-A/T1/CSF\nsite-B/T1/CSF\nsite-A/T2/CSF\n")
+    out = tmp_path / "aff"
+    assert main(["affinity", str(phantom), "--tasks", str(tasks), "-o", str(out), "--size", "8", "--samples", "2",
+                 "--pca-output", "components", "--no-progress"]) == 0
+    assert json.loads((out / "affinity.json").read_text())["config"]["pca_output"] == "components"
+    capsys.readouterr()
+    assert main(["path", str(out), "--target", "site-B/T1/CSF"]) == 0
+    assert "W compares PCA components" in capsys.readouterr().out
 
 
 def test_fit_on_results_then_path_with_fit(affinity_dir, tmp_path):

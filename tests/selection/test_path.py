@@ -44,8 +44,33 @@ def test_hand_example_landmark_and_path():
     assert costs[("C/T1/CSF", "T/T1/CSF")] == 8
     assert costs[("A/T1/CSF", "C/T1/CSF", "T/T1/CSF")] == 8
     assert [c.cost for c in sel.candidates] == sorted(c.cost for c in sel.candidates)
-    assert select_paths(affinity_of(names, d, [10, 10, 10, 5]), "T/T1/CSF", 1, allow_direct=True).chosen.tasks \
-        == ("B/T1/CSF", "T/T1/CSF")
+    # The best direct path is reported beside the chosen one, with the cost difference.
+    assert sel.best_direct.tasks == ("B/T1/CSF", "T/T1/CSF") and sel.best_direct.cost == 4
+    payload = sel.to_json()
+    assert payload["best_direct"] == {"path": ["B/T1/CSF", "T/T1/CSF"], "cost": 4.0, "kind": "direct"}
+    assert payload["chosen_minus_direct_cost"] == pytest.approx(2.0)
+    assert payload["allow_direct"] is False and "intermediate task" in payload["rule"]
+    literal = select_paths(affinity_of(names, d, [10, 10, 10, 5]), "T/T1/CSF", 1, allow_direct=True)
+    assert literal.chosen.tasks == ("B/T1/CSF", "T/T1/CSF") and literal.chosen is literal.best_direct
+    assert literal.to_json()["allow_direct"] is True and literal.to_json()["chosen_minus_direct_cost"] == 0.0
+    assert "direct paths included" in literal.rule
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_allow_direct_always_chooses_direct_and_default_never_does(seed):
+    """Why the default follows [SEQ]: for any non-negative d the best direct path
+    (cost 2 min_s d(s,t)) is no dearer than any v_k -> v_i -> t, so the literal
+    choice over all candidates (allow_direct=True) never proposes an intermediate hop."""
+    sites, channels, labels = ["A", "B", "C"], ["T1", "T2"], ["CSF", "GM"]
+    names = [f"{s}/{c}/{l}" for s, c, l in itertools.product(sites, channels, labels)]
+    d = random_symmetric(len(names), seed + 10)
+    aff = affinity_of(names, d, [5] * len(names))
+    target = names[(3 * seed) % len(names)]
+    literal = select_paths(aff, target, num_communities=3, allow_direct=True)
+    default = select_paths(aff, target, num_communities=3)
+    assert literal.chosen.hops == 1 and literal.chosen == default.best_direct
+    assert default.chosen.hops == 2 and default.chosen.cost >= default.best_direct.cost
+    assert min(c.cost for c in default.candidates if c.hops >= 2) >= literal.chosen.cost
 
 
 def _brute_force(names, d, n_cases, target, groups, graph):

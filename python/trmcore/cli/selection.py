@@ -51,7 +51,8 @@ def _register_affinity(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=128, help="resize cube edge (default 128)")
     parser.add_argument("--variance", type=float, default=0.75, help="PCA explained variance kept (default 0.75)")
     parser.add_argument("--pca-output", choices=("scores", "components"), default="scores",
-                        help="what W compares: projected data (default, as the paper's code) or principal axes")
+                        help="what W compares: 'scores' = PCA-projected data (default, as the [SEQ] authors' code "
+                        "and the scale of their alpha) or 'components' = the unit principal axes (SPEC wording)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"weight of W (default {DEFAULT_ALPHA})")
     parser.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"weight of 1 - S (default {DEFAULT_BETA})")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -132,7 +133,10 @@ def _register_path(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-hops", type=int, default=2,
                         help="2 = the paper's one intermediate task; more searches longer paths (default 2)")
     parser.add_argument("--sources", nargs="+", help="restrict the source tasks")
-    parser.add_argument("--allow-direct", action="store_true", help="choose a direct path if it is cheapest")
+    parser.add_argument("--allow-direct", action="store_true",
+                        help="let a direct path win when cheapest (the SPEC's literal choice; with a "
+                        "triangle-respecting d it then always wins). Default: as [SEQ], the cheapest path "
+                        "with an intermediate task; the best direct path is reported beside it")
     parser.add_argument("--alpha", type=float, help="override alpha of d")
     parser.add_argument("--beta", type=float, help="override beta of d")
     parser.add_argument("--fit", action="store_true", help="use alpha, beta from DIR/fit.json")
@@ -171,7 +175,17 @@ def _run_path(args: argparse.Namespace) -> int:
     plot_task_graph(graph, selection, out / "path.png")
     print(f"d = {alpha:g} W + {beta:g} (1 - S); {len(selection.communities)} communities, "
           f"landmarks: {', '.join(selection.landmarks) or '-'}")
-    print(f"chosen: {' -> '.join(selection.chosen.tasks)}  cost {selection.chosen.cost:.4f}")
+    image_term = affinity.config.get("pca_output")
+    if image_term:
+        print(f"W compares PCA {image_term} (trm affinity --pca-output {image_term})")
+    print(f"rule: {selection.rule}")
+    chosen, direct = selection.chosen, selection.best_direct
+    rows = [("chosen", chosen)] + ([("best direct", direct)] if direct is not None else [])
+    width = max(len(" -> ".join(c.tasks)) for _, c in rows)
+    for label, candidate in rows:
+        print(f"{label + ':':<13} {' -> '.join(candidate.tasks):<{width}}  cost {candidate.cost:.4f}  ({candidate.kind})")
+    if direct is not None and direct is not chosen:
+        print(f"{'':<13} chosen - best direct = {chosen.cost - direct.cost:+.4f}")
     print(f"{'rank':>4}  {'cost':>9}  {'kind':<8}  path")
     for rank, candidate in enumerate(selection.candidates[: args.top], start=1):
         print(f"{rank:>4}  {candidate.cost:9.4f}  {candidate.kind:<8}  {' -> '.join(candidate.tasks)}")

@@ -16,9 +16,12 @@ longer paths along graph edges (hop-limited shortest paths to ``t``).
 Which candidate is chosen: as in [SEQ], the cheapest path *with* an
 intermediate task. The direct paths are ranked alongside for comparison but
 are chosen only when no multi-hop path exists (or ``allow_direct=True``):
-with ``v_i = v_k`` the formula gives them ``2 d(v, t)``, and whenever d obeys
-the triangle inequality no two-hop path can be cheaper than the best direct
-one, so letting them compete would always pick direct transfer.
+with ``v_i = v_k`` the formula gives them ``2 d(v, t)``, and for any
+non-negative d, ``2 min_s d(s, t) <= d(v_k, t) + d(v_i, t) <= d(v_k, t) +
+d(v_k, v_i) + d(v_i, t)``, so no two-hop path can be cheaper than the best
+direct one and letting them compete would always pick direct transfer (the
+method would never propose an intermediate hop). :attr:`PathSelection.best_direct`
+is reported beside the chosen path so the price of the hop is visible.
 
 Hops must follow graph edges; ``d(p_0, t)`` is a cost term, not a hop. When
 the graph is disconnected, only direct transfer is proposed (and a note says why).
@@ -74,6 +77,7 @@ class PathSelection:
         connected: whether the task graph is connected; when it is not, only
             direct transfer is proposed.
         notes: human-readable remarks (fallbacks).
+        allow_direct: whether a direct path could be chosen when cheapest.
     """
 
     target: str
@@ -83,10 +87,31 @@ class PathSelection:
     landmarks: List[str]
     connected: bool
     notes: List[str] = field(default_factory=list)
+    allow_direct: bool = False
+
+    @property
+    def best_direct(self) -> Optional[CandidatePath]:
+        """The cheapest direct (single-source, one hop) candidate, shown beside the chosen path."""
+        return next((c for c in self.candidates if c.hops == 1), None)
+
+    @property
+    def rule(self) -> str:
+        """How ``chosen`` was picked, in words (written to path.json and printed)."""
+        if self.allow_direct:
+            return "cheapest candidate, direct paths included (allow_direct / --allow-direct)"
+        rule = ("[SEQ]: cheapest path with an intermediate task; direct paths are ranked for comparison only "
+                "(--allow-direct lets them be chosen)")
+        if self.chosen.hops == 1:
+            rule += "; no such path here, so the best direct path is chosen"
+        return rule
 
     def to_json(self) -> Dict[str, object]:
+        direct = self.best_direct
         return {
             "target": self.target, "chosen": self.chosen.to_json(),
+            "best_direct": direct.to_json() if direct is not None else None,
+            "chosen_minus_direct_cost": self.chosen.cost - direct.cost if direct is not None else None,
+            "allow_direct": self.allow_direct, "rule": self.rule,
             "candidates": [c.to_json() for c in self.candidates],
             "communities": self.communities, "landmarks": self.landmarks,
             "connected": self.connected, "notes": self.notes,
@@ -218,7 +243,7 @@ def select_paths(
         notes.append(f"the task graph is disconnected ({parts} components: no shared modality or label set "
                      "between some tasks); falling back to direct transfer")
         ranked = _rank(direct)
-        return PathSelection(target, ranked, ranked[0], [sorted(source_names)], [], False, notes)
+        return PathSelection(target, ranked, ranked[0], [sorted(source_names)], [], False, notes, allow_direct)
 
     source_graph = graph.subgraph(source_names).copy()
     groups = communities(source_graph, num_communities)
@@ -241,7 +266,7 @@ def select_paths(
         chosen = ranked[0]
     else:
         chosen = multi_hop[0]
-    return PathSelection(target, ranked, chosen, groups, marks, True, notes)
+    return PathSelection(target, ranked, chosen, groups, marks, True, notes, allow_direct)
 
 
 def _rank(candidates) -> List[CandidatePath]:

@@ -38,7 +38,7 @@ def plot_affinity(affinity, path: Path) -> Path:
 
 
 def plot_task_graph(graph, selection, path: Path) -> Path:
-    """The task graph: communities coloured, landmarks as squares, the chosen path in red."""
+    """The task graph: communities coloured, landmarks as squares, the chosen path in red, the best direct path dashed."""
     import networkx as nx
 
     plt = _pyplot()
@@ -60,8 +60,15 @@ def plot_task_graph(graph, selection, path: Path) -> Path:
     hops = list(zip(best[:-1], best[1:]))
     nx.draw_networkx_edges(graph, layout, ax=ax, edgelist=hops, edge_color="#d62728", width=3.0,
                            arrows=True, style="solid")
+    direct = selection.best_direct
+    title = f"target {selection.target}\nchosen: {' -> '.join(best)} (cost {selection.chosen.cost:.4g}, red)"
+    if direct is not None and direct.tasks != selection.chosen.tasks:
+        # Drawn from the node positions: a direct transfer need not be a graph edge.
+        nx.draw_networkx_edges(graph, layout, ax=ax, edgelist=[direct.tasks], edge_color="#1f77b4", width=2.0,
+                               arrows=True, style="dashed")
+        title += f"\nbest direct: {' -> '.join(direct.tasks)} (cost {direct.cost:.4g}, blue dashed)"
     nx.draw_networkx_labels(graph, layout, ax=ax, font_size=7)
-    ax.set_title(f"target {selection.target}: {' -> '.join(best)} (cost {selection.chosen.cost:.4g})")
+    ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.savefig(path, dpi=110)
     plt.close(fig)
