@@ -1,7 +1,9 @@
 // pybind11 binding trmcore._C: fills the launcher params structs of
 // trmcore/include/trmcore/ops.h from keyword arguments (pointers are Python ints
-// holding addresses, dtype is the trmcore::DType code), checks them, and calls
-// the CPU or CUDA launcher with the GIL released. No computation happens here.
+// holding addresses, dtype is the trmcore::DType code) and calls the CPU or CUDA
+// launcher with the GIL released. The launchers check every field
+// (trmcore/src/validate.h); this file only refuses CUDA calls to a CPU-only
+// build. No computation happens here.
 //
 // Errors: std::invalid_argument -> ValueError, std::runtime_error -> RuntimeError
 // (pybind11's built-in translation).
@@ -29,35 +31,10 @@ constexpr bool kBuiltWithCuda =
     false;
 #endif
 
+// Python passes addresses as integers; the launchers reject null pointers.
 template <typename T>
-T* address(std::uintptr_t value, const char* kernel, const char* name) {
-  if (value == 0) {
-    throw std::invalid_argument(std::string(kernel) + ": `" + name + "` is a null pointer (address 0)");
-  }
+T* address(std::uintptr_t value) {
   return reinterpret_cast<T*>(value);
-}
-
-void check_positive(int64_t value, const char* kernel, const char* name) {
-  if (value <= 0) {
-    throw std::invalid_argument(std::string(kernel) + ": `" + name + "` must be positive, got " +
-                                std::to_string(value));
-  }
-}
-
-DType to_dtype(int code, const char* kernel) {
-  if (code < 0 || code > 2) {
-    throw std::invalid_argument(std::string(kernel) + ": `dtype` must be 0 (float32), 1 (float16) or 2 "
-                                "(bfloat16), got " + std::to_string(code));
-  }
-  return static_cast<DType>(code);
-}
-
-int check_threads(int num_threads, const char* kernel) {
-  if (num_threads < 0) {
-    throw std::invalid_argument(std::string(kernel) + ": `num_threads` must be >= 0 (0 = OpenMP default), got " +
-                                std::to_string(num_threads));
-  }
-  return num_threads;
 }
 
 void check_cuda(bool cuda, const char* kernel) {
@@ -86,116 +63,95 @@ void launch(const Params& params, bool cuda, std::uintptr_t stream, CpuFn cpu_fn
 void leep_joint(std::uintptr_t logits, int dtype, std::uintptr_t labels, int64_t n, int64_t z, int64_t hw, int64_t c,
                 int64_t ignore_index, std::uintptr_t joint, std::uintptr_t status, int num_threads, bool cuda,
                 std::uintptr_t stream) {
-  const char* k = "leep_joint";
-  check_cuda(cuda, k);
+  check_cuda(cuda, "leep_joint");
   trmcore::LeepJointParams p;
-  p.logits = address<const void>(logits, k, "logits");
-  p.dtype = to_dtype(dtype, k);
-  p.labels = address<const int64_t>(labels, k, "labels");
-  check_positive(n, k, "n");
-  check_positive(z, k, "z");
-  check_positive(hw, k, "hw");
-  check_positive(c, k, "c");
+  p.logits = address<const void>(logits);
+  p.dtype = static_cast<DType>(dtype);
+  p.labels = address<const int64_t>(labels);
   p.n = n;
   p.z = z;
   p.hw = hw;
   p.c = c;
   p.ignore_index = ignore_index;
-  p.joint = address<double>(joint, k, "joint");
-  p.status = address<int64_t>(status, k, "status");
-  p.num_threads = check_threads(num_threads, k);
+  p.joint = address<double>(joint);
+  p.status = address<int64_t>(status);
+  p.num_threads = num_threads;
   launch(p, cuda, stream, trmcore::leep_joint_cpu, TRMCORE_CUDA_LAUNCHER(leep_joint));
 }
 
 void pixel_leep(std::uintptr_t logits, int dtype, std::uintptr_t labels, std::uintptr_t conditional, int64_t n,
                 int64_t z, int64_t hw, int64_t c, int64_t ignore_index, std::uintptr_t out, std::uintptr_t status,
                 int num_threads, bool cuda, std::uintptr_t stream) {
-  const char* k = "pixel_leep";
-  check_cuda(cuda, k);
+  check_cuda(cuda, "pixel_leep");
   trmcore::PixelLeepParams p;
-  p.logits = address<const void>(logits, k, "logits");
-  p.dtype = to_dtype(dtype, k);
-  p.labels = address<const int64_t>(labels, k, "labels");
-  p.conditional = address<const double>(conditional, k, "conditional");
-  check_positive(n, k, "n");
-  check_positive(z, k, "z");
-  check_positive(hw, k, "hw");
-  check_positive(c, k, "c");
+  p.logits = address<const void>(logits);
+  p.dtype = static_cast<DType>(dtype);
+  p.labels = address<const int64_t>(labels);
+  p.conditional = address<const double>(conditional);
   p.n = n;
   p.z = z;
   p.hw = hw;
   p.c = c;
   p.ignore_index = ignore_index;
-  p.out = address<float>(out, k, "out");
-  p.status = address<int64_t>(status, k, "status");
-  p.num_threads = check_threads(num_threads, k);
+  p.out = address<float>(out);
+  p.status = address<int64_t>(status);
+  p.num_threads = num_threads;
   launch(p, cuda, stream, trmcore::pixel_leep_cpu, TRMCORE_CUDA_LAUNCHER(pixel_leep));
 }
 
 void risk_map(std::uintptr_t leep_map, std::uintptr_t labels, int64_t n, int64_t hw, int64_t ignore_index,
               double base, double eps, bool per_image, std::uintptr_t risk, int num_threads, bool cuda,
               std::uintptr_t stream) {
-  const char* k = "risk_map";
-  check_cuda(cuda, k);
+  check_cuda(cuda, "risk_map");
   trmcore::RiskMapParams p;
-  p.leep_map = address<const float>(leep_map, k, "leep_map");
-  p.labels = address<const int64_t>(labels, k, "labels");
-  check_positive(n, k, "n");
-  check_positive(hw, k, "hw");
+  p.leep_map = address<const float>(leep_map);
+  p.labels = address<const int64_t>(labels);
   p.n = n;
   p.hw = hw;
   p.ignore_index = ignore_index;
   p.base = base;
   p.eps = eps;
   p.per_image = per_image;
-  p.risk = address<float>(risk, k, "risk");
-  p.num_threads = check_threads(num_threads, k);
+  p.risk = address<float>(risk);
+  p.num_threads = num_threads;
   launch(p, cuda, stream, trmcore::risk_map_cpu, TRMCORE_CUDA_LAUNCHER(risk_map));
 }
 
 void rwce_forward(std::uintptr_t logits, int dtype, std::uintptr_t labels, std::uintptr_t weights, int64_t n,
                   int64_t c, int64_t hw, int64_t ignore_index, std::uintptr_t per_image, std::uintptr_t status,
                   int num_threads, bool cuda, std::uintptr_t stream) {
-  const char* k = "rwce_forward";
-  check_cuda(cuda, k);
+  check_cuda(cuda, "rwce_forward");
   trmcore::RwceForwardParams p;
-  p.logits = address<const void>(logits, k, "logits");
-  p.dtype = to_dtype(dtype, k);
-  p.labels = address<const int64_t>(labels, k, "labels");
-  p.weights = address<const float>(weights, k, "weights");
-  check_positive(n, k, "n");
-  check_positive(c, k, "c");
-  check_positive(hw, k, "hw");
+  p.logits = address<const void>(logits);
+  p.dtype = static_cast<DType>(dtype);
+  p.labels = address<const int64_t>(labels);
+  p.weights = address<const float>(weights);
   p.n = n;
   p.c = c;
   p.hw = hw;
   p.ignore_index = ignore_index;
-  p.per_image = address<double>(per_image, k, "per_image");
-  p.status = address<int64_t>(status, k, "status");
-  p.num_threads = check_threads(num_threads, k);
+  p.per_image = address<double>(per_image);
+  p.status = address<int64_t>(status);
+  p.num_threads = num_threads;
   launch(p, cuda, stream, trmcore::rwce_forward_cpu, TRMCORE_CUDA_LAUNCHER(rwce_forward));
 }
 
 void rwce_backward(std::uintptr_t logits, int dtype, std::uintptr_t labels, std::uintptr_t weights,
                    std::uintptr_t scale, int64_t n, int64_t c, int64_t hw, int64_t ignore_index, std::uintptr_t grad,
                    int num_threads, bool cuda, std::uintptr_t stream) {
-  const char* k = "rwce_backward";
-  check_cuda(cuda, k);
+  check_cuda(cuda, "rwce_backward");
   trmcore::RwceBackwardParams p;
-  p.logits = address<const void>(logits, k, "logits");
-  p.dtype = to_dtype(dtype, k);
-  p.labels = address<const int64_t>(labels, k, "labels");
-  p.weights = address<const float>(weights, k, "weights");
-  p.scale = address<const float>(scale, k, "scale");
-  check_positive(n, k, "n");
-  check_positive(c, k, "c");
-  check_positive(hw, k, "hw");
+  p.logits = address<const void>(logits);
+  p.dtype = static_cast<DType>(dtype);
+  p.labels = address<const int64_t>(labels);
+  p.weights = address<const float>(weights);
+  p.scale = address<const float>(scale);
   p.n = n;
   p.c = c;
   p.hw = hw;
   p.ignore_index = ignore_index;
-  p.grad = address<void>(grad, k, "grad");
-  p.num_threads = check_threads(num_threads, k);
+  p.grad = address<void>(grad);
+  p.num_threads = num_threads;
   launch(p, cuda, stream, trmcore::rwce_backward_cpu, TRMCORE_CUDA_LAUNCHER(rwce_backward));
 }
 

@@ -1,5 +1,5 @@
 // Argument checks shared by the CPU and CUDA launchers: every launcher rejects
-// null pointers and non-positive sizes with std::invalid_argument before it
+// null pointers, non-positive sizes and bad codes with std::invalid_argument before it
 // touches memory, so the binding and direct C++ callers get the same errors.
 #pragma once
 #include <cmath>
@@ -50,34 +50,43 @@ inline void require_sizes(int64_t n, int64_t k, int64_t hw, const char* launcher
   }
 }
 
-inline void validate(const LeepJointParams& p, const char* launcher) {
+inline void require_threads(int num_threads, const char* launcher) {
+  if (num_threads < 0) {
+    throw std::invalid_argument(std::string(launcher) + ": `num_threads` must be >= 0 (0 = OpenMP default), got " +
+                                std::to_string(num_threads));
+  }
+}
+
+// The fields every logits kernel shares: logits [n, classes, hw] of `dtype`,
+// labels [n, hw], the thread count.
+template <typename Params>
+void require_logits_layout(const Params& p, int64_t classes, const char* classes_name, const char* launcher) {
   require_pointer(p.logits, launcher, "logits");
   require_pointer(p.labels, launcher, "labels");
-  require_pointer(p.joint, launcher, "joint");
-  require_pointer(p.status, launcher, "status");
   require_dtype(p.dtype, launcher);
   require_positive(p.n, launcher, "n");
-  require_class_count(p.z, launcher, "z");
+  require_class_count(classes, launcher, classes_name);
   require_positive(p.hw, launcher, "hw");
+  require_sizes(p.n, classes, p.hw, launcher);
+  require_threads(p.num_threads, launcher);
+}
+
+inline void validate(const LeepJointParams& p, const char* launcher) {
+  require_logits_layout(p, p.z, "z", launcher);
+  require_pointer(p.joint, launcher, "joint");
+  require_pointer(p.status, launcher, "status");
   require_class_count(p.c, launcher, "c");
-  require_sizes(p.n, p.z, p.hw, launcher);
   if (p.c > std::numeric_limits<int64_t>::max() / p.z) {
     throw std::invalid_argument(std::string(launcher) + ": c * z overflows int64");
   }
 }
 
 inline void validate(const PixelLeepParams& p, const char* launcher) {
-  require_pointer(p.logits, launcher, "logits");
-  require_pointer(p.labels, launcher, "labels");
+  require_logits_layout(p, p.z, "z", launcher);
   require_pointer(p.conditional, launcher, "conditional");
   require_pointer(p.out, launcher, "out");
   require_pointer(p.status, launcher, "status");
-  require_dtype(p.dtype, launcher);
-  require_positive(p.n, launcher, "n");
-  require_class_count(p.z, launcher, "z");
-  require_positive(p.hw, launcher, "hw");
   require_class_count(p.c, launcher, "c");
-  require_sizes(p.n, p.z, p.hw, launcher);
   if (p.c * p.z >= (int64_t{1} << 31)) {
     throw std::invalid_argument(std::string(launcher) + ": c * z must be below 2^31");
   }
@@ -90,6 +99,7 @@ inline void validate(const RiskMapParams& p, const char* launcher) {
   require_positive(p.n, launcher, "n");
   require_positive(p.hw, launcher, "hw");
   require_sizes(p.n, 1, p.hw, launcher);
+  require_threads(p.num_threads, launcher);
   if (!(std::isfinite(p.base) && p.base > 0.0)) {
     throw std::invalid_argument(std::string(launcher) + ": `base` must be a positive finite number, got " +
                                 std::to_string(p.base));
@@ -101,29 +111,17 @@ inline void validate(const RiskMapParams& p, const char* launcher) {
 }
 
 inline void validate(const RwceForwardParams& p, const char* launcher) {
-  require_pointer(p.logits, launcher, "logits");
-  require_pointer(p.labels, launcher, "labels");
+  require_logits_layout(p, p.c, "c", launcher);
   require_pointer(p.weights, launcher, "weights");
   require_pointer(p.per_image, launcher, "per_image");
   require_pointer(p.status, launcher, "status");
-  require_dtype(p.dtype, launcher);
-  require_positive(p.n, launcher, "n");
-  require_class_count(p.c, launcher, "c");
-  require_positive(p.hw, launcher, "hw");
-  require_sizes(p.n, p.c, p.hw, launcher);
 }
 
 inline void validate(const RwceBackwardParams& p, const char* launcher) {
-  require_pointer(p.logits, launcher, "logits");
-  require_pointer(p.labels, launcher, "labels");
+  require_logits_layout(p, p.c, "c", launcher);
   require_pointer(p.weights, launcher, "weights");
   require_pointer(p.scale, launcher, "scale");
   require_pointer(p.grad, launcher, "grad");
-  require_dtype(p.dtype, launcher);
-  require_positive(p.n, launcher, "n");
-  require_class_count(p.c, launcher, "c");
-  require_positive(p.hw, launcher, "hw");
-  require_sizes(p.n, p.c, p.hw, launcher);
 }
 
 }  // namespace detail
