@@ -45,6 +45,7 @@ struct LeepJointKernel {
         AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels);
         AlignedBuffer<int32_t> label(kRowPixels);
         AlignedBuffer<double> acc(masked ? static_cast<size_t>(CK) * kRowPixels : 1);
+        AlignedBuffer<float> xt_buf(masked ? 1 : static_cast<size_t>(K) * kRowPixels);
         LabelCounts counts;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < wave_chunks; ++i) {
@@ -84,10 +85,19 @@ struct LeepJointKernel {
                 }
               }
             } else {
+              // Many target classes: transpose the row to pixel-major so that each
+              // pixel adds one contiguous (vectorised) run of Z values into its
+              // label's row of the joint.
+              float* __restrict xt = xt_buf.get();
+              for (int k = 0; k < K; ++k) {
+                const float* __restrict xk = xs + k * kRowPixels;
+                for (int p = 0; p < len; ++p) xt[p * K + k] = xk[p];
+              }
               for (int p = 0; p < len; ++p) {
                 if (y[p] < 0) continue;
                 double* __restrict row = out + static_cast<int64_t>(y[p]) * K;
-                for (int k = 0; k < K; ++k) row[k] += static_cast<double>(xs[k * kRowPixels + p]);
+                const float* __restrict theta = xt + p * K;
+                for (int k = 0; k < K; ++k) row[k] += static_cast<double>(theta[k]);
               }
             }
           });
