@@ -130,3 +130,13 @@ def test_avx_instructions_only_in_the_avx2_variant():
     assert not leaked, f"AVX code outside the AVX2 variant (would crash CPUs without AVX): {leaked}"
     if _avx2_usable():
         assert any("cpu_avx2" in name for name in avx), "the AVX2 variant contains no AVX code"
+
+
+def test_environment_variable_forces_the_baseline_variant():
+    import os
+    import sys
+
+    env = dict(os.environ, TRMCORE_CPU_ISA="baseline")
+    code = "from trmcore.ops._native import native; print(native().cpu_isa())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "baseline"
