@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "trmcore.cli.train",
     "trmcore.cli.deploy",
     "trmcore.cli.selection",
+    "trmcore.cli.study",
 ]
 
 

@@ -1,0 +1,163 @@
+"""Study profiles: how large the reproduction study is (torch-free).
+
+A profile fixes everything that changes the numbers: the phantom datasets,
+the U-Net, the iterations, the tasks of each table and the few-shot sizes.
+``quick`` is sized for 2 CPU cores (well within an hour for every table with
+one seed), ``full`` follows the TRM paper (5000 iterations, lr 1e-4, 400 /
+100 / 50 few-shot slices) and is meant for a GPU, ``tiny`` exists for the tests.
+
+Example:
+    >>> p = get_profile("quick")
+    >>> p.finetune_iterations, p.few_shot_sizes
+    (100, (96, 24, 12))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+TISSUE_TASKS_PAPER = ("*/T1/CSF", "*/T1/GM", "*/T1/WM", "*/T2/CSF", "*/T2/GM", "*/T2/WM")
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """A generated dataset: ``n_cases`` cases of ``size`` voxels over ``sites`` (built-in phantom sites)."""
+
+    n_cases: int
+    size: Tuple[int, int, int]
+    sites: Tuple[str, ...]
+    tumour: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudyProfile:
+    """Sizes and tasks of one reproduction study.
+
+    Task names are ``SITE/CHANNEL/LABELS`` (``*`` = every case), as in ``trm path``.
+
+    Attributes:
+        name: quick, full or tiny.
+        tissue_data, tumour_data: the phantoms generated when no real dataset is given.
+        depth, width: U-Net size; batch_size, lr: Adam settings of every run.
+        source_iterations: source training; finetune_iterations: every fine-tuning run.
+        val_fraction: share of each task's cases held out (3D Dice is measured on them).
+        methods: fine-tuning methods of Tables I and II (SPEC 5).
+        table1_tasks: binary tissue tasks; every one is a source and every other a target.
+        table2_tasks: 4-class tumour tasks (labels NCR+ED+ET), same grid.
+        few_shot_pairs: (source, target) pairs of Table III; few_shot_sizes its training-set sizes.
+        few_shot_methods: the methods of Table III (vanilla vs trm in the paper).
+        seq_tasks: the task graph of the sequential-transfer comparison; seq_targets its targets
+            (default: every seq task); seq_shots target training slices; seq_method the method of every hop;
+            seq_communities the Girvan-Newman communities of the source tasks (SPEC 6: 9, fewer on small
+            graphs; with one task per community no path has an intermediate task).
+        fig2_pairs: (source, target) pairs drawn as Fig. 2 (risk maps before / after trm fine-tuning).
+        affinity_size, affinity_samples: resize cube and K of the task affinity (SPEC 6).
+        threads: torch CPU threads per worker process.
+    """
+
+    name: str
+    tissue_data: PhantomSpec
+    tumour_data: PhantomSpec
+    depth: int
+    width: int
+    batch_size: int
+    lr: float
+    source_iterations: int
+    finetune_iterations: int
+    val_fraction: float
+    methods: Tuple[str, ...]
+    table1_tasks: Tuple[str, ...]
+    table2_tasks: Tuple[str, ...]
+    few_shot_pairs: Tuple[Tuple[str, str], ...]
+    few_shot_sizes: Tuple[int, ...]
+    seq_tasks: Tuple[str, ...]
+    seq_shots: Optional[int]
+    fig2_pairs: Tuple[Tuple[str, str], ...]
+    few_shot_methods: Tuple[str, ...] = ("vanilla", "trm")
+    seq_targets: Optional[Tuple[str, ...]] = None
+    seq_method: str = "vanilla"
+    seq_communities: int = 2
+    affinity_size: int = 32
+    affinity_samples: int = 5
+    threads: int = 1
+    notes: Tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+_CROSS_MODALITY_PAIRS = (("*/T1/CSF", "*/T2/CSF"), ("*/T1/GM", "*/T2/GM"), ("*/T1/WM", "*/T2/WM"),
+                         ("*/T2/CSF", "*/T1/CSF"), ("*/T2/GM", "*/T1/GM"), ("*/T2/WM", "*/T1/WM"))
+_TUMOUR_SITES = ("site-A", "site-B", "site-C", "site-D")
+# The six FeTS tasks of TRM Table II (13-T1, 14-T1, 14-T2, 14-FLAIR, 17-T2, 18-FLAIR), with the four
+# phantom sites standing in for the partitions 13, 14, 17 and 18.
+_TUMOUR_TASKS = ("site-A/T1/NCR+ED+ET", "site-B/T1/NCR+ED+ET", "site-B/T2/NCR+ED+ET",
+                 "site-B/FLAIR/NCR+ED+ET", "site-C/T2/NCR+ED+ET", "site-D/FLAIR/NCR+ED+ET")
+
+QUICK = StudyProfile(
+    name="quick",
+    tissue_data=PhantomSpec(n_cases=12, size=(32, 32, 16), sites=("site-A",)),
+    tumour_data=PhantomSpec(n_cases=24, size=(48, 48, 24), sites=_TUMOUR_SITES, tumour=True),
+    depth=3, width=8, batch_size=8, lr=1e-3,
+    source_iterations=200, finetune_iterations=100, val_fraction=0.25,
+    methods=("vanilla", "class-weight", "trs-map", "trm"),
+    table1_tasks=TISSUE_TASKS_PAPER,
+    table2_tasks=_TUMOUR_TASKS,
+    few_shot_pairs=_CROSS_MODALITY_PAIRS,
+    few_shot_sizes=(96, 24, 12),
+    seq_tasks=TISSUE_TASKS_PAPER,
+    seq_shots=12,
+    fig2_pairs=(("*/T1/CSF", "*/T2/CSF"), ("*/T1/WM", "*/T2/GM")),
+    notes=("tissue images 32 x 32 x 16, tumour images 48 x 48 x 24 (the tumour is too small at 32 x 32), U-Net depth 3 / width 8, lr 1e-3, 200 source and 100 "
+           "fine-tuning iterations instead of the paper's 5000 at lr 1e-4",
+           "few-shot sizes 96 / 24 / 12 slices keep the paper's 8 : 2 : 1 ratio of 400 / 100 / 50; "
+           "the phantom's 9 training volumes give ~130 slices"),
+)
+
+FULL = StudyProfile(
+    name="full",
+    tissue_data=PhantomSpec(n_cases=10, size=(128, 128, 64), sites=("site-A",)),
+    tumour_data=PhantomSpec(n_cases=40, size=(128, 128, 64), sites=_TUMOUR_SITES, tumour=True),
+    depth=4, width=32, batch_size=8, lr=1e-4,
+    source_iterations=5000, finetune_iterations=5000, val_fraction=0.2,
+    methods=("vanilla", "class-weight", "trs-map", "trm"),
+    table1_tasks=TISSUE_TASKS_PAPER,
+    table2_tasks=_TUMOUR_TASKS,
+    few_shot_pairs=_CROSS_MODALITY_PAIRS,
+    few_shot_sizes=(400, 100, 50),
+    seq_tasks=TISSUE_TASKS_PAPER,
+    seq_shots=50,
+    fig2_pairs=(("*/T1/CSF", "*/T2/CSF"), ("*/T1/WM", "*/T2/GM")),
+    affinity_size=128, affinity_samples=10, threads=0,
+    notes=("as the TRM paper: 5000 iterations, Adam lr 1e-4, U-Net depth 4 / width 32, 400 / 100 / 50 slices",),
+)
+
+TINY = StudyProfile(
+    name="tiny",
+    tissue_data=PhantomSpec(n_cases=6, size=(32, 32, 8), sites=("site-A",)),
+    tumour_data=PhantomSpec(n_cases=6, size=(32, 32, 16), sites=("site-A", "site-B"), tumour=True),
+    depth=2, width=4, batch_size=4, lr=1e-3,
+    source_iterations=4, finetune_iterations=3, val_fraction=0.34,
+    methods=("vanilla", "trm"),
+    table1_tasks=("*/T1/CSF", "*/T2/CSF"),
+    table2_tasks=("site-A/T1/NCR+ED+ET", "site-B/T2/NCR+ED+ET"),
+    few_shot_pairs=(("*/T1/CSF", "*/T2/CSF"),),
+    few_shot_sizes=(8, 4),
+    seq_tasks=("*/T1/CSF", "*/T2/CSF", "*/T1/GM"),
+    seq_targets=("*/T2/CSF",),
+    seq_shots=4,
+    fig2_pairs=(("*/T1/CSF", "*/T2/CSF"),),
+    affinity_size=16, affinity_samples=2, seq_communities=1,
+    notes=("test-sized: a few iterations; the numbers mean nothing",),
+)
+
+PROFILES: Dict[str, StudyProfile] = {p.name: p for p in (QUICK, FULL, TINY)}
+
+
+def get_profile(name: str) -> StudyProfile:
+    """The built-in profile ``name`` (quick, full, tiny); ValueError for any other."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]

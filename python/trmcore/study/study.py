@@ -1,0 +1,190 @@
+"""``reproduce``: the whole reproduction study, from data to results.md.
+
+1. the data: two generated phantoms (a single-site tissue dataset as iSeg, a
+   four-site tumour dataset as FeTS) or real datasets in the standard layout;
+2. the sequential-transfer plans (task affinity + path selection, SPEC 6);
+3. the grid of jobs (:mod:`trmcore.study.grid`), run with a per-job cache
+   (:mod:`trmcore.study.runner`);
+4. tables (CSV), figures (PNG) and ``results.md`` from the cached results.
+
+Example:
+    >>> reproduce("study-quick", profile="quick", seeds=[0, 1, 2], tables=["I"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from trmcore.study.grid import TABLES, TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
+from trmcore.study.profiles import StudyProfile, get_profile
+from trmcore.study.runner import RunSummary, StudyContext, load_results, run_grid
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`reproduce` produced."""
+
+    out_dir: Path
+    grid: StudyGrid
+    summary: RunSummary
+    files: List[Path] = field(default_factory=list)
+    plans: List[SeqPlan] = field(default_factory=list)
+
+
+def parse_seeds(text: Union[str, Sequence[int]]) -> List[int]:
+    """``"0,1,2"`` or a list -> distinct non-negative seeds in the given order; ValueError otherwise."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    seeds: List[int] = []
+    for item in items:
+        try:
+            seed = int(str(item).strip())
+        except ValueError:
+            raise ValueError(f"seeds must be integers separated by commas, got {text!r}") from None
+        if seed < 0:
+            raise ValueError(f"seeds must be >= 0, got {seed}")
+        if seed not in seeds:
+            seeds.append(seed)
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    return seeds
+
+
+# Profile fields that change what a cached job holds; a study folder refuses a profile that differs in any.
+RESULT_FIELDS = ("depth", "width", "batch_size", "lr", "source_iterations", "finetune_iterations", "val_fraction",
+                 "tissue_data", "tumour_data")
+
+
+def _fingerprint(record: dict) -> dict:
+    profile = record.get("profile", {})
+    return json.loads(json.dumps({"profile": {k: profile.get(k) for k in RESULT_FIELDS},
+                                  "datasets": record.get("datasets")}))
+
+
+def _check_study_folder(out: Path, profile: StudyProfile, datasets: Dict[str, Optional[str]]) -> None:
+    """Refuse to mix two studies of different settings in one folder (their cache keys would collide).
+
+    Only the settings that change a job's result count (:data:`RESULT_FIELDS` and the datasets);
+    the task lists may change, so a study can be extended with more tables or seeds.
+    """
+    record = {"profile": profile.to_dict(), "datasets": datasets}
+    marker = out / "study.json"
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text())
+        except ValueError:
+            previous = None
+        if isinstance(previous, dict) and _fingerprint(previous) != _fingerprint(record):
+            differing = [k for k in RESULT_FIELDS
+                         if _fingerprint(previous)["profile"].get(k) != _fingerprint(record)["profile"].get(k)]
+            if _fingerprint(previous)["datasets"] != _fingerprint(record)["datasets"]:
+                differing.append("datasets")
+            raise ValueError(f"{out} holds a study with other settings (profile "
+                             f"{previous.get('profile', {}).get('name')!r}; differing: {', '.join(differing)}); "
+                             "choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(record, indent=1))
+
+
+def _phantom(out: Path, spec, progress: bool) -> Path:
+    """The phantom of ``spec`` in ``out``: reused when complete and made with the same settings, else (re)generated."""
+    from trmcore.data import make_phantom
+
+    try:
+        meta = json.loads((out / "dataset.json").read_text())
+        made = meta.get("phantom", {})
+        same = (made.get("size") == list(spec.size) and made.get("seed") == spec.seed
+                and [p.get("name") for p in made.get("site_profiles", [])] == list(spec.sites)
+                and bool(made.get("tumour")) == bool(spec.tumour)
+                and len(list((out / "labelsTr").glob("*.nii.gz"))) == spec.n_cases)
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if same:
+        return out
+    return make_phantom(out, n_cases=spec.n_cases, sites=list(spec.sites), size=spec.size, tumour=spec.tumour,
+                        seed=spec.seed, overwrite=True, progress=progress)
+
+
+def _check_tasks(root: Path, tasks: Sequence[str], what: str) -> None:
+    from trmcore.data import DatasetLayout
+    from trmcore.selection.tasks import check_task, parse_task_name
+
+    layout = DatasetLayout.read(root)
+    for name in tasks:
+        try:
+            check_task(layout, parse_task_name(name, source=what))
+        except ValueError as err:
+            raise ValueError(f"{what}: {err}") from None
+
+
+def prepare_datasets(out: Path, profile: StudyProfile, tables: Sequence[str], data: Optional[PathLike],
+                     tumour_data: Optional[PathLike], progress: bool) -> Dict[str, str]:
+    """The dataset folder of each kind the tables need: given ones checked, phantoms generated (once)."""
+    datasets: Dict[str, str] = {}
+    tissue_tables = {"I", "III", "seq", "fig2"} & set(tables)
+    if tissue_tables:
+        if data is not None:
+            root = Path(data)
+            if not (root / "dataset.json").is_file():
+                raise FileNotFoundError(f"--data {root}: no dataset.json (expected the standard layout)")
+            tissue_tasks = set(profile.table1_tasks) | set(profile.seq_tasks) | {
+                t for pair in profile.few_shot_pairs + profile.fig2_pairs for t in pair}
+            _check_tasks(root, sorted(tissue_tasks), "--data")
+        else:
+            root = _phantom(out / "data" / TISSUE, profile.tissue_data, progress)
+        datasets[TISSUE] = str(root.resolve())
+    if "II" in tables:
+        if tumour_data is not None:
+            root = Path(tumour_data)
+            if not (root / "dataset.json").is_file():
+                raise FileNotFoundError(f"--tumour-data {root}: no dataset.json (expected the standard layout)")
+            _check_tasks(root, profile.table2_tasks, "--tumour-data")
+        else:
+            root = _phantom(out / "data" / TUMOUR, profile.tumour_data, progress)
+        datasets[TUMOUR] = str(root.resolve())
+    return datasets
+
+
+def reproduce(out_dir: PathLike, profile: Union[str, StudyProfile] = "quick", seeds: Union[str, Sequence[int]] = (0,),
+              tables: Union[str, Sequence[str], None] = None, data: Optional[PathLike] = None,
+              tumour_data: Optional[PathLike] = None, device: Optional[str] = None, workers: int = 1,
+              threads: Optional[int] = None, progress: bool = True) -> StudyOutcome:
+    """Run (or resume) the study into ``out_dir`` and write its tables, figures and results.md.
+
+    Args:
+        out_dir: study folder (data/, runs/, cache/, tables/, figures/, results.md).
+        profile: "quick", "full", "tiny" or a :class:`StudyProfile`.
+        seeds: Table I runs every seed; the other tables the first one.
+        tables: subset of I, II, III, seq, fig2 (default all).
+        data: a real tissue dataset (standard layout) instead of the phantom;
+            tumour_data: the same for Table II.
+        device: cpu / cuda / cuda:N (default: cuda when available).
+        workers: parallel processes; threads: torch threads per process (default: the profile's).
+    """
+    from trmcore.study.report import write_outputs
+    from trmcore.study.sequential import plan_paths
+
+    started = time.perf_counter()
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    tables = parse_tables(tables)
+    seeds = parse_seeds(seeds)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out_dir)
+    _check_study_folder(out, profile, {"tissue": None if data is None else str(Path(data).resolve()),
+                                       "tumour": None if tumour_data is None else str(Path(tumour_data).resolve())})
+    datasets = prepare_datasets(out, profile, tables, data, tumour_data, progress)
+    plans = plan_paths(datasets[TISSUE], profile, out / "affinity") if "seq" in tables else []
+    grid = build_grid(profile, seeds, tables, seq_plans=plans)
+    ctx = StudyContext(str(out.resolve()), datasets, profile, device,
+                       profile.threads if threads is None else threads)
+    summary = run_grid(grid, ctx, workers=workers, progress=progress)
+    results = load_results(ctx, grid)
+    files = write_outputs(out, profile, grid, results, plans, seeds, tables, summary,
+                          wall_s=time.perf_counter() - started)
+    return StudyOutcome(out, grid, summary, files, plans)

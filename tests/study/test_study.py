@@ -1,0 +1,169 @@
+"""The reproduction study on the tiny profile: tables, figures, cache and resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from trmcore.study.grid import Job, build_grid, parse_tables
+from trmcore.study.profiles import get_profile
+from trmcore.study.study import parse_seeds, reproduce
+from trmcore.study.tables import GAIN, gain_counts, pair_table
+
+pytest.importorskip("torch")
+
+
+def _csv(path: Path) -> list:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "tiny"
+    first = reproduce(out, "tiny", seeds=[0], progress=False)
+    return out, first
+
+
+def test_tiny_study_writes_tables_and_figures(tiny_study):
+    out, first = tiny_study
+    assert not first.summary.failed and not first.summary.skipped
+    assert len(first.summary.executed) == len(first.grid.jobs)
+    table1 = _csv(out / "tables" / "table1.csv")
+    # 2 tasks -> 2 (target, source) pairs x 2 methods, each with a Dice in [0, 1]
+    assert sorted((r["target"], r["source"], r["method"]) for r in table1) == [
+        ("*/T1/CSF", "*/T2/CSF", "trm"), ("*/T1/CSF", "*/T2/CSF", "vanilla"),
+        ("*/T2/CSF", "*/T1/CSF", "trm"), ("*/T2/CSF", "*/T1/CSF", "vanilla")]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in table1)
+    assert len(_csv(out / "tables" / "table2.csv")) == 4
+    table3 = _csv(out / "tables" / "table3.csv")
+    assert sorted({r["shots"] for r in table3}) == ["4", "8"] and len(table3) == 4
+    seq = _csv(out / "tables" / "sequential_summary.csv")
+    assert [r["target"] for r in seq] == ["*/T2/CSF"] and seq[0]["path_dice"] != ""
+    summary = _csv(out / "tables" / "table1_summary.csv")
+    assert {r["method"] for r in summary} == {"vanilla", "trm", GAIN}
+    assert [r for r in summary if r["level"] == "overall"]
+    for png in ("table1_gain.png", "table2_gain.png", "table3_few_shot.png", "fig2_T1-CSF_to_T2-CSF.png"):
+        assert (out / "figures" / png).stat().st_size > 1000, png
+    text = (out / "results.md").read_text()
+    for heading in ("Table I analogue", "Table II analogue", "Table III analogue", "Sequential transfer", "Fig. 2"):
+        assert heading in text
+    assert "| T1/CSF | T2/CSF |" in text and "| **Average** | 2 pairs |" in text
+    assert "Failed jobs" not in text
+
+
+def test_rerun_hits_the_cache(tiny_study):
+    out, first = tiny_study
+    cache_file = next((out / "cache").glob("finetune_*.json"))
+    stamp = cache_file.stat().st_mtime_ns
+    again = reproduce(out, "tiny", seeds=[0], progress=False)
+    assert again.summary.executed == []
+    assert sorted(again.summary.cached) == sorted(j.key for j in first.grid.jobs)
+    assert cache_file.stat().st_mtime_ns == stamp
+    assert _csv(out / "tables" / "table1.csv") == _csv(out / "tables" / "table1.csv")
+
+
+def test_extra_seed_runs_only_the_new_jobs(tiny_study, tmp_path):
+    out, _ = tiny_study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    result = reproduce(copy, "tiny", seeds=[0, 1], tables=["I"], progress=False)
+    executed = [result.grid.job(k) for k in result.summary.executed]
+    # Table I of seed 1 only: 2 source models + 4 fine-tuning runs
+    assert sorted((j.kind, j.seed) for j in executed) == [("finetune", 1)] * 4 + [("source", 1)] * 2
+    text = (copy / "results.md").read_text()
+    assert "±" in text  # mean ± std over two seeds
+
+
+def test_corrupt_or_orphaned_cache_entries_are_recomputed(tmp_path):
+    out = tmp_path / "study"
+    first = reproduce(out, "tiny", seeds=[0], tables=["I"], progress=False)
+    finetunes = [j for j in first.grid.jobs if j.kind == "finetune"]
+    truncated, orphaned, foreign = finetunes[0], finetunes[1], finetunes[2]
+    path = out / "cache" / f"{truncated.key}.json"
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])   # cut off mid-write
+    shutil.rmtree(out / "runs" / orphaned.key)                         # the run folder is gone
+    entry = json.loads((out / "cache" / f"{foreign.key}.json").read_text())
+    entry["key"] = "someone-else"
+    (out / "cache" / f"{foreign.key}.json").write_text(json.dumps(entry))
+    again = reproduce(out, "tiny", seeds=[0], tables=["I"], progress=False)
+    assert sorted(again.summary.executed) == sorted([truncated.key, orphaned.key, foreign.key])
+    rows = _csv(out / "tables" / "table1.csv")
+    assert all(r["dice"] != "" for r in rows)
+
+
+def test_parallel_workers_give_the_same_results(tmp_path):
+    serial = reproduce(tmp_path / "serial", "tiny", seeds=[0], tables=["I"], progress=False)
+    parallel = reproduce(tmp_path / "parallel", "tiny", seeds=[0], tables=["I"], workers=2, progress=False)
+    assert not parallel.summary.failed
+    assert sorted(parallel.summary.executed) == sorted(serial.summary.executed)
+    assert _csv(tmp_path / "serial" / "tables" / "table1.csv") == [
+        dict(r) for r in _csv(tmp_path / "parallel" / "tables" / "table1.csv")]
+
+
+def test_grid_trains_each_source_once_per_seed():
+    grid = build_grid(get_profile("quick"), seeds=[0, 1, 2], tables=["I"])
+    sources = [j for j in grid.jobs if j.kind == "source"]
+    assert len(sources) == 6 * 3
+    assert len([j for j in grid.jobs if j.kind == "finetune"]) == 6 * 5 * 4 * 3
+    assert len({j.key for j in grid.jobs}) == len(grid.jobs)
+    keys = {j.key for j in grid.jobs}
+    assert all(j.parent in keys for j in grid.jobs if j.kind == "finetune")
+    # keys are a function of the job only
+    again = build_grid(get_profile("quick"), seeds=[0, 1, 2], tables=["I"])
+    assert [j.key for j in again.jobs] == [j.key for j in grid.jobs]
+    # other tables run the first seed only
+    full = build_grid(get_profile("quick"), seeds=[0, 1], tables=["I", "III"])
+    assert {c.seed for c in full.cells_of("III")} == {0}
+
+
+def test_pair_table_statistics():
+    rows = []
+    dice = {("a", "b", "vanilla"): [0.5, 0.7], ("a", "b", "trm"): [0.6, 0.6],
+            ("b", "a", "vanilla"): [0.8, 0.8], ("b", "a", "trm"): [0.7, 0.9]}
+    for (target, source, method), values in dice.items():
+        for seed, value in enumerate(values):
+            rows.append({"seed": seed, "target": target, "source": source, "method": method, "dice": value})
+    table = pair_table(rows, ["vanilla", "trm"])
+    assert table.pairs[("a", "b")]["vanilla"].mean == pytest.approx(0.6)
+    assert table.pairs[("a", "b")]["vanilla"].std == pytest.approx(0.1414213, abs=1e-6)
+    assert table.pairs[("a", "b")][GAIN].mean == pytest.approx(0.0)
+    # overall per seed: vanilla 0.65 / 0.75, trm 0.65 / 0.75 -> gain 0 +- 0
+    assert table.overall["vanilla"].mean == pytest.approx(0.7)
+    assert table.overall[GAIN].std == pytest.approx(0.0)
+    counts = gain_counts(table)
+    assert counts == {"pairs": 2, "mean_positive": 0, "all_seeds_positive": 0, "all_seeds_negative": 0}
+
+
+def test_bad_input_is_refused(tmp_path, capsys):
+    from trmcore.cli.main import main
+
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        get_profile("huge")
+    with pytest.raises(ValueError, match="unknown table.*'IV'"):
+        parse_tables("I,IV")
+    with pytest.raises(ValueError, match="seeds must be integers"):
+        parse_seeds("0,one")
+    with pytest.raises(ValueError, match="needs a parent"):
+        Job("finetune", "tissue", "*/T1/CSF", 0)
+    assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "huge"]) == 2
+    assert "unknown profile 'huge'" in capsys.readouterr().err
+    assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "tiny", "--tables", "I,V"]) == 2
+    assert "unknown table(s) 'V'" in capsys.readouterr().err
+    assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "tiny", "--data", str(tmp_path / "none")]) == 2
+    assert "no dataset.json" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "runs").exists()
+
+
+def test_study_folder_refuses_other_settings(tmp_path):
+    from dataclasses import replace
+
+    out = tmp_path / "study"
+    reproduce(out, "tiny", seeds=[0], tables=["fig2"], progress=False)
+    changed = replace(get_profile("tiny"), finetune_iterations=5)
+    with pytest.raises(ValueError, match="other settings.*finetune_iterations"):
+        reproduce(out, changed, seeds=[0], tables=["fig2"], progress=False)
