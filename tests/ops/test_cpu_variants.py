@@ -19,8 +19,8 @@ import torch
 from trmcore import ops
 from trmcore.ops._native import native
 
-# Class counts: every compile-time specialisation (1..8) plus the generic path.
-CLASS_COUNTS = [1, 2, 3, 4, 5, 8, 13]
+# Class counts: the compile-time specialisations (1..8, 16) and the generic path (13).
+CLASS_COUNTS = [1, 2, 3, 4, 5, 8, 13, 16]
 
 
 def _avx2_usable() -> bool:

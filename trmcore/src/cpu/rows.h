@@ -37,7 +37,6 @@ namespace TRMCORE_CPU_ISA {
 
 constexpr int kRowPixels = 64;          // pixels per vectorised row
 constexpr int64_t kChunkPixels = 4096;  // pixels per deterministic chunk (multiple of kRowPixels)
-constexpr int kMaxStaticClasses = 8;    // class counts specialised at compile time
 
 inline int thread_count(int requested) {
 #ifdef _OPENMP
@@ -82,7 +81,8 @@ struct BFloat16 {
 };
 
 // Calls Kernel<D, KT>::run(params, args...) with D the dtype tag and KT the class
-// count when it is at most kMaxStaticClasses (KT = 0: generic, runtime count).
+// count when it is 1..8 or 16 (KT = 0: generic, runtime count). 16 covers the
+// common multi-class heads; each specialisation multiplies the compiled code.
 template <template <typename, int> class Kernel, typename Params, typename... Args>
 void dispatch(const Params& params, int64_t classes, Args&&... args) {
   auto by_classes = [&](auto tag) {
@@ -96,6 +96,7 @@ void dispatch(const Params& params, int64_t classes, Args&&... args) {
       case 6: return Kernel<D, 6>::run(params, args...);
       case 7: return Kernel<D, 7>::run(params, args...);
       case 8: return Kernel<D, 8>::run(params, args...);
+      case 16: return Kernel<D, 16>::run(params, args...);
       default: return Kernel<D, 0>::run(params, args...);
     }
   };
