@@ -34,7 +34,7 @@ def gain_heatmap(table: PairTable, title: str, path: Path) -> Path:
         if GAIN in values and values[GAIN].n:
             grid[targets.index(t), sources.index(s)] = values[GAIN].mean
     limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
-    fig, ax = plt.subplots(figsize=(1.3 * len(sources) + 2.5, 0.7 * len(targets) + 1.8))
+    fig, ax = plt.subplots(figsize=(0.9 * len(sources) + 3.0, 0.75 * len(targets) + 1.8))
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit)
     ax.set_xticks(range(len(sources)), [_short(s) for s in sources], rotation=45, ha="right")
     ax.set_yticks(range(len(targets)), [_short(t) for t in targets])

@@ -113,7 +113,7 @@ QUICK = StudyProfile(
     notes=("tissue images 32 x 32 x 16, tumour images 48 x 48 x 24 (the tumour is too small at 32 x 32), U-Net depth 3 / width 8, lr 1e-3, 200 source and 100 "
            "fine-tuning iterations instead of the paper's 5000 at lr 1e-4",
            "few-shot sizes 96 / 24 / 12 slices keep the paper's 8 : 2 : 1 ratio of 400 / 100 / 50; "
-           "the phantom's 9 training volumes give ~130 slices"),
+           "the phantom's 9 training volumes give 107 slices with brain"),
 )
 
 FULL = StudyProfile(

@@ -19,7 +19,7 @@ from trmcore.study.grid import SeqPlan, StudyGrid, _slug
 from trmcore.study.profiles import StudyProfile
 from trmcore.study.runner import RunSummary
 from trmcore.study.tables import (GAIN, cell_rows, few_shot_markdown, gain_counts, pair_summary_rows, pair_table,
-                                  pair_table_markdown, sequential_markdown, sequential_rows, write_csv)
+                                  pair_table_markdown, per_seed_markdown, sequential_markdown, sequential_rows, write_csv)
 
 TABLE_TITLES = {
     "I": "Table I analogue: binary tissue tasks {CSF, GM, WM} x {T1, T2}",
@@ -77,6 +77,9 @@ def write_outputs(out: Path, profile: StudyProfile, grid: StudyGrid, results: Di
             sections.append(f"Mean 3D Dice per (target, source, method){' as mean ± std over seeds' if len(table.seeds) > 1 else ''}; "
                             "bold = best method of the row; last column = gain of trm over vanilla.")
             sections += ["", pair_table_markdown(table), ""]
+            if len(table.seeds) > 1:
+                sections += ["Per seed, the average over all pairs (the spread of the overall row above):", "",
+                             per_seed_markdown(rows, methods), ""]
             if GAIN in table.overall:
                 counts = gain_counts(table)
                 sections.append(f"trm beats vanilla on average over seeds in {counts['mean_positive']} of "

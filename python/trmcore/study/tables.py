@@ -201,6 +201,22 @@ def gain_counts(table: PairTable) -> Dict[str, int]:
     return counts
 
 
+def per_seed_markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
+    """One row per seed: each method's average over all pairs of that seed, and the gain of trm."""
+    methods = list(methods)
+    columns = methods + ([GAIN] if "trm" in methods and "vanilla" in methods else [])
+    lines = ["| seed | pairs | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    for (seed,), group in sorted(_by(rows, "seed").items()):
+        pairs = _by(group, "target", "source")
+        values = {m: [d for g in pairs.values() for d in _per_seed(g, m).values()] for m in methods}
+        if GAIN in columns:
+            values[GAIN] = [d for g in pairs.values() for d in _gain_per_seed(g).values()]
+        texts = [f"{np.mean(values[c]):+.3f}" if c == GAIN and values[c] else
+                 (f"{np.mean(values[c]):.3f}" if values[c] else "n/a") for c in columns]
+        lines.append(f"| {seed} | {len(pairs)} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
 def few_shot_markdown(rows: Sequence[dict], methods: Sequence[str]) -> Tuple[str, List[dict]]:
     """Table III: rows (source -> target, slices), columns methods and the gain; averages per size."""
     methods = list(methods)
