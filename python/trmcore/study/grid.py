@@ -70,9 +70,9 @@ class Job:
     def key(self) -> str:
         """Readable and unique: kind, target, source, method, shots, seed and a hash of all fields."""
         digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-        parts = [self.kind, _slug(self.target)]
+        parts = [self.kind, task_slug(self.target)]
         if self.source:
-            parts.append("from-" + _slug(self.source))
+            parts.append("from-" + task_slug(self.source))
         if self.method:
             parts.append(self.method)
         if self.shots is not None:
@@ -150,7 +150,8 @@ class SeqPlan:
     path_cost: float
 
 
-def _slug(name: str) -> str:
+def task_slug(name: str) -> str:
+    """A task name or path as a file-name part: ``*/T1/CSF`` -> ``T1-CSF``, ``A/T1/NCR+ED`` -> ``A-T1-NCRED``."""
     return (name.replace("*/", "").replace("/", "-").replace("+", "").replace(" > ", "~").replace("*", "all"))
 
 

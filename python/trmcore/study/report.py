@@ -12,10 +12,9 @@ import platform
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import numpy as np
 
 from trmcore.study.figures import collect_fig2, few_shot_plot, gain_heatmap
-from trmcore.study.grid import SeqPlan, StudyGrid, _slug
+from trmcore.study.grid import SeqPlan, StudyGrid, task_slug
 from trmcore.study.profiles import StudyProfile
 from trmcore.study.runner import RunSummary
 from trmcore.study.tables import (GAIN, cell_rows, few_shot_markdown, gain_counts, pair_summary_rows, pair_table,
@@ -113,7 +112,7 @@ def write_outputs(out: Path, profile: StudyProfile, grid: StudyGrid, results: Di
             for cell in grid.cells_of("fig2"):
                 result = results.get(cell.key)
                 if result is not None:
-                    panels[f"{_slug(cell.source)}_to_{_slug(cell.target)}"] = result.get("png", [])
+                    panels[f"{task_slug(cell.source)}_to_{task_slug(cell.target)}"] = result.get("png", [])
             copies = collect_fig2(out, panels)
             files += copies
             if not copies:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from trmcore.study.grid import TABLES, TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
+from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
 from trmcore.study.profiles import StudyProfile, get_profile
 from trmcore.study.runner import RunSummary, StudyContext, load_results, run_grid
 
