@@ -25,7 +25,7 @@ def _csv(path: Path) -> list:
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "tiny"
-    first = reproduce(out, "tiny", seeds=[0], progress=False)
+    first = reproduce(out, "tiny", seeds=[0], workers=1, progress=False)
     return out, first
 
 
@@ -60,7 +60,7 @@ def test_rerun_hits_the_cache(tiny_study):
     out, first = tiny_study
     cache_file = next((out / "cache").glob("finetune_*.json"))
     stamp = cache_file.stat().st_mtime_ns
-    again = reproduce(out, "tiny", seeds=[0], progress=False)
+    again = reproduce(out, "tiny", seeds=[0], workers=1, progress=False)
     assert again.summary.executed == []
     assert sorted(again.summary.cached) == sorted(j.key for j in first.grid.jobs)
     assert cache_file.stat().st_mtime_ns == stamp
@@ -71,7 +71,7 @@ def test_extra_seed_runs_only_the_new_jobs(tiny_study, tmp_path):
     out, _ = tiny_study
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    result = reproduce(copy, "tiny", seeds=[0, 1], tables=["I"], progress=False)
+    result = reproduce(copy, "tiny", seeds=[0, 1], tables=["I"], workers=1, progress=False)
     executed = [result.grid.job(k) for k in result.summary.executed]
     # Table I of seed 1 only: 2 source models + 4 fine-tuning runs
     assert sorted((j.kind, j.seed) for j in executed) == [("finetune", 1)] * 4 + [("source", 1)] * 2
@@ -81,7 +81,7 @@ def test_extra_seed_runs_only_the_new_jobs(tiny_study, tmp_path):
 
 def test_corrupt_or_orphaned_cache_entries_are_recomputed(tmp_path):
     out = tmp_path / "study"
-    first = reproduce(out, "tiny", seeds=[0], tables=["I"], progress=False)
+    first = reproduce(out, "tiny", seeds=[0], tables=["I"], workers=1, progress=False)
     finetunes = [j for j in first.grid.jobs if j.kind == "finetune"]
     truncated, orphaned, foreign = finetunes[0], finetunes[1], finetunes[2]
     path = out / "cache" / f"{truncated.key}.json"
@@ -90,14 +90,14 @@ def test_corrupt_or_orphaned_cache_entries_are_recomputed(tmp_path):
     entry = json.loads((out / "cache" / f"{foreign.key}.json").read_text())
     entry["key"] = "someone-else"
     (out / "cache" / f"{foreign.key}.json").write_text(json.dumps(entry))
-    again = reproduce(out, "tiny", seeds=[0], tables=["I"], progress=False)
+    again = reproduce(out, "tiny", seeds=[0], tables=["I"], workers=1, progress=False)
     assert sorted(again.summary.executed) == sorted([truncated.key, orphaned.key, foreign.key])
     rows = _csv(out / "tables" / "table1.csv")
     assert all(r["dice"] != "" for r in rows)
 
 
 def test_parallel_workers_give_the_same_results(tmp_path):
-    serial = reproduce(tmp_path / "serial", "tiny", seeds=[0], tables=["I"], progress=False)
+    serial = reproduce(tmp_path / "serial", "tiny", seeds=[0], tables=["I"], workers=1, progress=False)
     parallel = reproduce(tmp_path / "parallel", "tiny", seeds=[0], tables=["I"], workers=2, progress=False)
     assert not parallel.summary.failed
     assert sorted(parallel.summary.executed) == sorted(serial.summary.executed)
@@ -163,7 +163,7 @@ def test_study_folder_refuses_other_settings(tmp_path):
     from dataclasses import replace
 
     out = tmp_path / "study"
-    reproduce(out, "tiny", seeds=[0], tables=["fig2"], progress=False)
+    reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
     changed = replace(get_profile("tiny"), finetune_iterations=5)
     with pytest.raises(ValueError, match="other settings.*finetune_iterations"):
-        reproduce(out, changed, seeds=[0], tables=["fig2"], progress=False)
+        reproduce(out, changed, seeds=[0], tables=["fig2"], workers=1, progress=False)

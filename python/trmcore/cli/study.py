@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; Table I runs all, the rest the first (default 0)")
     parser.add_argument("--tables", default="I,II,III,seq,fig2", help="subset of I,II,III,seq,fig2 (default all)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel training processes (default 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel training processes (default: 1 on a GPU, else cores / threads, at most 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the profile's)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
@@ -45,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     tables = parse_tables(args.tables)
     seeds = parse_seeds(args.seeds)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
