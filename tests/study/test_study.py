@@ -119,6 +119,8 @@ def test_grid_trains_each_source_once_per_seed():
     # other tables run the first seed only
     full = build_grid(get_profile("quick"), seeds=[0, 1], tables=["I", "III"])
     assert {c.seed for c in full.cells_of("III")} == {0}
+    seeded = build_grid(get_profile("quick"), seeds=[0, 1], tables=["I", "III"], extra_seed_tables=["I", "III"])
+    assert {c.seed for c in seeded.cells_of("III")} == {0, 1}
 
 
 def test_pair_table_statistics():

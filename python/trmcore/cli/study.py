@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tumour-data", type=Path, default=None,
                         help="real tumour dataset for Table II (labels NCR, ED, ET; sites as the profile's tasks)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; Table I runs all, the rest the first (default 0)")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds; the --seeded-tables run all, the rest the first (default 0)")
+    parser.add_argument("--seeded-tables", default="I",
+                        help="tables that run every seed (default I; e.g. I,III)")
     parser.add_argument("--tables", default="I,II,III,seq,fig2", help="subset of I,II,III,seq,fig2 (default all)")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel training processes (default: 1 on a GPU, else cores / threads, at most 4)")
@@ -46,13 +49,14 @@ def _run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     tables = parse_tables(args.tables)
     seeds = parse_seeds(args.seeds)
+    seeded_tables = parse_tables(args.seeded_tables)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     outcome = reproduce(args.output, profile, seeds=seeds, tables=tables, data=args.data,
                         tumour_data=args.tumour_data, device=args.device, workers=args.workers,
-                        threads=args.threads, progress=not args.quiet)
+                        threads=args.threads, progress=not args.quiet, seeded_tables=seeded_tables)
     summary = outcome.summary
     print(f"{len(outcome.grid.jobs)} jobs: {len(summary.executed)} run, {len(summary.cached)} cached, "
           f"{len(summary.failed)} failed, {len(summary.skipped)} skipped ({summary.wall_s:.0f} s)")

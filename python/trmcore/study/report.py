@@ -30,13 +30,15 @@ TABLE_TITLES = {
 
 
 def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
-                 results: Dict[str, dict], grid: StudyGrid, wall_s: float, out: Path) -> List[str]:
+                 results: Dict[str, dict], grid: StudyGrid, wall_s: float, out: Path,
+                 seeded_tables: Sequence[str]) -> List[str]:
     study = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
     datasets = study.get("datasets", {})
     compute = sum(float(r.get("wall_s", 0.0)) for r in results.values())
     lines = [
-        f"- profile `{profile.name}`; seeds {', '.join(map(str, seeds))} (Table I: every seed; other tables: "
-        f"seed {seeds[0]}); tables {', '.join(tables)}",
+        f"- profile `{profile.name}`; seeds {', '.join(map(str, seeds))} (every seed: "
+        f"{', '.join(t for t in tables if t in seeded_tables) or 'none'}; the other tables: seed {seeds[0]}); "
+        f"tables {', '.join(tables)}",
         f"- U-Net depth {profile.depth}, width {profile.width}; Adam lr {profile.lr:g}, batch {profile.batch_size}; "
         f"{profile.source_iterations} source / {profile.finetune_iterations} fine-tuning iterations; encoder frozen "
         f"while fine-tuning (SPEC 5); {profile.val_fraction:.0%} of each task's cases held out, mean 3D Dice on them",
@@ -53,12 +55,12 @@ def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[s
 
 def write_outputs(out: Path, profile: StudyProfile, grid: StudyGrid, results: Dict[str, dict],
                   plans: Sequence[SeqPlan], seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
-                  wall_s: float) -> List[Path]:
+                  wall_s: float, seeded_tables: Sequence[str] = ("I",)) -> List[Path]:
     """Write ``tables/*.csv``, ``figures/*.png`` and ``results.md`` under ``out``; returns the files written."""
     out = Path(out)
     files: List[Path] = []
     sections: List[str] = [f"# Reproduction study ({profile.name} profile)", "",
-                           *_setup_lines(profile, seeds, tables, summary, results, grid, wall_s, out), ""]
+                           *_setup_lines(profile, seeds, tables, summary, results, grid, wall_s, out, seeded_tables), ""]
     for name, title in TABLE_TITLES.items():
         sections.append(f"## {title}")
         sections.append("")
@@ -112,7 +114,8 @@ def write_outputs(out: Path, profile: StudyProfile, grid: StudyGrid, results: Di
             for cell in grid.cells_of("fig2"):
                 result = results.get(cell.key)
                 if result is not None:
-                    panels[f"{task_slug(cell.source)}_to_{task_slug(cell.target)}"] = result.get("png", [])
+                    suffix = "" if cell.seed == seeds[0] else f"_s{cell.seed}"
+                    panels[f"{task_slug(cell.source)}_to_{task_slug(cell.target)}{suffix}"] = result.get("png", [])
             copies = collect_fig2(out, panels)
             files += copies
             if not copies:

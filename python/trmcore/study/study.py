@@ -177,13 +177,14 @@ def default_workers(profile: StudyProfile, device: Optional[str], threads: Optio
 def reproduce(out_dir: PathLike, profile: Union[str, StudyProfile] = "quick", seeds: Union[str, Sequence[int]] = (0,),
               tables: Union[str, Sequence[str], None] = None, data: Optional[PathLike] = None,
               tumour_data: Optional[PathLike] = None, device: Optional[str] = None, workers: Optional[int] = None,
-              threads: Optional[int] = None, progress: bool = True) -> StudyOutcome:
+              threads: Optional[int] = None, progress: bool = True,
+              seeded_tables: Union[str, Sequence[str]] = ("I",)) -> StudyOutcome:
     """Run (or resume) the study into ``out_dir`` and write its tables, figures and results.md.
 
     Args:
         out_dir: study folder (data/, runs/, cache/, tables/, figures/, results.md).
         profile: "quick", "full", "tiny" or a :class:`StudyProfile`.
-        seeds: Table I runs every seed; the other tables the first one.
+        seeds: the tables in ``seeded_tables`` (default Table I) run every seed; the others the first one.
         tables: subset of I, II, III, seq, fig2 (default all).
         data: a real tissue dataset (standard layout) instead of the phantom;
             tumour_data: the same for Table II.
@@ -197,6 +198,7 @@ def reproduce(out_dir: PathLike, profile: Union[str, StudyProfile] = "quick", se
     started = time.perf_counter()
     profile = get_profile(profile) if isinstance(profile, str) else profile
     tables = parse_tables(tables)
+    seeded_tables = parse_tables(seeded_tables)
     seeds = parse_seeds(seeds)
     if workers is None:
         workers = default_workers(profile, device, threads)
@@ -207,11 +209,11 @@ def reproduce(out_dir: PathLike, profile: Union[str, StudyProfile] = "quick", se
                                        "tumour": None if tumour_data is None else str(Path(tumour_data).resolve())})
     datasets = prepare_datasets(out, profile, tables, data, tumour_data, progress)
     plans = plan_paths(datasets[TISSUE], profile, out / "affinity") if "seq" in tables else []
-    grid = build_grid(profile, seeds, tables, seq_plans=plans)
+    grid = build_grid(profile, seeds, tables, seq_plans=plans, extra_seed_tables=seeded_tables)
     ctx = StudyContext(str(out.resolve()), datasets, profile, device,
                        profile.threads if threads is None else threads)
     summary = run_grid(grid, ctx, workers=workers, progress=progress)
     results = load_results(ctx, grid)
     files = write_outputs(out, profile, grid, results, plans, seeds, tables, summary,
-                          wall_s=time.perf_counter() - started)
+                          wall_s=time.perf_counter() - started, seeded_tables=seeded_tables)
     return StudyOutcome(out, grid, summary, files, plans)
