@@ -276,22 +276,29 @@ def sequential_rows(rows: Sequence[dict], plans: Sequence[SeqPlan]) -> List[dict
 
 
 def sequential_markdown(seq: Sequence[dict]) -> str:
+    """Per (seed, target): the three transfers and the path's margins; then the averages and win counts."""
     def num(v: Optional[float], signed: bool = False) -> str:
         return "n/a" if v is None else (f"{v:+.3f}" if signed else f"{v:.3f}")
 
-    lines = ["| target | best single source (hindsight) | Dice | nearest source (d) | Dice | path of `trm path` | Dice "
-             "| path − best | path − nearest |", "|" + "---|" * 9]
+    def mean(key: str) -> Optional[float]:
+        values = [r[key] for r in seq if r[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    lines = ["| seed | target | best single source (hindsight) | Dice | nearest source (d) | Dice | path of `trm path` "
+             "| Dice | path − best | path − nearest |", "|" + "---|" * 10]
     for r in seq:
         path = " → ".join(_short(t) for t in (r["path"] or "").split(" > ")) if r["path"] else "n/a"
-        lines.append(f"| {_short(r['target'])} | {_short(r['best_direct_source'] or 'n/a')} | {num(r['best_direct_dice'])} "
-                     f"| {_short(r['nearest_source'] or 'n/a')} | {num(r['nearest_direct_dice'])} | {path} "
-                     f"| {num(r['path_dice'])} | {num(r['path_minus_best_direct'], True)} "
-                     f"| {num(r['path_minus_nearest_direct'], True)} |")
-    gains = [r["path_minus_best_direct"] for r in seq if r["path_minus_best_direct"] is not None]
-    near = [r["path_minus_nearest_direct"] for r in seq if r["path_minus_nearest_direct"] is not None]
-    if gains:
-        lines.append(f"| **Average** | | {num(float(np.mean([r['best_direct_dice'] for r in seq if r['best_direct_dice'] is not None])))} "
-                     f"| | {num(float(np.mean([r['nearest_direct_dice'] for r in seq if r['nearest_direct_dice'] is not None])))} "
-                     f"| | {num(float(np.mean([r['path_dice'] for r in seq if r['path_dice'] is not None])))} "
-                     f"| {num(float(np.mean(gains)), True)} | {num(float(np.mean(near)) if near else None, True)} |")
+        lines.append(f"| {r['seed']} | {_short(r['target'])} | {_short(r['best_direct_source'] or 'n/a')} "
+                     f"| {num(r['best_direct_dice'])} | {_short(r['nearest_source'] or 'n/a')} "
+                     f"| {num(r['nearest_direct_dice'])} | {path} | {num(r['path_dice'])} "
+                     f"| {num(r['path_minus_best_direct'], True)} | {num(r['path_minus_nearest_direct'], True)} |")
+    if seq:
+        lines.append(f"| | **Average** | | {num(mean('best_direct_dice'))} | | {num(mean('nearest_direct_dice'))} | "
+                     f"| {num(mean('path_dice'))} | {num(mean('path_minus_best_direct'), True)} "
+                     f"| {num(mean('path_minus_nearest_direct'), True)} |")
+        near = [r["path_minus_nearest_direct"] for r in seq if r["path_minus_nearest_direct"] is not None]
+        best = [r["path_minus_best_direct"] for r in seq if r["path_minus_best_direct"] is not None]
+        lines.append("")
+        lines.append(f"The path beats the nearest single source in {sum(v > 0 for v in near)} of {len(near)} rows "
+                     f"and the best single source in {sum(v > 0 for v in best)} of {len(best)}.")
     return "\n".join(lines)
