@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from trmcore.cli.common import add_task_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_export(subparsers)
@@ -120,10 +122,7 @@ def _register_transferability(subparsers) -> None:
                     "dataset LEEP (<= 0, closer to 0 = transfers better) and per-case LEEP and mean "
                     "transfer risk, before any fine-tuning. Torch-free.")
     _add_runtime_options(p)
-    p.add_argument("data", type=Path, help="dataset folder (imagesTr, labelsTr, dataset.json)")
-    p.add_argument("--channel", required=True, help="input channel(s) of the data, e.g. T1 or T1,T2")
-    p.add_argument("--labels", required=True, help="target labels, e.g. CSF or NCR,ED,ET")
-    p.add_argument("--site", default=None, help="only the cases of this site")
+    add_task_arguments(p)
     p.add_argument("--cases", default=None, help="only these cases (comma-separated ids)")
     p.add_argument("--base", type=float, default=10.0, help="risk-map base: R in [1, base] (default 10)")
     p.add_argument("--json", type=Path, default=None, dest="json_out", help="also write the report as JSON")

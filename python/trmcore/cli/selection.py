@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from trmcore.cli.common import add_task_arguments
 from trmcore.selection.affinity import DEFAULT_ALPHA, DEFAULT_BETA
 
 
@@ -202,10 +203,7 @@ def _register_rank(subparsers: argparse._SubParsersAction) -> None:
         "target task's training slices, highest first. --validate also fine-tunes each source briefly and "
         "reports Kendall's tau between LEEP and Dice.",
     )
-    parser.add_argument("data", type=Path, help="target dataset folder")
-    parser.add_argument("--channel", required=True, help="input channel(s), e.g. T1 or T1,T2")
-    parser.add_argument("--labels", required=True, help="target labels, e.g. CSF or NCR,ED,ET")
-    parser.add_argument("--site", help="target site")
+    add_task_arguments(parser)
     parser.add_argument("--sources", nargs="+", required=True, type=Path, help="run folders or .onnx models")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="cases held out of the training set (0.2)")
     parser.add_argument("--shots", type=int, help="use N seeded training slices (few-shot)")

@@ -16,14 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
+from trmcore.cli.common import add_task_arguments
+
 METHODS = ("vanilla", "class-weight", "trs-map", "trm")
 
 
 def _add_task(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("data", type=Path, help="dataset folder in the standard layout (dataset.json, imagesTr/, labelsTr/)")
-    parser.add_argument("--channel", required=required, help="input channel(s), e.g. T1 or T1,T2")
-    parser.add_argument("--labels", required=required, help="foreground label(s), e.g. CSF or NCR,ED,ET")
-    parser.add_argument("--site", default=None, help="use only the cases of this site / partition")
+    add_task_arguments(parser, required=required)
     parser.add_argument("--sites-csv", type=Path, default=None,
                         help="CSV assigning cases to sites (overrides dataset.json 'sites')")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
