@@ -29,9 +29,7 @@ void risk_map_cpu(const RiskMapParams& prm) {
   // Pass 1: min/max of T over the valid pixels of each chunk.
 #pragma omp parallel for num_threads(threads) if (num_chunks > 1) schedule(dynamic, 1)
   for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-    const int64_t image = chunk / chunks_per_image;
-    const int64_t begin = (chunk - image * chunks_per_image) * cpu::kChunkPixels;
-    const int64_t len = std::min(hw - begin, cpu::kChunkPixels);
+    const auto [image, begin, len] = cpu::image_chunk(chunk, chunks_per_image, hw);
     const float* __restrict t = prm.leep_map + image * hw + begin;
     const int64_t* __restrict y = prm.labels + image * hw + begin;
     float lo = kInf, hi = -kInf;
@@ -64,9 +62,7 @@ void risk_map_cpu(const RiskMapParams& prm) {
   const float log_base = static_cast<float>(std::log(prm.base));
 #pragma omp parallel for num_threads(threads) if (num_chunks > 1) schedule(dynamic, 1)
   for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-    const int64_t image = chunk / chunks_per_image;
-    const int64_t begin = (chunk - image * chunks_per_image) * cpu::kChunkPixels;
-    const int64_t len = std::min(hw - begin, cpu::kChunkPixels);
+    const auto [image, begin, len] = cpu::image_chunk(chunk, chunks_per_image, hw);
     const float* __restrict t = prm.leep_map + image * hw + begin;
     const int64_t* __restrict y = prm.labels + image * hw + begin;
     float* __restrict r = prm.risk + image * hw + begin;

@@ -212,6 +212,19 @@ inline void for_each_row(int64_t begin, int64_t end, int64_t hw, Fn&& fn) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Chunk `chunk` of an [N, HW] layout cut into ceil(HW / kChunkPixels) chunks per
+// image, so that no chunk spans two images (per-image reductions). `begin` is
+// the pixel offset within the image.
+struct ImageChunk {
+  int64_t image, begin, len;
+};
+
+inline ImageChunk image_chunk(int64_t chunk, int64_t chunks_per_image, int64_t hw) {
+  const int64_t image = chunk / chunks_per_image;
+  const int64_t begin = (chunk - image * chunks_per_image) * kChunkPixels;
+  return {image, begin, std::min(hw - begin, kChunkPixels)};
+}
+
 // Fills every entry of a launcher's status array (ops.h).
 inline void write_status(int64_t* status, int64_t valid, int64_t bad_labels, int64_t nonfinite,
                          int64_t nonfinite_weights = 0, int64_t negative_weights = 0) {

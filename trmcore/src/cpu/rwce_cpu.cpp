@@ -35,9 +35,9 @@ struct RwceForwardKernel {
       AlignedBuffer<double> acc(kRowPixels);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-        const int64_t image = chunk / chunks_per_image;
-        const int64_t begin = image * hw + (chunk - image * chunks_per_image) * kChunkPixels;
-        const int64_t end = std::min(image * hw + hw, begin + kChunkPixels);
+        const ImageChunk part = image_chunk(chunk, chunks_per_image, hw);
+        const int64_t begin = part.image * hw + part.begin;
+        const int64_t end = begin + part.len;
         LabelCounts counts;
         int64_t foreground = 0;
         double* __restrict a = acc.get();
