@@ -31,6 +31,10 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
         joint = acc.all_reduce()
         if rank == 0:
             torch.save({"sums": joint.sums, "count": joint.count}, out_file)
+        # Both ranks leave the collective phase together: tearing down gloo while
+        # the peer is still finishing the all-reduce aborted a worker once in CI
+        # ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
