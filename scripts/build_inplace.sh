@@ -7,7 +7,8 @@
 #   --clean   remove build/ first
 # Environment: PYTHON (default: /work/venv/bin/python if present, else python3),
 #   TRMCORE_CUDA=AUTO|ON|OFF overrides the CUDA choice, BUILD_DIR (default build),
-#   JOBS (parallel build jobs, default: number of CPUs).
+#   JOBS (parallel build jobs, default: number of CPUs), CUDAARCHS (CMake's own
+#   variable: CUDA architectures to build for, e.g. 90; default: sm_75..sm_90 + PTX).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +20,7 @@ for arg in "$@"; do
   case "$arg" in
     --cuda) cuda=ON ;;
     --clean) clean=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build_inplace.sh: unknown argument '$arg' (expected --cuda or --clean)" >&2; exit 2 ;;
   esac
 done
@@ -35,8 +36,11 @@ if [[ "$clean" == 1 ]]; then rm -rf "$build_dir"; fi
 pybind11_dir="$("$PYTHON" -m pybind11 --cmakedir)"
 generator=()
 if command -v ninja >/dev/null 2>&1 && [[ ! -f "$build_dir/CMakeCache.txt" ]]; then generator=(-G Ninja); fi
+# CMakeLists.txt sets its own architecture list unless one is given, so pass CUDAARCHS on.
+cuda_archs=()
+if [[ -n "${CUDAARCHS:-}" ]]; then cuda_archs=(-DCMAKE_CUDA_ARCHITECTURES="$CUDAARCHS"); fi
 
-cmake -S . -B "$build_dir" "${generator[@]}" \
+cmake -S . -B "$build_dir" "${generator[@]}" "${cuda_archs[@]}" \
   -DCMAKE_BUILD_TYPE=Release \
   -DTRMCORE_CUDA="$cuda" \
   -DPython_EXECUTABLE="$PYTHON" \
