@@ -167,6 +167,11 @@ def render(summary: Dict[str, object]) -> str:
             lines.append(f"- {key.replace('_', ' ')}: {meta[key]}")
     if meta.get("verdict"):
         lines += ["", f"**{meta['verdict']}**"]
+    builds = [s for s in summary["steps"] if str(s["name"]).startswith(("build-", "nvcc-compile"))
+              and s["status"] == OK]
+    if builds:
+        lines.append("- build time: " + "; ".join(f"{s['name']} {fmt(s['seconds'], '.0f')} s"
+                                                  + (f" ({s['note']})" if s["note"] else "") for s in builds))
     failed = summary["failed"]
     lines += ["", f"Failed steps: {', '.join(failed) if failed else 'none'}", "", "## Steps", "",
               "| step | status | seconds | note |", "| --- | --- | ---: | --- |"]

@@ -149,6 +149,7 @@ def test_summary_figures(tmp_path):
     assert "finetune-vanilla" not in summary["runs"]  # no run folder: nothing to report
     text = (out / "summary.md").read_text()
     assert "Failed steps: tests_cuda, finetune-vanilla" in text
+    assert "- build time: build-cuda 41 s (sm_90)" in text
     assert "| tests_cuda | 58 | 2 | 1 | 4 |" in text
     assert "| N=1024 Z=C=4 240x240 | leep_map | 0.900 | 2736 | 72% | met | 9.000 | 10.0x |" in text
     assert "| N=1024 Z=C=4 240x240 | loss_fwd_bwd | 2.000 | 1900 | 50% | NOT met | 5.000 | 2.5x |" in text
