@@ -46,6 +46,9 @@ done
 if [[ -z "$out" ]]; then echo "gpu_check.sh: missing OUT folder" >&2; usage >&2; exit 2; fi
 if (( dry && rehearse )); then echo "gpu_check.sh: --dry-run and --rehearse exclude each other" >&2; exit 2; fi
 
+# An absolute path: CMake's FindPython and the steps run from other folders.
+if ! PY="$(command -v "${PYTHON:-python3}")"; then echo "gpu_check.sh: no Python '${PYTHON:-python3}'" >&2; exit 2; fi
+
 OUT_FILES=(summary.md summary.json env.log build.log tests.log bench.log train.log)
 mkdir -p "$out" || { echo "gpu_check.sh: cannot create $out" >&2; exit 2; }
 out="$(cd "$out" && pwd)"
@@ -57,7 +60,6 @@ if [[ -n "$(ls -A "$out")" ]]; then
   for name in "${OUT_FILES[@]}"; do rm -f "$out/$name"; done
 fi
 
-PY="${PYTHON:-python3}"
 # A rehearsal runs on CPU cores: a smaller phantom and model, 3x the time limits.
 if (( rehearse )); then budget="${TRM_GPU_BUDGET_S:-1500}" limit_scale=3; else budget="${TRM_GPU_BUDGET_S:-480}" limit_scale=1; fi
 iterations="${TRM_GPU_ITERATIONS:-200}"
