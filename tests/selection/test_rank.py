@@ -90,12 +90,13 @@ def trained_and_exported(phantom, tmp_path_factory):
     pytest.importorskip("onnxscript")
     from trmcore.data import parse_task
     from trmcore.export import export_run
+    from trmcore.models import UNetConfig
     from trmcore.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("onnx-src")
     run = root / "run"
     train(phantom, parse_task("T2", "GM"), run, TrainConfig(iterations=2, batch_size=4, freeze="none", val_every=0),
-          depth=2, width=4, progress=False)
+          UNetConfig(depth=2, width=4), progress=False)
     onnx_path = root / "model.onnx"
     export_run(run, onnx_path)
     return run, onnx_path

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trmcore.data import make_phantom, parse_task
+from trmcore.models import UNetConfig
 from trmcore.training.trainer import train
 
 from .helpers import tiny_config
@@ -22,5 +23,5 @@ def phantom(tmp_path_factory):
 def source_run(phantom, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "source"
     train(phantom, parse_task("T1", "CSF,GM,WM"), run, tiny_config(iterations=6, freeze="none"),
-          depth=2, width=4, progress=False)
+          UNetConfig(depth=2, width=4), progress=False)
     return run

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trmcore.data import parse_task
+from trmcore.models import UNetConfig
 from trmcore.training import METHODS
 from trmcore.training.checkpoint import TRAIN_STATE_FILE, load_run
 from trmcore.training.trainer import finetune, train
@@ -108,8 +109,8 @@ def test_resume_with_changed_method_refused(phantom, source_run, tmp_path):
 
 def test_existing_run_not_overwritten(phantom, source_run):
     with pytest.raises(FileExistsError):
-        train(phantom, parse_task("T1", "CSF"), source_run, tiny_config(freeze="none"), depth=2, width=4,
-              progress=False)
+        train(phantom, parse_task("T1", "CSF"), source_run, tiny_config(freeze="none"),
+              UNetConfig(depth=2, width=4), progress=False)
 
 
 def test_channel_mismatch_is_clear(phantom, source_run, tmp_path):

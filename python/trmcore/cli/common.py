@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Sequence
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -13,3 +14,59 @@ def add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     parser.add_argument("--channel", required=required, help="input channel(s), e.g. T1 or T1,T2")
     parser.add_argument("--labels", required=required, help="foreground label(s), e.g. CSF or NCR,ED,ET")
     parser.add_argument("--site", default=None, help="use only the cases of this site / partition")
+
+
+def add_option(parser: argparse.ArgumentParser, *flags: str, hidden: Sequence[str] = (), **kwargs: Any) -> argparse.Action:
+    """``parser.add_argument(*flags, **kwargs)`` that also accepts the old spellings ``hidden``.
+
+    The hidden spellings parse exactly like the visible ones (same action, same
+    ``dest``, same required check) but ``--help`` and error messages show only
+    ``flags``. They are kept for one release after a rename (docs/architecture.md).
+    """
+    action = parser.add_argument(*flags, *hidden, **kwargs)
+    action.option_strings = [flag for flag in action.option_strings if flag not in hidden]
+    return action
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` (old spelling ``--no-progress``): no progress bars."""
+    add_option(parser, "-q", "--quiet", hidden=("--no-progress",), action="store_true", help="no progress bars")
+
+
+def add_output(parser: argparse.ArgumentParser, help: str, required: bool = False, **kwargs: Any) -> None:
+    """``-o/--output`` (old spelling ``--out``) as a Path."""
+    add_option(parser, "-o", "--output", hidden=("--out",), type=Path, required=required, help=help, **kwargs)
+
+
+def add_sites_csv(parser: argparse.ArgumentParser) -> None:
+    """``--sites-csv`` (old spelling ``--sites``): a CSV case,site overriding dataset.json 'sites'."""
+    add_option(parser, "--sites-csv", hidden=("--sites",), type=Path, default=None,
+               help="CSV assigning cases to sites (columns case,site; overrides dataset.json 'sites')")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description (blank-line separated); prints the examples epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXAMPLES_HEADER):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return "\n\n".join(super(HelpFormatter, self)._fill_text(part, width, indent) for part in text.split("\n\n"))
+
+
+EXAMPLES_HEADER = "example"
+
+
+def examples(*lines: str) -> str:
+    """An ``epilog`` listing example command lines (printed unwrapped by :class:`HelpFormatter`)."""
+    return EXAMPLES_HEADER + ("s" if len(lines) > 1 else "") + ":\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def command(subparsers: argparse._SubParsersAction, name: str, help: str, description: str,
+            example_lines: Sequence[str], **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand with a one-line help, a description and examples in its epilog."""
+    return subparsers.add_parser(name, help=help, description=description, epilog=examples(*example_lines),
+                                 formatter_class=HelpFormatter, **kwargs)

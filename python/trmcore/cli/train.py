@@ -1,5 +1,10 @@
 """``trm train``, ``trm finetune``, ``trm evaluate``, ``trm riskmap`` and ``trm demo``.
 
+Choices and defaults come from the configuration dataclasses and registries
+(``TrainConfig``, ``UNetConfig``, ``DemoConfig``, the METHODS and NORMS
+registries); an option whose ``dest`` is a TrainConfig field goes straight into
+the TrainConfig of the run.
+
 Examples::
 
     trm train data/ --channel T1 --labels CSF --site site-A -o runs/src
@@ -14,101 +19,151 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
-from trmcore.cli.common import add_task_arguments
-
-METHODS = ("vanilla", "class-weight", "trs-map", "trm")
+from trmcore.cli.common import (add_device, add_option, add_output, add_quiet, add_sites_csv, add_task_arguments,
+                                command)
+from trmcore.models.config import UNetConfig
+from trmcore.models.norms import NORMS
+from trmcore.training.config import AXES, FREEZE_CHOICES, RISK_SCOPES, TrainConfig
+from trmcore.training.methods import DEFAULT_METHOD, METHODS, method_names, source_method_names
 
 
 def _add_task(parser: argparse.ArgumentParser, required: bool = True) -> None:
     add_task_arguments(parser, required=required)
-    parser.add_argument("--sites-csv", type=Path, default=None,
-                        help="CSV assigning cases to sites (overrides dataset.json 'sites')")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add_sites_csv(parser)
+    add_device(parser)
 
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, required=True, help="run folder to write")
-    parser.add_argument("--iterations", type=int, default=5000, help="optimiser steps (default 5000)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per step and process (default 8)")
-    parser.add_argument("--few-shot", type=int, default=None, metavar="N", help="train on N seeded slices only")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--val-every", type=int, default=500, help="validate every N iterations (0: at the end)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of cases held out (default 0.2)")
-    parser.add_argument("--checkpoint-every", type=int, default=0,
+    """The TrainConfig fields both train and finetune take; each dest is the field's name."""
+    add_output(parser, required=True, help="run folder to write")
+    parser.add_argument("--iterations", type=int, default=TrainConfig.iterations,
+                        help="optimiser steps (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate (default %(default)g)")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                        help="slices per step and process (default %(default)s)")
+    parser.add_argument("--few-shot", type=int, default=TrainConfig.few_shot, metavar="N",
+                        help="train on N seeded slices only (default: all)")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default %(default)s)")
+    parser.add_argument("--val-every", type=int, default=TrainConfig.val_every,
+                        help="validate every N iterations, 0: only at the end (default %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                        help="share of cases held out (default %(default)s)")
+    parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
                         help="also write a resumable state every N iterations (default: at validation)")
-    parser.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slicing axis (default 2, axial)")
+    parser.add_argument("--axis", type=int, default=TrainConfig.axis, choices=AXES,
+                        help="slicing axis (default %(default)s, axial)")
     parser.add_argument("--keep-empty", action="store_true", help="also train on slices without brain")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output exactly")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet(parser)
+
+
+def _methods_help(names) -> str:
+    return "; ".join(f"{name}: {METHODS[name].summary}" for name in names)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train", help="train a source U-Net on a task",
-                                  description="Train a 2D U-Net from scratch (the source model of transfer).")
+    _register_train(subparsers)
+    _register_finetune(subparsers)
+    _register_evaluate(subparsers)
+    _register_riskmap(subparsers)
+    _register_demo(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    train = command(subparsers, "train", help="train a source U-Net on a task",
+                    description="Train a 2D U-Net from scratch (the source model of transfer).",
+                    example_lines=["trm train data/ --channel T1 --labels CSF,GM,WM --site site-A -o runs/src"])
     _add_task(train)
     _add_training(train)
-    train.add_argument("--method", default="vanilla", choices=("vanilla", "class-weight"), help="loss (default vanilla)")
-    train.add_argument("--depth", type=int, default=4, help="U-Net down-samplings (default 4)")
-    train.add_argument("--width", type=int, default=32, help="channels of the first level (default 32)")
-    train.add_argument("--norm", default="batch", choices=("batch", "instance", "group", "none"))
+    train.add_argument("--method", default="vanilla", choices=source_method_names(),
+                       help=f"loss (default %(default)s): {_methods_help(source_method_names())}")
+    train.add_argument("--depth", type=int, default=UNetConfig.depth, help="U-Net down-samplings (default %(default)s)")
+    train.add_argument("--width", type=int, default=UNetConfig.width,
+                       help="channels of the first level (default %(default)s)")
+    train.add_argument("--norm", default=UNetConfig.norm, choices=tuple(NORMS),
+                       help="normalisation after each convolution (default %(default)s)")
     train.set_defaults(func=_run_train)
 
-    finetune = subparsers.add_parser(
-        "finetune", help="fine-tune a source run on a target task (vanilla, class-weight, trs-map, trm)",
+
+def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
+    finetune = command(
+        subparsers, "finetune", help=f"fine-tune a source run on a target task ({', '.join(method_names())})",
         description="Fine-tune a source run on a target task. The encoder is frozen by default (SPEC 5); "
-        "--method picks the per-pixel loss weights: trm = transfer risk maps (TRM, ICASSP 2025).")
+        "--method picks the per-pixel loss weights: trm = transfer risk maps (TRM, ICASSP 2025).",
+        example_lines=["trm finetune data/ --channel T2 --labels CSF --site site-B --source runs/src -o runs/trm",
+                       "trm finetune data/ --channel T2 --labels CSF --source runs/src -o runs/ce --method vanilla "
+                       "--few-shot 50"])
     _add_task(finetune)
     _add_training(finetune)
     finetune.add_argument("--source", type=Path, required=True, help="source run folder")
-    finetune.add_argument("--method", default="trm", choices=METHODS, help="fine-tuning method (default trm)")
-    finetune.add_argument("--freeze", default="encoder", choices=("encoder", "none"), help="(default encoder)")
-    finetune.add_argument("--risk-refresh", type=int, default=0, metavar="K",
-                          help="trm: recompute the risk maps every K iterations with the current model (default: static)")
-    finetune.add_argument("--risk-base", type=float, default=10.0, help="trm: risk = base**T' (default 10)")
-    finetune.add_argument("--risk-scope", default="image", choices=("image", "batch"),
-                          help="trm: rescale T per image or per batch (default image)")
-    finetune.add_argument("--trs-stride", type=int, default=4, help="trs-map: block size (default 4)")
+    finetune.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
+                          help=f"fine-tuning method (default %(default)s): {_methods_help(method_names())}")
+    finetune.add_argument("--freeze", default=TrainConfig.freeze, choices=FREEZE_CHOICES,
+                          help="encoder: contracting path and bottleneck frozen (default %(default)s)")
+    finetune.add_argument("--risk-refresh", type=int, default=TrainConfig.risk_refresh, metavar="K",
+                          help="trm: recompute the risk maps every K iterations with the current model "
+                               "(default: static)")
+    finetune.add_argument("--risk-base", type=float, default=TrainConfig.risk_base,
+                          help="trm: risk = base**T' (default %(default)g)")
+    finetune.add_argument("--risk-scope", default=TrainConfig.risk_scope, choices=RISK_SCOPES,
+                          help="trm: rescale T per image or per batch (default %(default)s)")
+    finetune.add_argument("--trs-stride", type=int, default=TrainConfig.trs_stride,
+                          help="trs-map: block size (default %(default)s)")
     finetune.add_argument("--reset-head", action="store_true",
                           help="re-initialise the head even when source and target have as many classes")
     finetune.set_defaults(func=_run_finetune)
 
-    evaluate = subparsers.add_parser("evaluate", help="per-volume 3D Dice of a run on a task",
-                                     description="Per-volume 3D Dice per class and mean, as a table and JSON.")
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = command(subparsers, "evaluate", help="per-volume 3D Dice of a run on a task",
+                       description="Per-volume 3D Dice per class and mean, as a table and JSON.",
+                       example_lines=["trm evaluate data/ --channel T2 --labels CSF --site site-B -m runs/trm "
+                                      "-o dice.json",
+                                      "trm evaluate data/ -m runs/trm --val-only"])
     _add_task(evaluate, required=False)
     evaluate.add_argument("-m", "--model", type=Path, required=True, help="run folder")
-    evaluate.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON here")
+    add_output(evaluate, help="write the results as JSON here")
     evaluate.add_argument("--cases", default=None, help="comma-separated case ids (default: all of the task)")
     evaluate.add_argument("--val-only", action="store_true", help="only the run's validation cases")
-    evaluate.add_argument("-q", "--quiet", action="store_true")
+    add_quiet(evaluate)
     evaluate.set_defaults(func=_run_evaluate)
 
-    riskmap = subparsers.add_parser(
-        "riskmap", help="transferability and transfer risk maps of a source run on a target task",
+
+def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
+    riskmap = command(
+        subparsers, "riskmap", help="transferability and transfer risk maps of a source run on a target task",
         description="Pixel-level LEEP transferability and transfer risk maps (NIfTI, same affine as the input) "
-        "and PNG panels: image, label, transferability, risk; with --after also for a fine-tuned run.")
+        "and PNG panels: image, label, transferability, risk; with --after also for a fine-tuned run.",
+        example_lines=["trm riskmap data/ --channel T2 --labels CSF --site site-B --source runs/src "
+                       "--after runs/trm -o maps/"])
     _add_task(riskmap, required=False)
     riskmap.add_argument("--source", type=Path, required=True, help="source run folder")
     riskmap.add_argument("--after", type=Path, default=None, help="fine-tuned run to compare with")
-    riskmap.add_argument("-o", "--output", type=Path, required=True, help="folder for the maps and panels")
+    add_output(riskmap, required=True, help="folder for the maps and panels")
     riskmap.add_argument("--cases", default=None, help="comma-separated case ids (default: all of the task)")
-    riskmap.add_argument("--risk-base", type=float, default=10.0)
-    riskmap.add_argument("--risk-scope", default="image", choices=("image", "batch"))
-    riskmap.add_argument("-q", "--quiet", action="store_true")
+    riskmap.add_argument("--risk-base", type=float, default=TrainConfig.risk_base,
+                         help="risk = base**T', R in [1, base] (default %(default)g)")
+    riskmap.add_argument("--risk-scope", default=TrainConfig.risk_scope, choices=RISK_SCOPES,
+                         help="rescale T per image or per batch (default %(default)s)")
+    add_quiet(riskmap)
     riskmap.set_defaults(func=_run_riskmap)
 
-    demo = subparsers.add_parser(
-        "demo", help="the whole path on a generated phantom in a few minutes on a CPU",
+
+def _register_demo(subparsers: argparse._SubParsersAction) -> None:
+    demo = command(
+        subparsers, "demo", help="the whole path on a generated phantom in a few minutes on a CPU",
         description="Generate a phantom, train a source model, draw its risk maps on a target task that "
-        "transfers badly, fine-tune with vanilla CE and with TRM, and print the Dice table.")
-    demo.add_argument("-o", "--output", type=Path, default=Path("trm-demo"), help="folder (default ./trm-demo)")
+        "transfers badly, fine-tune with vanilla CE and with TRM, and print the Dice table.",
+        example_lines=["trm demo -o trm-demo", "trm demo -o quick-demo --iterations 50 --overwrite"])
+    add_output(demo, default=Path("trm-demo"), help="folder (default ./%(default)s)")
     demo.add_argument("--iterations", type=int, default=None, help="fine-tuning iterations (default: the demo's)")
-    demo.add_argument("--device", default=None)
+    add_device(demo)
     demo.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
-    demo.add_argument("-q", "--quiet", action="store_true")
+    add_quiet(demo)
     demo.set_defaults(func=_run_demo)
 
 
@@ -118,13 +173,11 @@ def _task(args: argparse.Namespace):
     return parse_task(args.channel, args.labels, args.site)
 
 
-def _config(args: argparse.Namespace, **extra):
-    from trmcore.training import TrainConfig
-
-    return TrainConfig(iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, few_shot=args.few_shot,
-                       seed=args.seed, val_every=args.val_every, val_fraction=args.val_fraction,
-                       checkpoint_every=args.checkpoint_every, axis=args.axis, skip_empty=not args.keep_empty,
-                       amp=not args.no_amp, **extra)
+def _config(args: argparse.Namespace, **extra) -> TrainConfig:
+    """The TrainConfig of the options named after its fields (plus the negated flags and ``extra``)."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, **extra)
+    return TrainConfig(**values)
 
 
 def _report(info, run_dir: Path) -> None:
@@ -139,9 +192,11 @@ def _report(info, run_dir: Path) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from trmcore.training.trainer import train
 
+    # A source model trained with plain CE records method None ("source") in run.json.
     config = _config(args, method=None if args.method == "vanilla" else args.method, freeze="none")
-    info = train(args.data, _task(args), args.output, config, depth=args.depth, width=args.width, norm=args.norm,
-                 device=args.device, resume=args.resume, progress=not args.quiet, sites=args.sites_csv)
+    model = UNetConfig(depth=args.depth, width=args.width, norm=args.norm)
+    info = train(args.data, _task(args), args.output, config, model, device=args.device, resume=args.resume,
+                 progress=not args.quiet, sites=args.sites_csv)
     _report(info, args.output)
     return 0
 
@@ -149,9 +204,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_finetune(args: argparse.Namespace) -> int:
     from trmcore.training.trainer import finetune
 
-    config = _config(args, method=args.method, freeze=args.freeze, risk_refresh=args.risk_refresh,
-                     risk_base=args.risk_base, risk_scope=args.risk_scope, trs_stride=args.trs_stride)
-    info = finetune(args.data, _task(args), args.source, args.output, config, device=args.device,
+    info = finetune(args.data, _task(args), args.source, args.output, _config(args), device=args.device,
                     resume=args.resume, progress=not args.quiet, reset_head=True if args.reset_head else None,
                     sites=args.sites_csv)
     _report(info, args.output)
@@ -182,7 +235,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_riskmap(args: argparse.Namespace) -> int:
-    from trmcore.training.riskmap import write_risk_maps
+    from trmcore.training.riskmap_files import write_risk_maps
 
     written = write_risk_maps(args.data, args.source, args.output, args.channel, args.labels, args.site,
                               after_run=args.after, cases=_split_list(args.cases), base=args.risk_base,
@@ -193,8 +246,12 @@ def _run_riskmap(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from trmcore.training.demo import DemoConfig, run_demo
 
-    config = DemoConfig() if args.iterations is None else DemoConfig(finetune_iterations=args.iterations)
+    config = DemoConfig()
+    if args.iterations is not None:
+        config = replace(config, training=replace(config.training, iterations=args.iterations))
     run_demo(args.output, config, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
     return 0

@@ -13,7 +13,7 @@ Typical use::
     slices = few_shot(volumes_to_slices(train, axis=2, divisor=16, skip_empty=True), 50, seed=0)
 """
 
-from .importers import import_brats, import_iseg
+from .importers import IMPORTERS, Importer, create_importer, import_brats, import_iseg, register_importer
 from .layout import DatasetLayout, read_sites_csv
 from .phantom import SITE_PROFILES, SiteProfile, generate_case, make_phantom
 from .preprocess import Pad, pad_to_multiple, unpad, zscore_nonzero
@@ -23,6 +23,8 @@ from .volumes import Volume, load_task_volumes, split_cases
 
 __all__ = [
     "DatasetLayout",
+    "IMPORTERS",
+    "Importer",
     "Pad",
     "SITE_PROFILES",
     "SiteProfile",
@@ -30,6 +32,7 @@ __all__ = [
     "TaskInfo",
     "TaskSpec",
     "Volume",
+    "create_importer",
     "few_shot",
     "generate_case",
     "import_brats",
@@ -39,6 +42,7 @@ __all__ = [
     "pad_to_multiple",
     "parse_task",
     "read_sites_csv",
+    "register_importer",
     "slices_to_volume",
     "split_cases",
     "unpad",

@@ -11,15 +11,20 @@
   NCR 1, ED 2, ET 4 (ET 3 for BraTS 2023 names). FeTS partitions come from a
   CSV (Subject_ID, Partition_ID) and become dataset.json "sites". Cases
   without a segmentation go to imagesTs/.
+
+Each format is an :class:`Importer` in the :data:`IMPORTERS` registry; ``trm import
+NAME`` lists the registry, so a new format is one subclass with ``@register_importer``
+(name, help texts, its own options, ``run``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Type, Union
 
 import nibabel as nib
 import numpy as np
@@ -139,6 +144,80 @@ def import_brats(
     # Subjects listed in the CSV but absent here are fine: a subset was downloaded.
     _write_dataset_json(dst, "BraTS", BRATS_CHANNELS, labels_seen, n_train, case_sites)
     return dst
+
+
+# ---------------------------------------------------------------------- registry
+class Importer:
+    """A native dataset format that ``trm import NAME SRC DST`` converts to the standard layout.
+
+    Subclasses set ``name`` (the CLI word), ``summary`` (one line for ``trm import --help``) and
+    ``description``, add their own options in :meth:`add_arguments`, pick them out of the parsed
+    command line in :meth:`options` and convert in :meth:`run`.
+    """
+
+    name: str = ""
+    summary: str = ""
+    description: str = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Options of this format beyond SRC, DST, --overwrite and -q."""
+
+    def options(self, args: argparse.Namespace) -> Dict[str, Any]:
+        """The keyword arguments of :meth:`run` taken from the parsed ``args``."""
+        return {}
+
+    def run(self, src: Union[str, Path], dst: Union[str, Path], overwrite: bool = False, progress: bool = True,
+            **options: Any) -> Path:
+        """Convert ``src`` into a new dataset folder ``dst``; returns ``Path(dst)``."""
+        raise NotImplementedError
+
+
+# name -> Importer subclass, in the order of `trm import --help`.
+IMPORTERS: Dict[str, Type[Importer]] = {}
+
+
+def register_importer(cls: Type[Importer]) -> Type[Importer]:
+    """Class decorator: add ``cls`` to :data:`IMPORTERS` under ``cls.name``."""
+    if not cls.name or cls.name in IMPORTERS:
+        raise ValueError(f"importer name {cls.name!r} is empty or already registered")
+    IMPORTERS[cls.name] = cls
+    return cls
+
+
+def create_importer(name: str) -> Importer:
+    """The importer of format ``name``; ValueError naming the registered formats for any other."""
+    if name not in IMPORTERS:
+        raise ValueError(f"unknown dataset format {name!r}; choose one of {', '.join(IMPORTERS)}")
+    return IMPORTERS[name]()
+
+
+@register_importer
+class IsegImporter(Importer):
+    name = "iseg"
+    summary = "iSeg-2019 Analyze files subject-N-{T1,T2,label}.hdr/.img"
+    description = ("Convert iSeg-2019 (Analyze subject-N-T1/-T2/-label .hdr/.img). Labels keep their values: "
+                   "CSF 10, GM 150, WM 250.")
+
+    def run(self, src, dst, overwrite=False, progress=True, **options) -> Path:
+        return import_iseg(src, dst, overwrite=overwrite, progress=progress)
+
+
+@register_importer
+class BratsImporter(Importer):
+    name = "brats"
+    summary = "BraTS / FeTS case folders (CASE_t1, _t1ce, _t2, _flair, _seg)"
+    description = ("Convert BraTS/FeTS case folders. Labels keep their values: NCR 1, ED 2, ET 4. "
+                   "--partitions takes the FeTS CSV (Subject_ID, Partition_ID); partitions become sites.")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--partitions", type=Path, default=None,
+                            help="FeTS partitioning CSV (Subject_ID, Partition_ID)")
+
+    def options(self, args: argparse.Namespace) -> Dict[str, Any]:
+        return {"partitions": args.partitions}
+
+    def run(self, src, dst, overwrite=False, progress=True, partitions=None, **options) -> Path:
+        return import_brats(src, dst, partitions=partitions, overwrite=overwrite, progress=progress)
 
 
 # ----------------------------------------------------------------------- helpers

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-NORMS = ("batch", "instance", "group", "none")
+from trmcore.models.norms import NORMS
 
 
 @dataclass
@@ -17,7 +17,8 @@ class UNetConfig:
         num_classes: output classes including background, >= 2.
         depth: number of 2x down-samplings; inputs must have H and W divisible by ``2**depth``.
         width: channels of the first level; level ``k`` has ``width * 2**k`` channels.
-        norm: normalisation after each 3x3 convolution: "batch", "instance", "group" or "none".
+        norm: normalisation after each 3x3 convolution, a name of the NORMS registry
+            (trmcore.models.norms): "batch", "instance", "group" or "none".
 
     Example:
         >>> UNetConfig(in_channels=2, num_classes=4, depth=3, width=16).divisor
@@ -36,7 +37,7 @@ class UNetConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"UNetConfig.{name} must be an integer >= {minimum}, got {value!r}")
         if self.norm not in NORMS:
-            raise ValueError(f"UNetConfig.norm must be one of {NORMS}, got {self.norm!r}")
+            raise ValueError(f"UNetConfig.norm must be one of {tuple(NORMS)}, got {self.norm!r}")
 
     @property
     def divisor(self) -> int:

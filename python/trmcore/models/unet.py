@@ -11,23 +11,13 @@ Shapes: input float ``[N, in_channels, H, W]`` with H, W multiples of
 
 from __future__ import annotations
 
-import math
 from typing import Any, List
 
 import torch
 from torch import nn
 
 from trmcore.models.config import UNetConfig
-
-
-def _norm_layer(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(8, channels), channels)
-    return nn.Identity()
+from trmcore.models.norms import create_norm
 
 
 class DoubleConv(nn.Sequential):
@@ -37,10 +27,10 @@ class DoubleConv(nn.Sequential):
         bias = norm == "none"
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
-            _norm_layer(norm, out_channels),
+            create_norm(norm, out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
-            _norm_layer(norm, out_channels),
+            create_norm(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -121,6 +111,32 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(config.width, config.num_classes, kernel_size=1)
         self._encoder_frozen = False
 
+    @property
+    def encoder_frozen(self) -> bool:
+        """True between :meth:`freeze_encoder` and :meth:`unfreeze_encoder`."""
+        return self._encoder_frozen
+
+    def freeze_encoder(self) -> "UNet":
+        """Freeze the contracting path and bottleneck in place (SPEC 5) and return the model.
+
+        Parameters get ``requires_grad=False`` and the encoder's normalisation
+        layers stay in eval mode even after ``model.train()``, so BatchNorm running
+        statistics are never updated.
+        """
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(False)
+        self._encoder_frozen = True
+        self.encoder.eval()
+        return self
+
+    def unfreeze_encoder(self) -> "UNet":
+        """Undo :meth:`freeze_encoder`: encoder parameters trainable, its mode follows the model's again."""
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(True)
+        self._encoder_frozen = False
+        self.encoder.train(self.training)
+        return self
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless ``x`` is ``[N, in_channels, H, W]`` with H, W multiples of ``2**depth``."""
         if x.ndim != 4:
@@ -159,23 +175,15 @@ class UNet(nn.Module):
 
 
 def freeze_encoder(model: UNet) -> UNet:
-    """Freeze the contracting path and bottleneck in place and return ``model``.
-
-    Parameters get ``requires_grad=False`` and the encoder's normalisation
-    layers stay in eval mode even after ``model.train()``, so BatchNorm running
-    statistics are never updated.
-    """
+    """``model.freeze_encoder()``; kept for the 0.x public API, prefer the method."""
     if not isinstance(model, UNet):
         raise TypeError(f"freeze_encoder expects a UNet, got {type(model).__name__}")
-    for parameter in model.encoder.parameters():
-        parameter.requires_grad_(False)
-    model._encoder_frozen = True
-    model.encoder.eval()
-    return model
+    return model.freeze_encoder()
 
 
 def is_encoder_frozen(model: UNet) -> bool:
-    return bool(getattr(model, "_encoder_frozen", False))
+    """``model.encoder_frozen``; kept for the 0.x public API, prefer the property."""
+    return bool(getattr(model, "encoder_frozen", False))
 
 
 def create_unet(**kwargs: Any) -> UNet:

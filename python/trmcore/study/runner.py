@@ -124,7 +124,8 @@ def _train_config(ctx: StudyContext, job: Job):
 
 def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
     """Run one job (in this process) and return its result; the caller caches it."""
-    from trmcore.training.riskmap import write_risk_maps
+    from trmcore.models import UNetConfig
+    from trmcore.training.riskmap_files import write_risk_maps
     from trmcore.training.runinfo import read_run_info
     from trmcore.training.trainer import finetune, train
 
@@ -146,7 +147,8 @@ def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
     config = _train_config(ctx, job)
     p = ctx.profile
     if job.kind == "source":
-        info = train(data, spec, run_dir, config, depth=p.depth, width=p.width, device=ctx.device, progress=False)
+        info = train(data, spec, run_dir, config, UNetConfig(depth=p.depth, width=p.width), device=ctx.device,
+                     progress=False)
         return {"dice": info.val_dice, "val_cases": info.val_cases, "wall_s": time.perf_counter() - started}
     info = finetune(data, spec, ctx.run_dir(job.parent), run_dir, config, device=ctx.device, progress=False,
                     reset_head=job.reset_head)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
-# The four fine-tuning methods of SPEC section 5.
-METHODS = ("vanilla", "class-weight", "trs-map", "trm")
+from trmcore.training.methods import METHODS
+
+# Allowed values of the TrainConfig fields with a fixed set (the CLI reads its choices here).
 FREEZE_CHOICES = ("encoder", "none")
+RISK_SCOPES = ("image", "batch")
+AXES = (0, 1, 2)
 
 
 @dataclass
@@ -18,7 +21,8 @@ class TrainConfig:
         iterations: optimiser steps.
         lr: Adam learning rate.
         batch_size: slices per step (per process under DDP).
-        method: loss weighting, one of METHODS; ``None`` for a source model (plain CE).
+        method: loss weighting, a name of the METHODS registry (trmcore.training.methods);
+            ``None`` for a source model (plain CE).
         freeze: "encoder" (contracting path + bottleneck frozen, SPEC 5) or "none".
         few_shot: keep only this many target training slices (seeded), or None for all.
         risk_refresh: 0 = static risk maps (default); K > 0 recomputes them every K iterations
@@ -61,7 +65,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.method is not None and self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
         if self.few_shot is not None and self.few_shot < 1:
@@ -69,15 +73,15 @@ class TrainConfig:
         for name in ("risk_refresh", "val_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.risk_scope not in ("image", "batch"):
-            raise ValueError(f"risk_scope must be 'image' or 'batch', got {self.risk_scope!r}")
+        if self.risk_scope not in RISK_SCOPES:
+            raise ValueError(f"risk_scope must be one of {RISK_SCOPES}, got {self.risk_scope!r}")
         if not self.risk_base > 1:
             raise ValueError(f"risk_base must be > 1, got {self.risk_base!r}")
         if self.trs_stride < 1:
             raise ValueError(f"trs_stride must be >= 1, got {self.trs_stride!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.axis not in (0, 1, 2):
+        if self.axis not in AXES:
             raise ValueError(f"axis must be 0, 1 or 2, got {self.axis!r}")
 
     def to_dict(self) -> dict[str, Any]:

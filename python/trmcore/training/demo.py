@@ -16,16 +16,29 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
+from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
+
+
+def _finetune_settings() -> TrainConfig:
+    return TrainConfig(iterations=150, lr=1e-3, batch_size=8, few_shot=40, val_fraction=0.25, seed=0)
 
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo, tuned to finish in a few minutes on 2 CPU cores."""
+    """Sizes of the demo, tuned to finish in a few minutes on 2 CPU cores.
+
+    Attributes:
+        cases, size: the two-site phantom.
+        source_*, target_*: the source task (site-A T1 tissue) and the target task (site-B T2 CSF).
+        model: the U-Net of the source and of the from-scratch reference (channels and classes from the task).
+        training: the fine-tuning runs (iterations, lr, few-shot size, seed, held-out share); the
+            source training uses the same settings with ``source_iterations`` and every slice.
+    """
 
     cases: int = 12
     size: Tuple[int, int, int] = (48, 48, 16)
@@ -35,14 +48,20 @@ class DemoConfig:
     target_channel: str = "T2"
     target_labels: str = "CSF"
     target_site: str = "site-B"
-    depth: int = 3
-    width: int = 16
+    model: UNetConfig = field(default_factory=lambda: UNetConfig(depth=3, width=16))
+    training: TrainConfig = field(default_factory=_finetune_settings)
     source_iterations: int = 300
-    finetune_iterations: int = 150
-    few_shot: int = 40
-    batch_size: int = 8
-    lr: float = 1e-3
-    seed: int = 0
+
+    def source_config(self) -> TrainConfig:
+        """Source training: every slice, encoder trained, validated at the end."""
+        return replace(self.training, iterations=self.source_iterations, few_shot=None, freeze="none",
+                       val_every=self.source_iterations)
+
+    def finetune_config(self, method: Optional[str]) -> TrainConfig:
+        """Fine-tuning with ``method`` (None: the from-scratch reference), validated at the end."""
+        iterations = self.training.iterations
+        return replace(self.training, method=method, val_every=iterations,
+                       freeze=self.training.freeze if method is not None else "none")
 
 
 def _step(message: str) -> float:
@@ -53,11 +72,9 @@ def _step(message: str) -> float:
 def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, device: Optional[str] = None,
              overwrite: bool = False, progress: bool = True) -> Dict[str, dict]:
     """Run the demo into ``out_dir``; returns {model name: evaluation dict} and writes results.json."""
-    import torch
-
     from trmcore.data import make_phantom, parse_task
     from trmcore.training.evaluate import evaluate_run
-    from trmcore.training.riskmap import write_risk_maps
+    from trmcore.training.riskmap_files import write_risk_maps
     from trmcore.training.trainer import finetune, train
 
     config = config or DemoConfig()
@@ -71,32 +88,27 @@ def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, dev
 
     _step(f"1/5 phantom: {config.cases} cases of {config.size} on 2 sites -> {out / 'data'}")
     data = make_phantom(out / "data", n_cases=config.cases, sites=["site-A", "site-B"], size=config.size,
-                        seed=config.seed, progress=progress)
+                        seed=config.training.seed, progress=progress)
     source_task = parse_task(config.source_channel, config.source_labels, config.source_site)
     target_task = parse_task(config.target_channel, config.target_labels, config.target_site)
     runs = out / "runs"
 
     _step(f"2/5 source model: {source_task}, {config.source_iterations} iterations")
-    common = dict(batch_size=config.batch_size, lr=config.lr, seed=config.seed, val_fraction=0.25)
-    train(data, source_task, runs / "source",
-          TrainConfig(iterations=config.source_iterations, freeze="none",
-                      val_every=config.source_iterations, **common),
-          depth=config.depth, width=config.width, device=device, progress=progress)
+    train(data, source_task, runs / "source", config.source_config(), config.model, device=device,
+          progress=progress)
 
     _step(f"3/5 transfer risk maps of the source on the target {target_task} -> {out / 'riskmaps'}")
     write_risk_maps(data, runs / "source", out / "riskmaps", config.target_channel, config.target_labels,
                     config.target_site, device=device, progress=progress)
 
-    _step(f"4/5 fine-tuning on {config.few_shot} target slices, {config.finetune_iterations} iterations")
-    tuned = dict(iterations=config.finetune_iterations, few_shot=config.few_shot,
-                 val_every=config.finetune_iterations, **common)
+    _step(f"4/5 fine-tuning on {config.training.few_shot} target slices, {config.training.iterations} iterations")
     for method in ("vanilla", "trm"):
         print(f"-- {method}", flush=True)
-        finetune(data, target_task, runs / "source", runs / method, TrainConfig(method=method, **tuned),
+        finetune(data, target_task, runs / "source", runs / method, config.finetune_config(method),
                  device=device, progress=progress)
     print("-- scratch (no transfer)", flush=True)
-    train(data, target_task, runs / "scratch", TrainConfig(freeze="none", **tuned), depth=config.depth,
-          width=config.width, device=device, progress=progress)
+    train(data, target_task, runs / "scratch", config.finetune_config(None), config.model, device=device,
+          progress=progress)
     write_risk_maps(data, runs / "source", out / "riskmaps", config.target_channel, config.target_labels,
                     config.target_site, after_run=runs / "trm", device=device, progress=False)
 
@@ -114,5 +126,4 @@ def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, dev
         print(f"  {name:<8} {results[name]['mean']:.4f}")
     (out / "results.json").write_text(json.dumps({"config": asdict(config), "results": results}, indent=2) + "\n")
     print(f"\ndone in {time.perf_counter() - started:.0f} s; runs in {runs}, risk maps in {out / 'riskmaps'}")
-    del torch
     return results

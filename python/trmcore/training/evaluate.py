@@ -11,7 +11,7 @@ from torch import nn
 
 from trmcore.data import volumes_to_slices
 from trmcore.data.preprocess import unpad
-from trmcore.training.weighting import autocast_for
+from trmcore.training.precision import autocast_for
 
 
 @dataclass

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from trmcore.training.shards import shard_indices
+
 
 class SliceSampler:
     """Indices of the slices of each iteration's batch.
@@ -33,7 +35,7 @@ class SliceSampler:
             raise ValueError(f"{num_slices} training slices cannot be shared by {world_size} processes")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.shard = torch.arange(rank, num_slices, world_size)
+        self.shard = shard_indices(num_slices, rank, world_size)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank

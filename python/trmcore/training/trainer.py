@@ -1,4 +1,4 @@
-"""One training loop for source training and the four fine-tuning methods (SPEC section 5).
+"""One training loop for source training and the fine-tuning methods (SPEC section 5).
 
 ``train`` fits a source model from scratch; ``finetune`` adapts a source run
 to a target task. Both go through :func:`fit`, where the method only picks
@@ -26,7 +26,7 @@ from torch import nn
 
 from trmcore import ops
 from trmcore.data import TaskSpec, few_shot, load_task_volumes, split_cases, volumes_to_slices
-from trmcore.models import UNet, UNetConfig, freeze_encoder, is_encoder_frozen
+from trmcore.models import UNet, UNetConfig
 from trmcore.training.checkpoint import (load_run, load_train_state, remove_train_state, save_run,
                                          save_train_state)
 from trmcore.training.config import TrainConfig
@@ -34,9 +34,11 @@ from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.evaluate import EvaluationResult, check_task_matches, evaluate_volumes
 from trmcore.training.metrics import MetricsLog
 from trmcore.training.runinfo import RunInfo
+from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
+from trmcore.training.precision import autocast_for, needs_loss_scaling
 from trmcore.training.sampling import SliceSampler
-from trmcore.training.weighting import (IGNORE_INDEX, LossWeighting, TrainingSlices, autocast_for,
-                                        build_weighting)
+from trmcore.training.shards import TrainingSlices, shard_indices
+from trmcore.training.weighting import IGNORE_INDEX, LossWeighting, create_weighting
 
 PathLike = Union[str, Path]
 IterationCallback = Callable[[int], None]
@@ -69,7 +71,7 @@ class TrainStep(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if is_encoder_frozen(self.model):
+        if self.model.encoder_frozen:
             with torch.no_grad():
                 features = self.model.encoder(images)
             return self.model.decode(features)
@@ -112,7 +114,7 @@ def prepare_data(data_root: PathLike, task: TaskSpec, config: TrainConfig, divis
         raise ValueError(f"{len(slice_set)} training slices cannot be shared by {ctx.world_size} processes")
     images = torch.from_numpy(np.ascontiguousarray(slice_set.images))
     labels = torch.from_numpy(np.ascontiguousarray(slice_set.labels)).long()
-    shard = torch.arange(ctx.rank, len(slice_set), ctx.world_size)
+    shard = shard_indices(len(slice_set), ctx.rank, ctx.world_size)
     return PreparedData(TrainingSlices(images, labels, shard), val_volumes, task_info,
                         [v.case_id for v in train_volumes], [v.case_id for v in val_volumes])
 
@@ -137,6 +139,104 @@ def _validate(model: UNet, data: PreparedData, info: RunInfo, ctx: DistContext, 
                             batch_size=max(batch_size, 8), amp=amp)
 
 
+class _TrainLoop:
+    """The state of one :func:`fit`: optimiser, loss scaler, metrics and the running loss.
+
+    Split by what happens per iteration: :meth:`step` (one Adam step),
+    :meth:`log` (running loss and validation Dice), :meth:`checkpoint`
+    (run folder and resumable state).
+    """
+
+    def __init__(self, model: UNet, weighting: LossWeighting, data: PreparedData, config: TrainConfig,
+                 run_dir: Path, info: RunInfo, ctx: DistContext) -> None:
+        self.model, self.weighting, self.data, self.config = model, weighting, data, config
+        self.run_dir, self.info, self.ctx = run_dir, info, ctx
+        self.sampler = SliceSampler(len(data.slices.labels), config.batch_size, config.seed, ctx.rank, ctx.world_size)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_loss_scaling(ctx.device, config.amp))
+        self.metrics = MetricsLog(info.label_names[1:])
+        self.log_every = max(1, min(50, config.val_every or config.iterations))
+        self.elapsed_before = 0.0
+        self.started = self.last_plot = time.perf_counter()
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last_dice: Optional[float] = None
+
+    def restore(self, state: Dict[str, Any]) -> int:
+        """Continue from a train_state.pt; returns the number of iterations already done."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.metrics.rows = list(state["history"])
+        self.weighting.load_state_dict(state.get("weighting", {}))
+        _set_rng_state(state["rng"])
+        if self.metrics.rows:
+            self.elapsed_before = float(self.metrics.rows[-1]["elapsed_s"])
+            self.last_dice = self.metrics.rows[-1]["val_dice"]
+        return int(state["iteration"])
+
+    def step(self, forward: nn.Module, iteration: int) -> torch.Tensor:
+        """One optimiser step on the batch of ``iteration``; returns the (detached) loss."""
+        device = self.ctx.device
+        self.weighting.maybe_refresh(self.model, iteration)
+        index = self.sampler.batch(iteration)
+        images = self.data.slices.images[index].to(device, non_blocking=True)
+        labels = self.data.slices.labels[index].to(device, non_blocking=True)
+        weights = self.weighting.weights(index, labels)
+        with autocast_for(device, self.config.amp):
+            logits = forward(images)
+        loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
+                                    normalize=self.weighting.normalize)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {float(loss)} at iteration {iteration}; try a lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def after_step(self, done: int, loss: torch.Tensor) -> None:
+        """Account the loss of iteration ``done``; log, validate and checkpoint when due."""
+        config = self.config
+        self.loss_sum += float(loss)
+        self.loss_count += 1
+        validate_now = done == config.iterations or bool(config.val_every and done % config.val_every == 0)
+        if validate_now or done % self.log_every == 0:
+            self.log(done, validate_now)
+        if validate_now or (config.checkpoint_every and done % config.checkpoint_every == 0):
+            self.checkpoint(done)
+
+    def log(self, done: int, validate: bool) -> None:
+        """A metrics row: mean loss since the last row and, when ``validate``, the held-out Dice."""
+        result = None
+        if validate and self.ctx.is_main:
+            result = _validate(self.model, self.data, self.info, self.ctx, self.config.batch_size, self.config.amp)
+        if self.ctx.is_main:
+            self.metrics.add(done, self.loss_sum / self.loss_count,
+                             self.elapsed_before + time.perf_counter() - self.started,
+                             None if result is None else result.mean,
+                             None if result is None else result.mean_per_class)
+        if result is not None:
+            self.last_dice = result.mean
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def checkpoint(self, done: int) -> None:
+        """Write the run folder and, before the end, the resumable state (main rank); all ranks wait."""
+        config, info = self.config, self.info
+        info.iterations_done = done
+        info.val_dice = self.last_dice
+        if self.ctx.is_main:
+            # Curves are redrawn at most once a minute (and at the end): matplotlib is slow.
+            plot = done == config.iterations or time.perf_counter() - self.last_plot > 60
+            _write_run(self.run_dir, self.model, info, self.metrics, plot)
+            self.last_plot = time.perf_counter() if plot else self.last_plot
+            if done < config.iterations:
+                save_train_state(self.run_dir, {
+                    "iteration": done, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict(), "rng": _rng_state(), "history": self.metrics.rows,
+                    "weighting": self.weighting.state_dict(), "config": config.to_dict()})
+        self.ctx.barrier()
+
+
 def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: TrainConfig, run_dir: PathLike,
         info: RunInfo, ctx: DistContext, resume_state: Optional[Dict[str, Any]] = None, progress: bool = True,
         on_iteration: Optional[IterationCallback] = None) -> RunInfo:
@@ -153,93 +253,25 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
     """
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
-    device = ctx.device
-    sampler = SliceSampler(len(data.slices.labels), config.batch_size, config.seed, ctx.rank, ctx.world_size)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr)
-    half = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=half)
-    metrics = MetricsLog(info.label_names[1:])
-    start = 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scaler.load_state_dict(resume_state["scaler"])
-        metrics.rows = list(resume_state["history"])
-        weighting.load_state_dict(resume_state.get("weighting", {}), lambda: UNet(model.config))
-        _set_rng_state(resume_state["rng"])
-        start = int(resume_state["iteration"])
+    loop = _TrainLoop(model, weighting, data, config, Path(run_dir), info, ctx)
+    start = loop.restore(resume_state) if resume_state is not None else 0
     model.train()
-
-    step: nn.Module = TrainStep(model)
+    forward: nn.Module = TrainStep(model)
     if ctx.distributed:
-        step = nn.parallel.DistributedDataParallel(
-            step, device_ids=[device.index] if device.type == "cuda" else None)
-
-    log_every = max(1, min(50, config.val_every or config.iterations))
-    elapsed_before = float(metrics.rows[-1]["elapsed_s"]) if metrics.rows else 0.0
-    started = time.perf_counter()
-    loss_sum, loss_count = 0.0, 0
-    last_plot = started
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     bar = tqdm(total=config.iterations, initial=start, disable=not (progress and ctx.is_main),
                desc=f"{info.method or 'source'}", unit="it", dynamic_ncols=True)
-    last_dice: Optional[float] = metrics.rows[-1]["val_dice"] if metrics.rows else None
-
     for iteration in range(start, config.iterations):
-        weighting.maybe_refresh(model, iteration)
-        index = sampler.batch(iteration)
-        images = data.slices.images[index].to(device, non_blocking=True)
-        labels = data.slices.labels[index].to(device, non_blocking=True)
-        weights = weighting.weights(index, labels)
-        with autocast_for(device, config.amp):
-            logits = step(images)
-        loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
-                                    normalize=weighting.normalize)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {float(loss)} at iteration {iteration}; try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-        done = iteration + 1
-        loss_sum += float(loss.detach())
-        loss_count += 1
-        validate_now = done == config.iterations or (config.val_every and done % config.val_every == 0)
-        checkpoint_now = validate_now or (config.checkpoint_every and done % config.checkpoint_every == 0)
-        if validate_now or done % log_every == 0:
-            result = None
-            if validate_now and ctx.is_main:
-                result = _validate(model, data, info, ctx, config.batch_size, config.amp)
-            if ctx.is_main:
-                metrics.add(done, loss_sum / loss_count, elapsed_before + time.perf_counter() - started,
-                            None if result is None else result.mean,
-                            None if result is None else result.mean_per_class)
-            if result is not None:
-                last_dice = result.mean
-            loss_sum, loss_count = 0.0, 0
-        if checkpoint_now:
-            info.iterations_done = done
-            info.val_dice = last_dice
-            if ctx.is_main:
-                # Curves are redrawn at most once a minute (and at the end): matplotlib is slow.
-                plot = done == config.iterations or time.perf_counter() - last_plot > 60
-                _write_run(run_dir, model, info, metrics, plot)
-                last_plot = time.perf_counter() if plot else last_plot
-                if done < config.iterations:
-                    save_train_state(run_dir, {
-                        "iteration": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": _rng_state(), "history": metrics.rows,
-                        "weighting": weighting.state_dict(), "config": config.to_dict()})
-            ctx.barrier()
+        loss = loop.step(forward, iteration)
+        loop.after_step(iteration + 1, loss)
         bar.update(1)
-        postfix = {"loss": f"{float(loss.detach()):.4f}"}
-        if last_dice is not None:
-            postfix["dice"] = f"{last_dice:.3f}"
+        postfix = {"loss": f"{float(loss):.4f}"}
+        if loop.last_dice is not None:
+            postfix["dice"] = f"{loop.last_dice:.3f}"
         bar.set_postfix(postfix, refresh=False)
         if on_iteration is not None:
-            on_iteration(done)
+            on_iteration(iteration + 1)
     bar.close()
     if ctx.is_main:
         remove_train_state(run_dir)
@@ -267,35 +299,39 @@ def _prepare_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Optional[
 
 
 def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Optional[TrainConfig] = None,
-          depth: int = 4, width: int = 32, norm: str = "batch", device: Optional[str] = None,
-          resume: bool = False, progress: bool = True, sites: Any = None,
-          on_iteration: Optional[IterationCallback] = None) -> RunInfo:
-    """Train a source U-Net from scratch on ``task`` (plain or class-weighted cross-entropy).
+          model: Optional[UNetConfig] = None, device: Optional[str] = None, resume: bool = False,
+          progress: bool = True, sites: Any = None, on_iteration: Optional[IterationCallback] = None) -> RunInfo:
+    """Train a source U-Net from scratch on ``task`` (a method with ``source_training`` in METHODS).
+
+    Args:
+        model: depth, width and norm of the U-Net (default ``UNetConfig()``); its in_channels and
+            num_classes are taken from the task.
 
     Example:
         >>> from trmcore.data import parse_task
         >>> train("data/phantom", parse_task("T1", "CSF"), "runs/src",
-        ...       TrainConfig(iterations=2000, freeze="none"))  # doctest: +SKIP
+        ...       TrainConfig(iterations=2000, freeze="none"), UNetConfig(depth=3, width=16))  # doctest: +SKIP
     """
     config = config or TrainConfig(freeze="none")
-    if config.method not in (None, "vanilla", "class-weight"):
-        raise ValueError(f"source training supports method None, 'vanilla' or 'class-weight', got {config.method!r}")
+    if config.method is not None and not get_method(config.method).source_training:
+        raise ValueError(f"source training supports method None or one of {', '.join(source_method_names())}, "
+                         f"got {config.method!r}")
     config = replace(config, freeze="none")
     run_dir = Path(run_dir)
     ctx = setup_distributed(device)
     try:
         state = _prepare_run_dir(run_dir, resume, ctx)
         seed_everything(config.seed)
-        model_config = UNetConfig(in_channels=len(task.channels), num_classes=len(task.labels) + 1,
-                                  depth=depth, width=width, norm=norm)
+        model_config = replace(model or UNetConfig(), in_channels=len(task.channels),
+                               num_classes=len(task.labels) + 1)
         if state is not None:
             _check_resume(run_dir, config, state)
         data = prepare_data(data_root, task, config, model_config.divisor, ctx, progress, sites)
         model_config = replace(model_config, in_channels=len(data.task_info.channels))
-        model = UNet(model_config).to(ctx.device)
-        info = _run_info(model, data, config, task, data_root, method=config.method, source=None)
-        weighting = build_weighting(config.method, None, data.slices, data.task_info.num_classes, ctx)
-        return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
+        network = UNet(model_config).to(ctx.device)
+        info = _run_info(network, data, config, task, data_root, method=config.method, source=None)
+        weighting = create_weighting(config, network.config, data.slices, data.task_info.num_classes, ctx)
+        return fit(network, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
         ctx.close()
 
@@ -314,9 +350,9 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         >>> finetune("data/phantom", parse_task("T2", "GM"), "runs/src", "runs/trm",
         ...          TrainConfig(method="trm", iterations=5000))  # doctest: +SKIP
     """
-    config = config or TrainConfig(method="trm")
+    config = config or TrainConfig(method=DEFAULT_METHOD)
     if config.method is None:
-        raise ValueError("fine-tuning needs a method: one of vanilla, class-weight, trs-map, trm")
+        raise ValueError(f"fine-tuning needs a method: one of {', '.join(method_names())}")
     run_dir = Path(run_dir)
     ctx = setup_distributed(device)
     try:
@@ -336,11 +372,8 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             torch.manual_seed(config.seed)
             model.reset_head(num_classes)
         if config.freeze == "encoder":
-            freeze_encoder(model)
-        weighting = build_weighting(config.method, source, data.slices, num_classes, ctx,
-                                    risk_base=config.risk_base, risk_scope=config.risk_scope,
-                                    risk_refresh=config.risk_refresh, trs_stride=config.trs_stride,
-                                    batch_size=max(config.batch_size, 8), amp=config.amp)
+            model.freeze_encoder()
+        weighting = create_weighting(config, model.config, data.slices, num_classes, ctx, source)
         del source
         info = _run_info(model, data, config, task, data_root, method=config.method,
                          source=str(Path(source_run).resolve()))

@@ -1,4 +1,4 @@
-"""Per-pixel loss weights of the four fine-tuning methods (SPEC section 5).
+"""Per-pixel loss weights of the fine-tuning methods (SPEC section 5).
 
 Every method trains with the same loss, :func:`trmcore.ops.risk_weighted_ce`;
 a method only chooses the weight map and the normalisation:
@@ -16,49 +16,33 @@ The LEEP statistics use the frozen source model's own head (Z outputs), even
 when the target head was re-initialised for C classes. They are accumulated
 batch by batch under ``no_grad`` over this rank's shard of the training
 slices and summed across ranks.
+
+Each method is an entry of :data:`trmcore.training.methods.METHODS` naming its
+class here; :func:`create_weighting` builds it from the run's TrainConfig
+(and the model's UNetConfig) through ``Class.from_config``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
 from trmcore import ops
+from trmcore.models import UNet, UNetConfig
 from trmcore.training.distributed import DistContext
+from trmcore.training.methods import get_method
+from trmcore.training.precision import autocast_for
+from trmcore.training.shards import TrainingSlices
+
+if TYPE_CHECKING:
+    from trmcore.training.config import TrainConfig
 
 IGNORE_INDEX = -100
 # SPEC 5: trs-map blocks with fewer valid pixels keep weight 1.
 TRS_MIN_PIXELS = 5
-
-
-class TrainingSlices:
-    """The training set as tensors plus this rank's shard of it.
-
-    Args:
-        images: float32 ``[S, Cin, H, W]``; labels: int64 ``[S, H, W]``.
-        shard: int64 indices of the slices this rank trains on.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shard: torch.Tensor) -> None:
-        self.images = images
-        self.labels = labels
-        self.shard = shard
-
-    def shard_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self.shard), batch_size):
-            yield self.shard[start:start + batch_size]
-
-
-def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); nothing on CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 @torch.no_grad()
@@ -101,10 +85,32 @@ def leep_maps(model: nn.Module, data: TrainingSlices, num_classes: int, ctx: Dis
     return torch.cat(maps), joint
 
 
+def leep_batch_size(config: "TrainConfig") -> int:
+    """Slices per no-grad forward pass of the LEEP statistics (at least 8: no gradients to hold)."""
+    return max(config.batch_size, 8)
+
+
 class LossWeighting:
-    """Vanilla cross-entropy: every valid pixel weighs 1, mean over valid pixels."""
+    """Vanilla cross-entropy: every valid pixel weighs 1, mean over valid pixels.
+
+    Subclasses override :meth:`from_config` (how the method builds itself from the run's
+    settings), :meth:`weights` and, when they change during training, the refresh and state hooks.
+    """
 
     normalize = "valid"
+
+    @classmethod
+    def from_config(cls, config: "TrainConfig", model_config: UNetConfig, data: TrainingSlices, num_classes: int,
+                    ctx: DistContext, source: Optional[nn.Module] = None) -> "LossWeighting":
+        """The weighting of a run with ``config`` training a ``model_config`` network on ``data``.
+
+        Args:
+            config: the run's TrainConfig (method-specific fields: risk_*, trs_stride, amp, batch_size).
+            model_config: the trained network's shape (after any head reset).
+            data: training slices and this rank's shard; num_classes: C of the target task.
+            ctx: device and ranks; source: the frozen source model (methods with ``needs_source``).
+        """
+        return cls()
 
     def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-pixel weights float32 ``[B, H, W]`` for the slices ``index`` with labels ``labels``."""
@@ -117,7 +123,8 @@ class LossWeighting:
     def state_dict(self) -> Dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: Dict[str, Any], model_factory: Any = None) -> None:
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on --resume)."""
         return None
 
 
@@ -135,6 +142,10 @@ class ClassWeighting(LossWeighting):
         # An absent class never occurs in a label, so its weight is never used.
         self.class_weights = torch.where(counts > 0, total / (num_classes * counts.clamp_min(1)),
                                          torch.ones_like(counts)).float()
+
+    @classmethod
+    def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "ClassWeighting":
+        return cls(data, num_classes, ctx)
 
     def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         table = self.class_weights.to(labels.device)
@@ -183,6 +194,11 @@ class TrsMapWeighting(LossWeighting):
         self.weight_map = block_weight[block_of_pixel].float()  # [H, W], nearest-neighbour expansion
         self.block_leep = torch.where(count >= TRS_MIN_PIXELS, block_leep, torch.zeros_like(block_leep))
 
+    @classmethod
+    def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "TrsMapWeighting":
+        return cls(source, data, num_classes, ctx, stride=config.trs_stride, batch_size=leep_batch_size(config),
+                   amp=config.amp)
+
     @staticmethod
     def _combined(labels: torch.Tensor, block_of_pixel: torch.Tensor, num_classes: int) -> torch.Tensor:
         combined = block_of_pixel * num_classes + labels
@@ -205,8 +221,9 @@ class RiskMapWeighting(LossWeighting):
 
     def __init__(self, source: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
                  base: float = 10.0, scope: str = "image", refresh_every: int = 0, batch_size: int = 16,
-                 amp: bool = True) -> None:
+                 amp: bool = True, model_config: Optional[UNetConfig] = None) -> None:
         self.data = data
+        self.model_config = model_config  # shape of the refreshed model, to rebuild it on --resume
         self.num_classes = num_classes
         self.ctx = ctx
         self.base = base
@@ -220,6 +237,12 @@ class RiskMapWeighting(LossWeighting):
         self.maps, self.joint = leep_maps(source, data, num_classes, ctx, batch_size, amp)
         self.refreshed_at: Optional[int] = None
         self.refresh_state: Optional[Dict[str, torch.Tensor]] = None
+
+    @classmethod
+    def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "RiskMapWeighting":
+        return cls(source, data, num_classes, ctx, base=config.risk_base, scope=config.risk_scope,
+                   refresh_every=config.risk_refresh, batch_size=leep_batch_size(config), amp=config.amp,
+                   model_config=model_config)
 
     def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         rows = self.row_of[index.cpu()]
@@ -245,28 +268,25 @@ class RiskMapWeighting(LossWeighting):
             return {}
         return {"refreshed_at": self.refreshed_at, "model_state": self.refresh_state}
 
-    def load_state_dict(self, state: Dict[str, Any], model_factory: Any = None) -> None:
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         if not state:
             return
-        model = model_factory()
+        if self.model_config is None:
+            raise ValueError("RiskMapWeighting needs model_config to restore refreshed risk maps")
+        model = UNet(self.model_config)
         model.load_state_dict(state["model_state"])
         model.to(self.ctx.device)
         self._refresh(model, int(state["refreshed_at"]))
 
 
-def build_weighting(method: Optional[str], source: Optional[nn.Module], data: TrainingSlices, num_classes: int,
-                    ctx: DistContext, risk_base: float = 10.0, risk_scope: str = "image", risk_refresh: int = 0,
-                    trs_stride: int = 4, batch_size: int = 16, amp: bool = True) -> LossWeighting:
-    """The LossWeighting of ``method`` (None or "vanilla" = plain cross-entropy)."""
-    if method in (None, "vanilla"):
-        return LossWeighting()
-    if method == "class-weight":
-        return ClassWeighting(data, num_classes, ctx)
-    if source is None:
-        raise ValueError(f"method {method!r} needs the source model")
-    if method == "trs-map":
-        return TrsMapWeighting(source, data, num_classes, ctx, trs_stride, batch_size, amp)
-    if method == "trm":
-        return RiskMapWeighting(source, data, num_classes, ctx, risk_base, risk_scope, risk_refresh,
-                                batch_size, amp)
-    raise ValueError(f"unknown method {method!r}")
+def create_weighting(config: "TrainConfig", model_config: UNetConfig, data: TrainingSlices, num_classes: int,
+                     ctx: DistContext, source: Optional[nn.Module] = None) -> LossWeighting:
+    """The LossWeighting of ``config.method`` (None = plain cross-entropy), from the METHODS registry.
+
+    Raises:
+        ValueError: an unregistered method, or one that needs the source model without ``source``.
+    """
+    entry = get_method(config.method or "vanilla")
+    if entry.needs_source and source is None:
+        raise ValueError(f"method {entry.name!r} needs the source model")
+    return entry.load().from_config(config, model_config, data, num_classes, ctx, source)

@@ -1,0 +1,89 @@
+"""The registry of fine-tuning methods (loss weightings, SPEC section 5), torch-free.
+
+One entry per method names the :class:`~trmcore.training.weighting.LossWeighting`
+subclass that implements it (as ``"module:Class"``, imported only when a run
+is built, so the CLI and ``TrainConfig`` validation stay torch-free). The CLI
+choices of ``trm train`` / ``trm finetune``, ``TrainConfig.method`` validation
+and the study's default method list all read this table: adding a method is
+one :func:`register_method` call plus its class (see docs/architecture.md).
+
+Example:
+    >>> list(METHODS)
+    ['vanilla', 'class-weight', 'trs-map', 'trm']
+    >>> METHODS["trm"].needs_source, source_method_names()
+    (True, ('vanilla', 'class-weight'))
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One fine-tuning method.
+
+    Attributes:
+        name: the ``--method`` value and ``TrainConfig.method``.
+        target: ``"module:Class"`` of its LossWeighting subclass; the class builds itself with
+            ``Class.from_config(config, model_config, data, num_classes, ctx, source)``.
+        summary: one line for ``--help``.
+        needs_source: the weights come from the frozen source model (LEEP), so only fine-tuning can use it.
+        source_training: ``trm train`` (a source model from scratch) may use it.
+    """
+
+    name: str
+    target: str
+    summary: str
+    needs_source: bool = False
+    source_training: bool = False
+
+    def load(self) -> type:
+        """The LossWeighting subclass (imports its module, hence torch)."""
+        module, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+# name -> entry, in the order of --help and of the study's tables.
+METHODS: Dict[str, MethodEntry] = {}
+
+
+def register_method(entry: MethodEntry) -> MethodEntry:
+    """Add ``entry`` to :data:`METHODS` (ValueError if the name is taken) and return it."""
+    if entry.name in METHODS:
+        raise ValueError(f"fine-tuning method {entry.name!r} is already registered")
+    METHODS[entry.name] = entry
+    return entry
+
+
+def get_method(name: str) -> MethodEntry:
+    """The entry of ``name``; ValueError naming the registered methods for any other."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_names() -> Tuple[str, ...]:
+    """Every registered method (the choices of ``trm finetune --method``)."""
+    return tuple(METHODS)
+
+
+def source_method_names() -> Tuple[str, ...]:
+    """The methods a source model may train with (the choices of ``trm train --method``)."""
+    return tuple(name for name, entry in METHODS.items() if entry.source_training)
+
+
+_WEIGHTING = "trmcore.training.weighting"
+register_method(MethodEntry("vanilla", f"{_WEIGHTING}:LossWeighting", "plain cross-entropy",
+                            source_training=True))
+register_method(MethodEntry("class-weight", f"{_WEIGHTING}:ClassWeighting",
+                            "inverse class frequency weights", source_training=True))
+register_method(MethodEntry("trs-map", f"{_WEIGHTING}:TrsMapWeighting",
+                            "block-local LEEP weights exp(-LEEP) [TRS]", needs_source=True))
+register_method(MethodEntry("trm", f"{_WEIGHTING}:RiskMapWeighting",
+                            "transfer risk maps from pixel-level LEEP (TRM)", needs_source=True))
+
+# The method of `trm finetune`, `finetune()` and `trm transfer-path` when none is given.
+DEFAULT_METHOD = "trm"

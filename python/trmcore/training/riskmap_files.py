@@ -1,0 +1,114 @@
+"""Risk maps as files: NIfTI volumes and the image | label | T | R panels of TRM Fig. 2.
+
+``write_risk_maps`` is ``trm riskmap``: it loads the runs and the task, asks
+:func:`trmcore.training.riskmap.risk_volumes` for the maps and writes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+from trmcore.training.riskmap import RiskVolumes, risk_volumes
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Union[str, Path]) -> Path:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(array, np.float32), np.asarray(affine, np.float64))
+    image.header.set_xyzt_units("mm")
+    path = Path(path)
+    nib.save(image, str(path))
+    return path
+
+
+def pick_slice(label: np.ndarray, axis: int) -> int:
+    """The slice along ``axis`` with the most foreground voxels (the middle one if there is none)."""
+    counts = (label > 0).sum(axis=tuple(a for a in range(3) if a != axis))
+    return int(np.argmax(counts)) if counts.max() > 0 else label.shape[axis] // 2
+
+
+def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: int, slice_index: int,
+               path: Union[str, Path], base: float = 10.0, titles: Sequence[str] = ("source", "fine-tuned")) -> Path:
+    """PNG: image | label | transferability | risk, one row for the source model, one after fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    take = lambda a: np.take(a, slice_index, axis=axis).T  # noqa: E731  (rows = Y, radiological-ish view)
+    rows = [(titles[0], before)] + ([(titles[1], after)] if after is not None else [])
+    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 3.3 * len(rows)), squeeze=False)
+    image = take(volume.image[0])
+    label = take(volume.label)
+    leep_low = min(float(r.transferability.min()) for _, r in rows)
+    for row, (name, maps) in enumerate(rows):
+        panels = [
+            (image, "gray", None, None, "image"),
+            (label, "tab10", 0, 9, "label"),
+            (take(maps.transferability), "viridis", leep_low, 0.0, f"{name}: transferability (log EEP)"),
+            (take(maps.risk), "inferno", 1.0, base, f"{name}: risk map"),
+        ]
+        for col, (data, cmap, vmin, vmax, title) in enumerate(panels):
+            ax = axes[row][col]
+            shown = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+            if col >= 2:
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"{volume.case_id}, slice {slice_index} (axis {axis})")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], out_dir: Union[str, Path],
+                    channel: Optional[str] = None, labels: Optional[str] = None, site: Optional[str] = None,
+                    after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
+                    base: float = 10.0, scope: str = "image", device: Optional[str] = None,
+                    progress: bool = True, sites=None) -> List[Path]:
+    """Write CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case.
+
+    The source model's own head defines the dummy labels (Z outputs), whatever
+    the target label set; ``after_run`` (a fine-tuned run) is scored with its head.
+    """
+    from trmcore.data import load_task_volumes, parse_task
+    from trmcore.training.checkpoint import load_run
+    from trmcore.training.distributed import resolve_device
+
+    resolved = resolve_device(device)
+    source, source_info = load_run(source_run, device=resolved)
+    task = parse_task(channel or source_info.channels, labels or source_info.label_names[1:], site)
+    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites)
+    if len(task_info.channels) != source_info.model.in_channels:
+        raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s), "
+                         f"the task gives {task_info.channels}")
+    num_classes = task_info.num_classes
+    before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
+                          scope, progress=progress)
+    after = [None] * len(volumes)
+    if after_run is not None:
+        tuned, tuned_info = load_run(after_run, device=resolved)
+        if tuned_info.model.in_channels != len(task_info.channels):
+            raise ValueError(f"run {after_run} takes {tuned_info.model.in_channels} channel(s), "
+                             f"the task gives {task_info.channels}")
+        after = risk_volumes(tuned, volumes, num_classes, tuned_info.axis, tuned_info.divisor, resolved, base,
+                             scope, progress=progress)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for volume, maps, maps_after in zip(volumes, before, after):
+        written.append(save_nifti(maps.transferability, volume.affine, out_dir / f"{volume.case_id}_transferability.nii.gz"))
+        written.append(save_nifti(maps.risk, volume.affine, out_dir / f"{volume.case_id}_risk.nii.gz"))
+        if maps_after is not None:
+            written.append(save_nifti(maps_after.transferability, volume.affine,
+                                      out_dir / f"{volume.case_id}_transferability_after.nii.gz"))
+            written.append(save_nifti(maps_after.risk, volume.affine, out_dir / f"{volume.case_id}_risk_after.nii.gz"))
+        slice_index = pick_slice(volume.label, source_info.axis)
+        written.append(plot_panel(volume, maps, maps_after, source_info.axis, slice_index,
+                                  out_dir / f"{volume.case_id}.png", base))
+    return written

@@ -1,0 +1,109 @@
+"""A fifth fine-tuning method is one registry entry plus its class: CLI, config and trainer pick it up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trmcore.cli.main import build_parser, main
+from trmcore.models import NORMS, UNetConfig, create_norm
+from trmcore.training import TrainConfig
+from trmcore.training.methods import METHODS, MethodEntry, get_method, register_method, source_method_names
+from trmcore.training.weighting import IGNORE_INDEX, LossWeighting
+
+CALLS = []
+
+
+class ForegroundTwiceWeighting(LossWeighting):
+    """Toy method: foreground pixels weigh 2, background 1, ignored 0; mean over valid pixels."""
+
+    normalize = "valid"
+
+    def __init__(self, stride: int) -> None:
+        self.stride = stride
+
+    @classmethod
+    def from_config(cls, config, model_config, data, num_classes, ctx, source=None):
+        CALLS.append(("built", config.method, model_config.num_classes, num_classes, source is not None))
+        return cls(config.trs_stride)
+
+    def weights(self, index, labels):
+        weights = torch.where(labels > 0, 2.0, 1.0)
+        weights = torch.where(labels == IGNORE_INDEX, 0.0, weights)
+        CALLS.append(("weights", weights.clone(), labels.clone()))
+        return weights
+
+
+@pytest.fixture
+def toy_method():
+    entry = register_method(MethodEntry("fg-twice", f"{__name__}:ForegroundTwiceWeighting",
+                                        "foreground weighs twice (test method)", needs_source=True))
+    CALLS.clear()
+    try:
+        yield entry
+    finally:
+        del METHODS[entry.name]
+
+
+def _choices(command: str) -> tuple:
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    action = next(a for a in subcommands[command]._actions if "--method" in a.option_strings)
+    return tuple(action.choices)
+
+
+def test_builtin_registry():
+    assert list(METHODS) == ["vanilla", "class-weight", "trs-map", "trm"]
+    assert source_method_names() == ("vanilla", "class-weight")
+    assert _choices("finetune") == tuple(METHODS) and _choices("train") == source_method_names()
+    with pytest.raises(ValueError, match="unknown method 'nope'.*vanilla, class-weight, trs-map, trm"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(MethodEntry("trm", "x:y", "duplicate"))
+
+
+def test_fifth_method_is_one_entry(toy_method, phantom, source_run, tmp_path):
+    # CLI choice and config validation come from the registry.
+    assert "fg-twice" in _choices("finetune") and "fg-twice" not in _choices("train")
+    assert TrainConfig(method="fg-twice").method == "fg-twice"
+    # The trainer builds it from the TrainConfig and uses its weights.
+    out = tmp_path / "toy"
+    assert main(["finetune", str(phantom), "--channel", "T2", "--labels", "CSF", "--source", str(source_run),
+                 "-o", str(out), "--method", "fg-twice", "--iterations", "2", "--batch-size", "4",
+                 "--val-every", "0", "--val-fraction", "0.25", "--trs-stride", "3", "-q"]) == 0
+    built = [c for c in CALLS if c[0] == "built"]
+    assert built == [("built", "fg-twice", 2, 2, True)]
+    weight_calls = [c for c in CALLS if c[0] == "weights"]
+    assert len(weight_calls) == 2
+    for _, weights, labels in weight_calls:
+        assert labels.shape[0] == 4
+        expected = torch.ones(labels.shape)
+        expected[labels == 1] = 2.0
+        assert torch.equal(weights, expected)
+        assert bool((labels == 1).any())  # the check above saw foreground pixels
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"] == "fg-twice"
+
+
+def test_source_training_refuses_a_source_method(toy_method, phantom, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(phantom), "--channel", "T1", "--labels", "CSF", "-o", str(tmp_path / "x"),
+              "--method", "fg-twice"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fg-twice'" in capsys.readouterr().err
+    from trmcore.data import parse_task
+    from trmcore.training.trainer import train
+
+    with pytest.raises(ValueError, match="source training supports method None or one of vanilla, class-weight"):
+        train(phantom, parse_task("T1", "CSF"), tmp_path / "y", TrainConfig(method="fg-twice"), progress=False)
+
+
+def test_norm_registry_builds_each_layer():
+    assert list(NORMS) == ["batch", "instance", "group", "none"]
+    assert type(create_norm("batch", 8)).__name__ == "BatchNorm2d"
+    group = create_norm("group", 12)
+    assert type(group).__name__ == "GroupNorm" and group.num_groups == 4 and group.num_channels == 12
+    assert type(create_norm("none", 8)).__name__ == "Identity"
+    with pytest.raises(ValueError, match="UNetConfig.norm must be one of"):
+        UNetConfig(norm="layer")
