@@ -152,8 +152,10 @@ def test_bad_input_is_refused(tmp_path, capsys):
         parse_seeds("0,one")
     with pytest.raises(ValueError, match="needs a parent"):
         Job("finetune", "tissue", "*/T1/CSF", 0)
-    assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "huge"]) == 2
-    assert "unknown profile 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # the choices come from the PROFILES table
+        main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "huge"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'huge' (choose from quick, full, tiny)" in capsys.readouterr().err.replace("'quick', 'full', 'tiny'", "quick, full, tiny")
     assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "tiny", "--tables", "I,V"]) == 2
     assert "unknown table(s) 'V'" in capsys.readouterr().err
     assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "tiny", "--data", str(tmp_path / "none")]) == 2
@@ -166,6 +168,25 @@ def test_study_folder_refuses_other_settings(tmp_path):
 
     out = tmp_path / "study"
     reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
-    changed = replace(get_profile("tiny"), finetune_iterations=5)
+    tiny = get_profile("tiny")
+    changed = replace(tiny, training=replace(tiny.training, iterations=5))
     with pytest.raises(ValueError, match="other settings.*finetune_iterations"):
         reproduce(out, changed, seeds=[0], tables=["fig2"], workers=1, progress=False)
+
+
+def test_study_folder_of_the_flat_profile_format_resumes(tmp_path):
+    """study.json written before the profile nested model/training settings still matches the same profile."""
+    out = tmp_path / "study"
+    reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
+    record = json.loads((out / "study.json").read_text())
+    profile = record["profile"]
+    model, training = profile.pop("model"), profile.pop("training")
+    profile.update(depth=model["depth"], width=model["width"], batch_size=training["batch_size"], lr=training["lr"],
+                   finetune_iterations=training["iterations"], val_fraction=training["val_fraction"])
+    (out / "study.json").write_text(json.dumps(record))
+    outcome = reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
+    assert not outcome.summary.executed and not outcome.summary.failed
+    profile["finetune_iterations"] = 99
+    (out / "study.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="other settings.*finetune_iterations"):
+        reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)

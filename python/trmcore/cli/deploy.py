@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from trmcore.cli.common import add_task_arguments
+from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, command
+from trmcore.ops import RISK_BASE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,13 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- export -------------------------------------------------------------------------
 
 def _register_export(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="export a trained run to ONNX (with the metadata inference needs)",
+    p = command(
+        subparsers, "export", help="export a trained run to ONNX (with the metadata inference needs)",
         description="Export RUN's network to ONNX (torch.export-based exporter; dynamic batch, height and "
                     "width), embed channels, labels and preprocessing as metadata, and verify the logits "
-                    "against torch.")
+                    "against torch.",
+        example_lines=["trm export runs/trm -o model.onnx", "trm export runs/trm -o model-fp16.onnx --fp16"])
     p.add_argument("run", type=Path, help="run folder (model.safetensors + run.json)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write, e.g. model.onnx")
+    add_output(p, required=True, help="ONNX file to write, e.g. model.onnx")
     p.add_argument("--fp16", action="store_true", help="export the network in float16")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
     p.add_argument("--tolerance", type=float, default=None,
@@ -67,19 +69,20 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="onnxruntime execution provider (auto: CUDA when a GPU is seen, else CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 def _register_predict(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict", help="segment NIfTI volumes with an exported model (onnxruntime, no torch)",
+    p = command(
+        subparsers, "predict", help="segment NIfTI volumes with an exported model (onnxruntime, no torch)",
         description="Segment a NIfTI file (CASE_0000.nii.gz, other channels beside it) or a folder of "
                     "CASE_000k.nii.gz files; write CASE.nii.gz label volumes (the model's label values, "
-                    "uint8) with the input's affine and header.")
+                    "uint8) with the input's affine and header.",
+        example_lines=["trm predict -m model.onnx -i scans/ -o labels/",
+                       "trm predict -m model.onnx -i case_0000.nii.gz -o case.nii.gz --probabilities"])
     _add_runtime_options(p)
     p.add_argument("-i", "--input", type=Path, required=True, help="input NIfTI file or folder")
-    p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output .nii.gz (single input file) or folder")
+    add_output(p, required=True, help="output .nii.gz (single input file) or folder")
     p.add_argument("--channels", default=None,
                    help="names of the input channel files _0000,_0001,... e.g. T1,T2 "
                         "(default: dataset.json beside the input, else the model's order)")
@@ -105,7 +108,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     segmenter = _open_segmenter(args)
     channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
     results = predict_files(segmenter, args.input, args.output, probabilities=args.probabilities,
-                            overwrite=args.overwrite, channels=channels, progress=not args.no_progress)
+                            overwrite=args.overwrite, channels=channels, progress=not args.quiet)
     for case in results:
         counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
         extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
@@ -116,16 +119,19 @@ def _run_predict(args: argparse.Namespace) -> int:
 # -- transferability ------------------------------------------------------------------
 
 def _register_transferability(subparsers) -> None:
-    p = subparsers.add_parser(
-        "transferability", help="LEEP and per-case transfer risk of a deployed model on a new site's data",
+    p = command(
+        subparsers, "transferability", help="LEEP and per-case transfer risk of a deployed model on a new site's data",
         description="Run an exported model over labelled data in the standard layout and report the "
                     "dataset LEEP (<= 0, closer to 0 = transfers better) and per-case LEEP and mean "
-                    "transfer risk, before any fine-tuning. Torch-free.")
+                    "transfer risk, before any fine-tuning. Torch-free.",
+        example_lines=["trm transferability -m model.onnx data/new-site --channel T1 --labels CSF -o report.json"])
     _add_runtime_options(p)
     add_task_arguments(p)
     p.add_argument("--cases", default=None, help="only these cases (comma-separated ids)")
-    p.add_argument("--base", type=float, default=10.0, help="risk-map base: R in [1, base] (default 10)")
-    p.add_argument("--json", type=Path, default=None, dest="json_out", help="also write the report as JSON")
+    add_option(p, "--risk-base", hidden=("--base",), type=float, default=RISK_BASE,
+               help="risk-map base: R in [1, base] (default %(default)g)")
+    add_option(p, "-o", "--output", hidden=("--out", "--json"), type=Path, default=None,
+               help="also write the report as JSON")
     p.set_defaults(func=_run_transferability)
 
 
@@ -139,15 +145,15 @@ def _run_transferability(args: argparse.Namespace) -> int:
         raise ValueError(f"--channel gives {len(task.channels)} channel(s) {task.channels} but the model takes "
                          f"{segmenter.metadata.num_channels} ({', '.join(segmenter.channels)})")
     cases = None if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
-    volumes, info = load_task_volumes(args.data, task, cases=cases, progress=not args.no_progress)
+    volumes, info = load_task_volumes(args.data, task, cases=cases, progress=not args.quiet)
     if [c.lower() for c in task.channels] != [c.lower() for c in segmenter.channels]:
         print(f"note: the model was trained on {','.join(segmenter.channels)}, the data is "
               f"{','.join(task.channels)} (cross-modality transfer)", file=sys.stderr)
     report = assess_transferability(segmenter, volumes, info.label_names, data_channels=task.channels,
-                                    base=args.base, progress=not args.no_progress)
+                                    base=args.risk_base, progress=not args.quiet)
     print(report.format_table())
-    if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        print(f"wrote {args.json_out}")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.output}")
     return 0

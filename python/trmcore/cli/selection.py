@@ -10,6 +10,7 @@ Examples::
     trm transfer-path data/fets --path 01/T1/NCR+ED+ET,13/T1/NCR+ED+ET,18/T1/NCR+ED+ET --source runs/01-t1 -o runs/seq
 
 The affinity, path and fit commands are torch-free (NumPy, SciPy, networkx).
+Old spellings kept for one release: --out (-o/--output), --sites (--sites-csv), --no-progress (-q/--quiet).
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ import json
 import sys
 from pathlib import Path
 
-from trmcore.cli.common import add_task_arguments
-from trmcore.selection.affinity import DEFAULT_ALPHA, DEFAULT_BETA
+from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
+from trmcore.selection.affinity import AffinityConfig
+from trmcore.selection.rank import RankConfig
+from trmcore.selection.similarity import PCA_OUTPUTS
+from trmcore.selection.tasks import DEFAULT_COMMUNITIES
+from trmcore.selection.transfer import TransferPathConfig
+from trmcore.training.config import TrainConfig
+from trmcore.training.methods import method_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,34 +39,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- affinity
 def _register_affinity(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "affinity",
+    parser = command(
+        subparsers, "affinity",
         help="task distances d = alpha W + beta (1 - S) between tasks of a dataset (or: affinity fit DIR)",
         description="Compute the image dissimilarity W, label similarity S and distance d between tasks "
         "(site x channel x label set) from K x K seeded volume pairs [SEQ]. Writes W/S/d as CSV, "
         "affinity.json and affinity.png in -o DIR.\n\n"
         "`trm affinity fit DIR --results CSV` instead fits alpha and beta to measured (path, dice) "
         "results and writes DIR/fit.json.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example_lines=["trm affinity data/fets --tasks all -o affinity/",
+                       "trm affinity data/fets --tasks tasks.txt -o affinity/ --size 64 --samples 5",
+                       "trm affinity fit affinity/ --results measured.csv"],
     )
     parser.add_argument("data", help="dataset folder (standard layout), or the word 'fit'")
     parser.add_argument("dir", nargs="?", type=Path, help="with 'fit': the affinity folder")
     parser.add_argument("--tasks", help="'all' (every site x channel x label set) or a tasks file "
                         "(one SITE/CHANNELS/LABELS per line, e.g. site-A/T1/CSF; '*' = all sites)")
-    parser.add_argument("-o", "--out", type=Path, help="output folder")
-    parser.add_argument("--sites", type=Path, help="CSV case,site overriding dataset.json 'sites'")
-    parser.add_argument("--samples", type=int, default=10, help="K volumes per task, K x K pairs (default 10)")
-    parser.add_argument("--size", type=int, default=128, help="resize cube edge (default 128)")
-    parser.add_argument("--variance", type=float, default=0.75, help="PCA explained variance kept (default 0.75)")
-    parser.add_argument("--pca-output", choices=("scores", "components"), default="scores",
+    add_output(parser, help="output folder")
+    add_sites_csv(parser)
+    parser.add_argument("--samples", type=int, default=AffinityConfig.samples,
+                        help="K volumes per task, K x K pairs (default %(default)s)")
+    parser.add_argument("--size", type=int, default=AffinityConfig.size, help="resize cube edge (default %(default)s)")
+    parser.add_argument("--variance", type=float, default=AffinityConfig.variance,
+                        help="PCA explained variance kept (default %(default)s)")
+    parser.add_argument("--pca-output", choices=PCA_OUTPUTS, default=AffinityConfig.pca_output,
                         help="what W compares: 'scores' = PCA-projected data (default, as the [SEQ] authors' code "
                         "and the scale of their alpha) or 'components' = the unit principal axes (SPEC wording)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"weight of W (default {DEFAULT_ALPHA})")
-    parser.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"weight of 1 - S (default {DEFAULT_BETA})")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+    parser.add_argument("--alpha", type=float, default=AffinityConfig.alpha, help="weight of W (default %(default)s)")
+    parser.add_argument("--beta", type=float, default=AffinityConfig.beta, help="weight of 1 - S (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=AffinityConfig.seed, help="sampling seed (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=AffinityConfig.workers, help="threads (default: all cores)")
     parser.add_argument("--results", type=Path, help="with 'fit': CSV with columns path,dice")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet(parser)
     parser.set_defaults(func=_run_affinity)
 
 
@@ -67,7 +78,6 @@ def _run_affinity(args: argparse.Namespace) -> int:
     if args.data == "fit":
         return _run_fit(args)
     from trmcore.data import DatasetLayout
-    from trmcore.selection.affinity import AffinityConfig
     from trmcore.selection.dataset import affinity_from_dataset
     from trmcore.selection.plots import plot_affinity
     from trmcore.selection.tasks import resolve_tasks
@@ -76,17 +86,17 @@ def _run_affinity(args: argparse.Namespace) -> int:
         raise ValueError(f"unexpected argument {args.dir} (did you mean `trm affinity fit {args.dir}`?)")
     if not args.tasks:
         raise ValueError("--tasks is required: 'all' or a tasks file")
-    if args.out is None:
-        raise ValueError("-o/--out is required: the folder for W/S/d")
+    if args.output is None:
+        raise ValueError("-o/--output is required: the folder for W/S/d")
     config = AffinityConfig(size=args.size, samples=args.samples, variance=args.variance, pca_output=args.pca_output,
                             seed=args.seed, alpha=args.alpha, beta=args.beta, workers=args.workers,
-                            progress=not args.no_progress)
-    layout = DatasetLayout.read(args.data, sites=args.sites)
+                            progress=not args.quiet)
+    layout = DatasetLayout.read(args.data, sites=args.sites_csv)
     tasks = resolve_tasks(args.tasks, layout)
     print(f"{len(tasks)} tasks, up to {config.samples} volumes each, resized to {config.size}^3")
     result = affinity_from_dataset(args.data, tasks, config, sites=layout.sites)
-    written = result.save(args.out)
-    written.append(plot_affinity(result, args.out / "affinity.png"))
+    written = result.save(args.output)
+    written.append(plot_affinity(result, args.output / "affinity.png"))
     _print_matrix("d", result.names, result.d)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -120,19 +130,22 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- path
 def _register_path(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "path",
+    parser = command(
+        subparsers, "path",
         help="rank sequential transfer paths to a target task from an affinity folder",
         description="Build the task graph (edges where tasks share the modality or the label set), split it "
         "into Girvan-Newman communities, find each community's landmark and rank the paths "
         "landmark -> member -> target by d(v_k,t) + d(v_k,v_i) + d(v_i,t) [SEQ]; direct paths are listed "
         "with cost 2 d(v,t). Writes path.json and path.png next to the affinity unless -o is given.",
+        example_lines=["trm path affinity/ --target 13/T1/NCR+ED+ET",
+                       "trm path affinity/ --target site-A/T1/CSF --fit --top 5 -o paths/"],
     )
     parser.add_argument("dir", type=Path, help="affinity folder (from `trm affinity`)")
     parser.add_argument("--target", required=True, help="target task name, e.g. site-A/T1/CSF")
-    parser.add_argument("--communities", type=int, default=9, help="Girvan-Newman communities (default 9)")
+    parser.add_argument("--communities", type=int, default=DEFAULT_COMMUNITIES,
+                        help="Girvan-Newman communities (default %(default)s)")
     parser.add_argument("--max-hops", type=int, default=2,
-                        help="2 = the paper's one intermediate task; more searches longer paths (default 2)")
+                        help="2 = the paper's one intermediate task; more searches longer paths (default %(default)s)")
     parser.add_argument("--sources", nargs="+", help="restrict the source tasks")
     parser.add_argument("--allow-direct", action="store_true",
                         help="let a direct path win when cheapest (the SPEC's literal choice; with a "
@@ -141,15 +154,15 @@ def _register_path(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--alpha", type=float, help="override alpha of d")
     parser.add_argument("--beta", type=float, help="override beta of d")
     parser.add_argument("--fit", action="store_true", help="use alpha, beta from DIR/fit.json")
-    parser.add_argument("--top", type=int, default=10, help="candidates to print (default 10)")
-    parser.add_argument("-o", "--out", type=Path, help="output folder (default: DIR)")
+    parser.add_argument("--top", type=int, default=10, help="candidates to print (default %(default)s)")
+    add_output(parser, help="output folder (default: DIR)")
     parser.set_defaults(func=_run_path)
 
 
 def _run_path(args: argparse.Namespace) -> int:
     from trmcore.selection.affinity import AffinityResult
     from trmcore.selection.fit import load_fit
-    from trmcore.selection.path import build_task_graph, select_paths
+    from trmcore.selection.path import select_paths
     from trmcore.selection.plots import plot_task_graph
 
     affinity = AffinityResult.load(args.dir)
@@ -166,14 +179,11 @@ def _run_path(args: argparse.Namespace) -> int:
                              sources=args.sources, allow_direct=args.allow_direct)
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
-    out = args.out or args.dir
+    out = args.output or args.dir
     out.mkdir(parents=True, exist_ok=True)
     payload = dict(selection.to_json(), alpha=alpha, beta=beta)
     (out / "path.json").write_text(json.dumps(payload, indent=1))
-    keep = [t for t in affinity.tasks if args.sources is None or t.name in args.sources or t.name == args.target]
-    index = [affinity.index(t.name) for t in keep]
-    graph = build_task_graph(keep, affinity.d[index][:, index])
-    plot_task_graph(graph, selection, out / "path.png")
+    plot_task_graph(selection.graph, selection, out / "path.png")
     print(f"d = {alpha:g} W + {beta:g} (1 - S); {len(selection.communities)} communities, "
           f"landmarks: {', '.join(selection.landmarks) or '-'}")
     image_term = affinity.config.get("pca_output")
@@ -196,34 +206,40 @@ def _run_path(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- rank
 def _register_rank(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "rank",
+    parser = command(
+        subparsers, "rank",
         help="rank source models by LEEP on a target training set",
         description="Image-level LEEP (SPEC section 2) of each source model (run folder or .onnx) on the "
         "target task's training slices, highest first. --validate also fine-tunes each source briefly and "
         "reports Kendall's tau between LEEP and Dice.",
+        example_lines=["trm rank data/iseg --channel T1 --labels CSF --sources runs/a runs/b model.onnx -o rank.json",
+                       "trm rank data/iseg --channel T1 --labels CSF --sources runs/a runs/b --validate"],
     )
     add_task_arguments(parser)
     parser.add_argument("--sources", nargs="+", required=True, type=Path, help="run folders or .onnx models")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="cases held out of the training set (0.2)")
+    parser.add_argument("--val-fraction", type=float, default=RankConfig.val_fraction,
+                        help="cases held out of the training set (default %(default)s)")
     parser.add_argument("--shots", type=int, help="use N seeded training slices (few-shot)")
     parser.add_argument("--axis", type=int, default=None,
                         help="slice axis for ONNX sources (default: from the model's trmcore metadata, else 2)")
     parser.add_argument("--divisor", type=int, default=None,
                         help="pad multiple for ONNX sources (default: from the model's trmcore metadata, else 16)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--batch-size", type=int, default=RankConfig.batch_size,
+                        help="slices per forward pass (default %(default)s)")
     parser.add_argument("--device", default=None, help="torch device for run folders (default: cuda if available)")
-    parser.add_argument("--seed", type=int, default=0, help="split / few-shot seed (default 0)")
+    parser.add_argument("--seed", type=int, default=RankConfig.seed, help="split / few-shot seed (default %(default)s)")
     parser.add_argument("--validate", action="store_true", help="fine-tune each source and correlate LEEP with Dice")
-    parser.add_argument("--iterations", type=int, default=200, help="fine-tuning iterations for --validate (200)")
-    parser.add_argument("--method", default="vanilla", help="fine-tuning method for --validate (default vanilla)")
+    parser.add_argument("--iterations", type=int, default=200,
+                        help="fine-tuning iterations for --validate (default %(default)s)")
+    parser.add_argument("--method", default="vanilla", choices=method_names(),
+                        help="fine-tuning method for --validate (default %(default)s)")
     parser.add_argument("--work-dir", type=Path, help="where --validate writes its runs (default: temporary)")
-    parser.add_argument("-o", "--out", type=Path, help="write the ranking as JSON")
+    add_output(parser, help="write the ranking as JSON")
     parser.set_defaults(func=_run_rank)
 
 
 def _run_rank(args: argparse.Namespace) -> int:
-    from trmcore.selection.rank import RankConfig, rank_sources, validate_ranking
+    from trmcore.selection.rank import rank_sources, validate_ranking
 
     config = RankConfig(channel=args.channel, labels=args.labels, site=args.site, val_fraction=args.val_fraction,
                         shots=args.shots, axis=args.axis, divisor=args.divisor, batch_size=args.batch_size,
@@ -242,40 +258,46 @@ def _run_rank(args: argparse.Namespace) -> int:
         for r, dice in zip(ranking, validation.dice):
             print(f"  {str(r.source):<{width}}  LEEP {r.leep:9.5f}  Dice {dice:.4f}")
         print(f"Kendall tau(LEEP, Dice) = {validation.tau:+.3f} (p = {validation.p_value:.3g}, n = {len(ranking)})")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(payload, indent=1))
-        print(f"wrote {args.out}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(payload, indent=1))
+        print(f"wrote {args.output}")
     return 0
 
 
 # ----------------------------------------------------------- transfer-path
 def _register_transfer_path(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "transfer-path",
+    parser = command(
+        subparsers, "transfer-path",
         help="fine-tune along a task path hop by hop and compare with direct transfer",
         description="Fine-tune the source model along --path A,B,...,TARGET (A = the source's task; each hop "
         "keeps every weight but the head), evaluate on each hop's validation cases, and compare with "
         "direct transfer from the source to the target.",
+        example_lines=["trm transfer-path data/fets --path 01/T1/NCR+ED+ET,13/T1/NCR+ED+ET,18/T1/NCR+ED+ET "
+                       "--source runs/01-t1 -o runs/seq"],
     )
     parser.add_argument("data", type=Path, help="dataset folder holding every task of the path")
     parser.add_argument("--path", required=True, help="comma-separated task names, first = source task, last = target")
     parser.add_argument("--source", required=True, type=Path, help="run folder of the model trained on the first task")
-    parser.add_argument("-o", "--out", required=True, type=Path, help="output folder (one run per hop)")
-    parser.add_argument("--method", default="trm", help="fine-tuning method (default trm)")
-    parser.add_argument("--iterations", type=int, default=None, help="fine-tuning iterations per hop")
+    add_output(parser, required=True, help="output folder (one run per hop)")
+    parser.add_argument("--method", default=TransferPathConfig.method, choices=method_names(),
+                        help="fine-tuning method (default %(default)s)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help=f"fine-tuning iterations per hop (default {TrainConfig.iterations})")
     parser.add_argument("--shots", type=int, help="training slices per hop (few-shot)")
-    parser.add_argument("--device", default=None, help="torch device")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    add_device(parser)
+    parser.add_argument("--seed", type=int, default=TransferPathConfig.seed, help="seed (default %(default)s)")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-transfer comparison")
+    add_quiet(parser)
     parser.set_defaults(func=_run_transfer_path)
 
 
 def _run_transfer_path(args: argparse.Namespace) -> int:
-    from trmcore.selection.transfer import TransferPathConfig, transfer_along_path
+    from trmcore.selection.transfer import transfer_along_path
 
     config = TransferPathConfig(method=args.method, iterations=args.iterations, shots=args.shots,
-                                device=args.device, seed=args.seed, direct=not args.no_direct)
-    report = transfer_along_path(args.data, args.path, args.source, args.out, config)
+                                device=args.device, seed=args.seed, direct=not args.no_direct,
+                                progress=not args.quiet)
+    report = transfer_along_path(args.data, args.path, args.source, args.output, config)
     print(report.summary())
     return 0

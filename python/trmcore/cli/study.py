@@ -12,22 +12,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from trmcore.cli.common import add_device, add_output, add_quiet, command
+from trmcore.study.profiles import PROFILES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "reproduce", help="regenerate the papers' tables (I-III, Fig. 2, sequential transfer) on phantom or real data",
+    parser = command(
+        subparsers, "reproduce", help="regenerate the papers' tables (I-III, Fig. 2, sequential transfer) on phantom or real data",
         description="Run the reproduction study into -o DIR: Table I (binary tissue tasks), Table II (tumour "
                     "tasks), Table III (few-shot), the sequential-transfer comparison and Fig. 2 risk maps; "
                     "writes DIR/results.md, DIR/tables/*.csv and DIR/figures/*.png. Every job is cached in "
-                    "DIR/cache, so the same command resumes an interrupted study.")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="study folder")
-    parser.add_argument("--profile", default="quick", help="quick (2 CPU cores), full (the paper, for a GPU) or tiny (tests)")
+                    "DIR/cache, so the same command resumes an interrupted study.",
+        example_lines=["trm reproduce -o study/ --profile quick",
+                       "trm reproduce -o study/ --profile quick --seeds 0,1,2 --tables I",
+                       "trm reproduce -o study/ --profile full --device cuda --data iseg/ --tumour-data fets/"])
+    add_output(parser, required=True, help="study folder")
+    parser.add_argument("--profile", default="quick", choices=tuple(PROFILES),
+                        help="quick (2 CPU cores), full (the paper, for a GPU) or tiny (tests); default %(default)s")
     parser.add_argument("--data", type=Path, default=None,
                         help="real tissue dataset in the standard layout (channels T1, T2; labels CSF, GM, WM) "
                              "instead of the phantom")
     parser.add_argument("--tumour-data", type=Path, default=None,
                         help="real tumour dataset for Table II (labels NCR, ED, ET; sites as the profile's tasks)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add_device(parser)
     parser.add_argument("--seeds", default="0",
                         help="comma-separated seeds; the --seeded-tables run all, the rest the first (default 0)")
     parser.add_argument("--seeded-tables", default="I",
@@ -36,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel training processes (default: 1 on a GPU, else cores / threads, at most 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the profile's)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet(parser)
     parser.set_defaults(func=_run)
 
 

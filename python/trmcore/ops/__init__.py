@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
+from ._validate import RISK_BASE
+from ._validate import SCOPES as RISK_SCOPES
 from .accumulator import LeepAccumulator
 from .joint import LeepJoint
 
-__all__ = ["LeepAccumulator", "LeepJoint", "leep", "leep_joint", "pixel_leep", "risk_map", "risk_weighted_ce"]
+__all__ = ["RISK_BASE", "RISK_SCOPES", "LeepAccumulator", "LeepJoint", "leep", "leep_joint", "pixel_leep", "risk_map", "risk_weighted_ce"]
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -107,7 +109,7 @@ def leep(logits: Any, labels: Any, num_classes: int, ignore_index: int = -100) -
     return float(total) / joint.count
 
 
-def risk_map(leep_map: Any, labels: Any, base: float = 10.0, scope: str = "image", ignore_index: int = -100) -> Any:
+def risk_map(leep_map: Any, labels: Any, base: float = RISK_BASE, scope: str = "image", ignore_index: int = -100) -> Any:
     """Transfer risk map R = base ** T', float32 ``[N, H, W]`` in ``[1, base]`` (SPEC section 3).
 
     T' rescales the transferability map to [0, 1] per image (``scope="image"``)

@@ -15,6 +15,8 @@ STATUS_VALID, STATUS_BAD_LABELS, STATUS_NONFINITE = 0, 1, 2
 STATUS_NONFINITE_WEIGHTS, STATUS_NEGATIVE_WEIGHTS = 3, 4
 STATUS_SIZE = 5
 SCOPES = ("image", "batch")
+# SPEC 3: the risk map lies in [1, base]; the default of every risk_base / --risk-base.
+RISK_BASE = 10.0
 NORMALIZATIONS = ("batch", "image", "valid")
 
 

@@ -37,9 +37,8 @@ import networkx as nx
 import numpy as np
 
 from trmcore.selection.affinity import AffinityResult
-from trmcore.selection.tasks import SelectionTask
+from trmcore.selection.tasks import DEFAULT_COMMUNITIES, SelectionTask
 
-DEFAULT_COMMUNITIES = 9
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,8 @@ class PathSelection:
             direct transfer is proposed.
         notes: human-readable remarks (fallbacks).
         allow_direct: whether a direct path could be chosen when cheapest.
+        graph: the task graph of the sources and the target the paths were searched on
+            (networkx, edge weight d), e.g. for :func:`trmcore.selection.plots.plot_task_graph`.
     """
 
     target: str
@@ -88,6 +89,7 @@ class PathSelection:
     connected: bool
     notes: List[str] = field(default_factory=list)
     allow_direct: bool = False
+    graph: Optional[nx.Graph] = field(default=None, repr=False, compare=False)
 
     @property
     def best_direct(self) -> Optional[CandidatePath]:
@@ -243,7 +245,7 @@ def select_paths(
         notes.append(f"the task graph is disconnected ({parts} components: no shared modality or label set "
                      "between some tasks); falling back to direct transfer")
         ranked = _rank(direct)
-        return PathSelection(target, ranked, ranked[0], [sorted(source_names)], [], False, notes, allow_direct)
+        return PathSelection(target, ranked, ranked[0], [sorted(source_names)], [], False, notes, allow_direct, graph)
 
     source_graph = graph.subgraph(source_names).copy()
     groups = communities(source_graph, num_communities)
@@ -266,7 +268,7 @@ def select_paths(
         chosen = ranked[0]
     else:
         chosen = multi_hop[0]
-    return PathSelection(target, ranked, chosen, groups, marks, True, notes, allow_direct)
+    return PathSelection(target, ranked, chosen, groups, marks, True, notes, allow_direct, graph)
 
 
 def _rank(candidates) -> List[CandidatePath]:

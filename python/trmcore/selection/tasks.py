@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ALL_SITES = "*"
+# Girvan-Newman communities of the source tasks in the path search (SPEC 6); here, not in path.py,
+# so that the CLI reads it without importing networkx.
+DEFAULT_COMMUNITIES = 9
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ one seed), ``full`` follows the TRM paper (5000 iterations, lr 1e-4, 400 /
 
 Example:
     >>> p = get_profile("quick")
-    >>> p.finetune_iterations, p.few_shot_sizes
+    >>> p.training.iterations, p.few_shot_sizes
     (100, (96, 24, 12))
 """
 
@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Optional, Tuple
+
+from trmcore.models.config import UNetConfig
+from trmcore.training.config import TrainConfig
+from trmcore.training.methods import METHODS, method_names
 
 TISSUE_TASKS_PAPER = ("*/T1/CSF", "*/T1/GM", "*/T1/WM", "*/T2/CSF", "*/T2/GM", "*/T2/WM")
 
@@ -40,10 +44,11 @@ class StudyProfile:
     Attributes:
         name: quick, full or tiny.
         tissue_data, tumour_data: the phantoms generated when no real dataset is given.
-        depth, width: U-Net size; batch_size, lr: Adam settings of every run.
-        source_iterations: source training; finetune_iterations: every fine-tuning run.
-        val_fraction: share of each task's cases held out (3D Dice is measured on them).
-        methods: fine-tuning methods of Tables I and II (SPEC 5).
+        model: U-Net depth and width of every source model (channels and classes come from the task).
+        training: the settings of every fine-tuning run (iterations, Adam lr, batch size, held-out share
+            val_fraction on which 3D Dice is measured); each job sets its seed, method and few-shot size.
+        source_iterations: source training runs ``training`` with this many iterations, encoder trained.
+        methods: fine-tuning methods of Tables I and II (SPEC 5), names of the METHODS registry.
         table1_tasks: binary tissue tasks; every one is a source and every other a target.
         table2_tasks: 4-class tumour tasks (labels NCR+ED+ET), same grid.
         few_shot_pairs: (source, target) pairs of Table III; few_shot_sizes its training-set sizes.
@@ -60,13 +65,9 @@ class StudyProfile:
     name: str
     tissue_data: PhantomSpec
     tumour_data: PhantomSpec
-    depth: int
-    width: int
-    batch_size: int
-    lr: float
+    model: UNetConfig
+    training: TrainConfig
     source_iterations: int
-    finetune_iterations: int
-    val_fraction: float
     methods: Tuple[str, ...]
     table1_tasks: Tuple[str, ...]
     table2_tasks: Tuple[str, ...]
@@ -84,6 +85,11 @@ class StudyProfile:
     threads: int = 1
     notes: Tuple[str, ...] = field(default_factory=tuple)
 
+    def __post_init__(self) -> None:
+        for name in (*self.methods, *self.few_shot_methods, self.seq_method):
+            if name not in METHODS:
+                raise ValueError(f"profile {self.name!r}: unknown method {name!r}; choose from {', '.join(METHODS)}")
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
@@ -100,9 +106,10 @@ QUICK = StudyProfile(
     name="quick",
     tissue_data=PhantomSpec(n_cases=12, size=(32, 32, 16), sites=("site-A",)),
     tumour_data=PhantomSpec(n_cases=24, size=(48, 48, 24), sites=_TUMOUR_SITES, tumour=True),
-    depth=3, width=8, batch_size=8, lr=1e-3,
-    source_iterations=200, finetune_iterations=100, val_fraction=0.25,
-    methods=("vanilla", "class-weight", "trs-map", "trm"),
+    model=UNetConfig(depth=3, width=8),
+    training=TrainConfig(iterations=100, lr=1e-3, batch_size=8, val_fraction=0.25),
+    source_iterations=200,
+    methods=method_names(),
     table1_tasks=TISSUE_TASKS_PAPER,
     table2_tasks=_TUMOUR_TASKS,
     few_shot_pairs=_CROSS_MODALITY_PAIRS,
@@ -122,8 +129,9 @@ FULL = replace(
     name="full",
     tissue_data=PhantomSpec(n_cases=10, size=(128, 128, 64), sites=("site-A",)),
     tumour_data=PhantomSpec(n_cases=40, size=(128, 128, 64), sites=_TUMOUR_SITES, tumour=True),
-    depth=4, width=32, batch_size=8, lr=1e-4,
-    source_iterations=5000, finetune_iterations=5000, val_fraction=0.2,
+    model=UNetConfig(depth=4, width=32),
+    training=replace(QUICK.training, iterations=5000, lr=1e-4, val_fraction=0.2),
+    source_iterations=5000,
     few_shot_sizes=(400, 100, 50),
     seq_shots=50,
     affinity_size=128, affinity_samples=10, threads=0,
@@ -134,8 +142,9 @@ TINY = StudyProfile(
     name="tiny",
     tissue_data=PhantomSpec(n_cases=6, size=(32, 32, 8), sites=("site-A",)),
     tumour_data=PhantomSpec(n_cases=6, size=(32, 32, 16), sites=("site-A", "site-B"), tumour=True),
-    depth=2, width=4, batch_size=4, lr=1e-3,
-    source_iterations=4, finetune_iterations=3, val_fraction=0.34,
+    model=UNetConfig(depth=2, width=4),
+    training=TrainConfig(iterations=3, lr=1e-3, batch_size=4, val_fraction=0.34),
+    source_iterations=4,
     methods=("vanilla", "trm"),
     table1_tasks=("*/T1/CSF", "*/T2/CSF"),
     table2_tasks=("site-A/T1/NCR+ED+ET", "site-B/T2/NCR+ED+ET"),

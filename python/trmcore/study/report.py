@@ -35,13 +35,15 @@ def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[s
     study = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
     datasets = study.get("datasets", {})
     compute = sum(float(r.get("wall_s", 0.0)) for r in results.values())
+    training = profile.training
     lines = [
         f"- profile `{profile.name}`; seeds {', '.join(map(str, seeds))} (every seed: "
         f"{', '.join(t for t in tables if t in seeded_tables) or 'none'}; the other tables: seed {seeds[0]}); "
         f"tables {', '.join(tables)}",
-        f"- U-Net depth {profile.depth}, width {profile.width}; Adam lr {profile.lr:g}, batch {profile.batch_size}; "
-        f"{profile.source_iterations} source / {profile.finetune_iterations} fine-tuning iterations; encoder frozen "
-        f"while fine-tuning (SPEC 5); {profile.val_fraction:.0%} of each task's cases held out, mean 3D Dice on them",
+        f"- U-Net depth {profile.model.depth}, width {profile.model.width}; Adam lr {training.lr:g}, batch "
+        f"{training.batch_size}; {profile.source_iterations} source / {training.iterations} fine-tuning iterations; "
+        f"encoder frozen while fine-tuning (SPEC 5); {training.val_fraction:.0%} of each task's cases held out, "
+        "mean 3D Dice on them",
         f"- tissue data: {datasets.get('tissue') or f'phantom, {profile.tissue_data.n_cases} cases of {profile.tissue_data.size} on {list(profile.tissue_data.sites)}'}",
         f"- tumour data: {datasets.get('tumour') or f'phantom, {profile.tumour_data.n_cases} cases of {profile.tumour_data.size} on {list(profile.tumour_data.sites)}'}",
         f"- jobs: {len(grid.jobs)} in the grid; this invocation ran {len(summary.executed)}, found {len(summary.cached)} "

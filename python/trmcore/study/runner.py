@@ -113,18 +113,18 @@ def _task_spec(name: str):
 
 
 def _train_config(ctx: StudyContext, job: Job):
-    from trmcore.training import TrainConfig
+    """The profile's training settings with the job's seed, method and few-shot size, validated at the end."""
+    from dataclasses import replace
 
-    p = ctx.profile
-    iterations = p.source_iterations if job.kind == "source" else p.finetune_iterations
-    return TrainConfig(iterations=iterations, lr=p.lr, batch_size=p.batch_size, seed=job.seed,
-                       method=job.method, freeze="none" if job.kind == "source" else "encoder",
-                       few_shot=job.shots, val_every=iterations, val_fraction=p.val_fraction)
+    base = ctx.profile.training
+    source = job.kind == "source"
+    iterations = ctx.profile.source_iterations if source else base.iterations
+    return replace(base, iterations=iterations, seed=job.seed, method=job.method,
+                   freeze="none" if source else base.freeze, few_shot=job.shots, val_every=iterations)
 
 
 def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
     """Run one job (in this process) and return its result; the caller caches it."""
-    from trmcore.models import UNetConfig
     from trmcore.training.riskmap_files import write_risk_maps
     from trmcore.training.runinfo import read_run_info
     from trmcore.training.trainer import finetune, train
@@ -147,13 +147,12 @@ def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
     config = _train_config(ctx, job)
     p = ctx.profile
     if job.kind == "source":
-        info = train(data, spec, run_dir, config, UNetConfig(depth=p.depth, width=p.width), device=ctx.device,
-                     progress=False)
+        info = train(data, spec, run_dir, config, p.model, device=ctx.device, progress=False)
         return {"dice": info.val_dice, "val_cases": info.val_cases, "wall_s": time.perf_counter() - started}
     info = finetune(data, spec, ctx.run_dir(job.parent), run_dir, config, device=ctx.device, progress=False,
                     reset_head=job.reset_head)
     if info.val_dice is None:
-        raise ValueError(f"{job.target}: no held-out case to measure Dice on (val_fraction {p.val_fraction})")
+        raise ValueError(f"{job.target}: no held-out case to measure Dice on (val_fraction {p.training.val_fraction})")
     # The Dice fine-tuning measured at its last iteration on the held-out volumes (mean over volumes of the
     # per-volume mean over foreground classes), as `trm evaluate` would print it.
     return {"dice": info.val_dice, "per_class": _final_class_dice(run_dir, info.label_names[1:]),

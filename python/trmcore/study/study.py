@@ -60,8 +60,18 @@ RESULT_FIELDS = ("depth", "width", "batch_size", "lr", "source_iterations", "fin
                  "tissue_data", "tumour_data")
 
 
+def _flat_profile(profile: dict) -> dict:
+    """The RESULT_FIELDS of a study.json profile, whether it nests model and training (now) or not (before)."""
+    model, training = profile.get("model"), profile.get("training")
+    if isinstance(model, dict) and isinstance(training, dict):
+        profile = {**profile, "depth": model.get("depth"), "width": model.get("width"),
+                   "batch_size": training.get("batch_size"), "lr": training.get("lr"),
+                   "finetune_iterations": training.get("iterations"), "val_fraction": training.get("val_fraction")}
+    return profile
+
+
 def _fingerprint(record: dict) -> dict:
-    profile = record.get("profile", {})
+    profile = _flat_profile(record.get("profile", {}))
     return json.loads(json.dumps({"profile": {k: profile.get(k) for k in RESULT_FIELDS},
                                   "datasets": record.get("datasets")}))
 

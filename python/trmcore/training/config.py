@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
+from trmcore.ops import RISK_BASE, RISK_SCOPES
 from trmcore.training.methods import METHODS
 
-# Allowed values of the TrainConfig fields with a fixed set (the CLI reads its choices here).
+# Allowed values of the TrainConfig fields with a fixed set (the CLI reads its choices here;
+# RISK_SCOPES and RISK_BASE are the ops' own, SPEC 3).
 FREEZE_CHOICES = ("encoder", "none")
-RISK_SCOPES = ("image", "batch")
 AXES = (0, 1, 2)
 
 
@@ -46,7 +47,7 @@ class TrainConfig:
     freeze: str = "encoder"
     few_shot: Optional[int] = None
     risk_refresh: int = 0
-    risk_base: float = 10.0
+    risk_base: float = RISK_BASE
     risk_scope: str = "image"
     trs_stride: int = 4
     seed: int = 0
