@@ -30,7 +30,7 @@ def affinity_from_dataset(root: Union[str, Path], tasks: Sequence[SelectionTask]
         ValueError: a task whose channel, label set or site the dataset lacks,
             or with no labelled volume. FileNotFoundError: no dataset at ``root``.
     """
-    from trmcore.data import DatasetLayout, TaskSpec, load_task_volumes
+    from trmcore.data import DatasetLayout, load_task_volumes
 
     if not tasks:
         raise ValueError("no tasks given")
@@ -46,8 +46,7 @@ def affinity_from_dataset(root: Union[str, Path], tasks: Sequence[SelectionTask]
 
     def loader(task: SelectionTask, cases: List[str]):
         def load():
-            spec = TaskSpec(list(task.channels), list(task.labels), task.site)
-            volumes, _ = load_task_volumes(root, spec, cases=cases, progress=False, sites=site_map)
+            volumes, _ = load_task_volumes(root, task.to_spec(), cases=cases, progress=False, sites=site_map)
             return [(v.image, v.label) for v in volumes]
         return load
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from trmcore.data import TaskSpec
 
 ALL_SITES = "*"
 # Girvan-Newman communities of the source tasks in the path search (SPEC 6); here, not in path.py,
@@ -50,6 +53,12 @@ class SelectionTask:
 
     def shares_label_set(self, other: "SelectionTask") -> bool:
         return set(self.labels) == set(other.labels)
+
+    def to_spec(self) -> "TaskSpec":
+        """The :class:`trmcore.data.TaskSpec` that loads this task's volumes."""
+        from trmcore.data import TaskSpec
+
+        return TaskSpec(list(self.channels), list(self.labels), self.site)
 
     def to_json(self) -> Dict[str, Any]:
         return {"name": self.name, "site": self.site, "channels": list(self.channels), "labels": list(self.labels)}

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from trmcore.selection.fit import split_path
-from trmcore.selection.tasks import SelectionTask, parse_task_name
+from trmcore.selection.tasks import parse_task_name
+from trmcore.training.methods import DEFAULT_METHOD
 
 PathLike = Union[str, Path]
 
@@ -27,14 +28,14 @@ class TransferPathConfig:
     """Fine-tuning settings shared by every hop and by the direct run.
 
     Attributes:
-        method: fine-tuning method (vanilla, class-weight, trs-map, trm).
+        method: fine-tuning method, a name of trmcore.training.methods.METHODS.
         iterations: per hop (None: the training default, 5000 as SPEC 5).
         shots: few-shot training slices per hop, or None for all.
         device, seed: as ``trm finetune``.
         direct: also run direct transfer source -> target for comparison.
     """
 
-    method: str = "trm"
+    method: str = DEFAULT_METHOD
     iterations: Optional[int] = None
     shots: Optional[int] = None
     device: Optional[str] = None
@@ -81,12 +82,6 @@ class TransferPathReport:
         return "\n".join(lines)
 
 
-def _spec(task: SelectionTask):
-    from trmcore.data import TaskSpec
-
-    return TaskSpec(list(task.channels), list(task.labels), task.site)
-
-
 def _safe(name: str) -> str:
     return name.replace("/", "_").replace("+", "-").replace("*", "all")
 
@@ -126,13 +121,13 @@ def transfer_along_path(data: PathLike, path: Union[str, Sequence[str]], source_
     previous = source_run
     for k, task in enumerate(tasks[1:], start=1):
         run_dir = out / f"hop{k}-{_safe(task.name)}"
-        hop_info = finetune(data, _spec(task), previous, run_dir, train_config, device=config.device,
+        hop_info = finetune(data, task.to_spec(), previous, run_dir, train_config, device=config.device,
                             progress=config.progress, reset_head=True)
         report.hops.append(HopResult(task.name, str(run_dir), hop_info.val_dice))
         previous = run_dir
     if config.direct and len(tasks) > 2:
         run_dir = out / f"direct-{_safe(tasks[-1].name)}"
-        direct_info = finetune(data, _spec(tasks[-1]), source_run, run_dir, train_config, device=config.device,
+        direct_info = finetune(data, tasks[-1].to_spec(), source_run, run_dir, train_config, device=config.device,
                                progress=config.progress, reset_head=True)
         report.direct = HopResult(tasks[-1].name, str(run_dir), direct_info.val_dice)
     elif config.direct:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
-
+from typing import Callable, Dict, List, Sequence
 
 from trmcore.study.figures import collect_fig2, few_shot_plot, gain_heatmap
 from trmcore.study.grid import SeqPlan, StudyGrid, task_slug
@@ -19,14 +19,6 @@ from trmcore.study.profiles import StudyProfile
 from trmcore.study.runner import RunSummary
 from trmcore.study.tables import (GAIN, cell_rows, few_shot_markdown, gain_counts, pair_summary_rows, pair_table,
                                   pair_table_markdown, per_seed_markdown, sequential_markdown, sequential_rows, write_csv)
-
-TABLE_TITLES = {
-    "I": "Table I analogue: binary tissue tasks {CSF, GM, WM} x {T1, T2}",
-    "II": "Table II analogue: 4-class tumour tasks (NCR, ED, ET) per site x modality",
-    "III": "Table III analogue: few-shot target training sets",
-    "seq": "Sequential transfer: best single source vs the path of `trm path`",
-    "fig2": "Fig. 2 analogue: transfer risk maps before and after trm fine-tuning",
-}
 
 
 def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
@@ -55,86 +47,148 @@ def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[s
     return lines
 
 
+@dataclass
+class _Report:
+    """What every table's section writer reads, and the list of files written so far."""
+
+    out: Path
+    profile: StudyProfile
+    grid: StudyGrid
+    results: Dict[str, dict]
+    plans: Sequence[SeqPlan]
+    seeds: Sequence[int]
+    files: List[Path] = field(default_factory=list)
+
+    def csv(self, rows: Sequence[dict], name: str) -> Path:
+        path = write_csv(rows, self.out / "tables" / name)
+        self.files.append(path)
+        return path
+
+    def figure(self, png: Path) -> Path:
+        self.files.append(png)
+        return png
+
+
+def _pair_section(report: _Report, name: str, stem: str, rows: List[dict]) -> List[str]:
+    """Tables I and II: Dice per (target, source, method), the gain of trm over vanilla and its heatmap."""
+    methods = report.profile.methods
+    table = pair_table(rows, methods)
+    report.csv(pair_summary_rows(table), f"{stem}_summary.csv")
+    lines = [f"Mean 3D Dice per (target, source, method){' as mean ± std over seeds' if len(table.seeds) > 1 else ''}; "
+             "bold = best method of the row; last column = gain of trm over vanilla.",
+             "", pair_table_markdown(table), ""]
+    if len(table.seeds) > 1:
+        lines += ["Per seed, the average over all pairs (the spread of the overall row above):", "",
+                  per_seed_markdown(rows, methods), ""]
+    if GAIN in table.overall:
+        counts = gain_counts(table)
+        lines.append(f"trm beats vanilla on average over seeds in {counts['mean_positive']} of "
+                     f"{counts['pairs']} pairs" + (f"; in every seed in {counts['all_seeds_positive']}, "
+                     f"and loses in every seed in {counts['all_seeds_negative']}" if len(table.seeds) > 1 else "")
+                     + f"; overall gain {table.overall[GAIN].text(signed=True)}.")
+        lines.append("")
+        png = report.figure(gain_heatmap(table, f"Table {name}: trm - vanilla (mean 3D Dice)",
+                                         report.out / "figures" / f"{stem}_gain.png"))
+        lines += [f"![trm - vanilla per pair](figures/{png.name})", ""]
+    return lines
+
+
+def _few_shot_section(report: _Report, name: str, stem: str, rows: List[dict]) -> List[str]:
+    """Table III: Dice against the few-shot training-set size."""
+    text, summary_rows = few_shot_markdown(rows, report.profile.few_shot_methods)
+    report.csv(summary_rows, f"{stem}_summary.csv")
+    lines = [text, ""]
+    if summary_rows:
+        png = report.figure(few_shot_plot(summary_rows, report.out / "figures" / f"{stem}_few_shot.png"))
+        lines += [f"![Dice against few-shot size](figures/{png.name})", ""]
+    return lines
+
+
+def _sequential_section(report: _Report, name: str, stem: str, rows: List[dict]) -> List[str]:
+    """Sequential transfer: best single source, nearest source and the path of `trm path` per target."""
+    profile = report.profile
+    seq = sequential_rows(rows, report.plans)
+    report.csv(seq, f"{stem}_summary.csv")
+    shots = "all" if profile.seq_shots is None else profile.seq_shots
+    return [f"Method `{profile.seq_method}` at every hop, head re-initialised at every hop, target "
+            f"trained on {shots} slices, intermediate tasks on all of theirs. \"Best single source\" "
+            "is picked with hindsight (highest held-out Dice of all direct transfers), so it is an "
+            "upper bound for any single-source choice; \"nearest\" is the source with the cheapest "
+            "direct path under the task distance d. Task distances and chosen paths: `affinity/`.",
+            "", sequential_markdown(seq), ""]
+
+
+def _fig2_section(report: _Report, name: str, stem: str, rows: List[dict]) -> List[str]:
+    """Fig. 2: the risk-map panels of the riskmap jobs, copied under figures/."""
+    panels = {}
+    for cell in report.grid.cells_of(name):
+        result = report.results.get(cell.key)
+        if result is not None:
+            suffix = "" if cell.seed == report.seeds[0] else f"_s{cell.seed}"
+            panels[f"{task_slug(cell.source)}_to_{task_slug(cell.target)}{suffix}"] = result.get("png", [])
+    copies = collect_fig2(report.out, panels)
+    report.files.extend(copies)
+    lines = [] if copies else ["No panel finished yet."]
+    for png in copies:
+        lines += [f"`{png.stem}`: image, label, transferability and risk map of the source model "
+                  "(top), the same after trm fine-tuning (bottom), on a held-out target volume.", "",
+                  f"![{png.stem}](figures/{png.name})", ""]
+    return lines
+
+
+SectionWriter = Callable[[_Report, str, str, List[dict]], List[str]]
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One table of the study: results.md title, CSV file stem, section writer, whether it has Dice."""
+
+    title: str
+    stem: str
+    write: SectionWriter
+    has_dice: bool = True
+
+
+# One entry per table of study.grid.TABLES, in results.md order; a new table is one entry here
+# (and its cells in study.grid).
+SECTIONS: Dict[str, TableEntry] = {
+    "I": TableEntry("Table I analogue: binary tissue tasks {CSF, GM, WM} x {T1, T2}", "table1", _pair_section),
+    "II": TableEntry("Table II analogue: 4-class tumour tasks (NCR, ED, ET) per site x modality", "table2",
+                     _pair_section),
+    "III": TableEntry("Table III analogue: few-shot target training sets", "table3", _few_shot_section),
+    "seq": TableEntry("Sequential transfer: best single source vs the path of `trm path`", "sequential",
+                      _sequential_section),
+    "fig2": TableEntry("Fig. 2 analogue: transfer risk maps before and after trm fine-tuning", "fig2",
+                       _fig2_section, has_dice=False),
+}
+TABLE_TITLES = {name: entry.title for name, entry in SECTIONS.items()}
+
+
 def write_outputs(out: Path, profile: StudyProfile, grid: StudyGrid, results: Dict[str, dict],
                   plans: Sequence[SeqPlan], seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
                   wall_s: float, seeded_tables: Sequence[str] = ("I",)) -> List[Path]:
     """Write ``tables/*.csv``, ``figures/*.png`` and ``results.md`` under ``out``; returns the files written."""
     out = Path(out)
-    files: List[Path] = []
+    report = _Report(out, profile, grid, results, plans, seeds)
     sections: List[str] = [f"# Reproduction study ({profile.name} profile)", "",
                            *_setup_lines(profile, seeds, tables, summary, results, grid, wall_s, out, seeded_tables), ""]
-    for name, title in TABLE_TITLES.items():
-        sections.append(f"## {title}")
-        sections.append("")
+    for name, entry in SECTIONS.items():
+        sections += [f"## {entry.title}", ""]
         if name not in tables:
             sections += ["Not run in this study (not in --tables).", ""]
             continue
         rows = cell_rows(grid, results, name)
-        stem = {"I": "table1", "II": "table2", "III": "table3", "seq": "sequential", "fig2": "fig2"}[name]
-        files.append(write_csv(rows, out / "tables" / f"{stem}.csv"))
-        missing = sum(r["dice"] is None for r in rows) if name != "fig2" else 0
-        if name in ("I", "II"):
-            methods = profile.methods
-            table = pair_table(rows, methods)
-            files.append(write_csv(pair_summary_rows(table), out / "tables" / f"{stem}_summary.csv"))
-            sections.append(f"Mean 3D Dice per (target, source, method){' as mean ± std over seeds' if len(table.seeds) > 1 else ''}; "
-                            "bold = best method of the row; last column = gain of trm over vanilla.")
-            sections += ["", pair_table_markdown(table), ""]
-            if len(table.seeds) > 1:
-                sections += ["Per seed, the average over all pairs (the spread of the overall row above):", "",
-                             per_seed_markdown(rows, methods), ""]
-            if GAIN in table.overall:
-                counts = gain_counts(table)
-                sections.append(f"trm beats vanilla on average over seeds in {counts['mean_positive']} of "
-                                f"{counts['pairs']} pairs" + (f"; in every seed in {counts['all_seeds_positive']}, "
-                                f"and loses in every seed in {counts['all_seeds_negative']}" if len(table.seeds) > 1 else "")
-                                + f"; overall gain {table.overall[GAIN].text(signed=True)}.")
-                sections.append("")
-                png = gain_heatmap(table, f"Table {name}: trm - vanilla (mean 3D Dice)", out / "figures" / f"{stem}_gain.png")
-                files.append(png)
-                sections += [f"![trm - vanilla per pair](figures/{png.name})", ""]
-        elif name == "III":
-            text, summary_rows = few_shot_markdown(rows, profile.few_shot_methods)
-            files.append(write_csv(summary_rows, out / "tables" / "table3_summary.csv"))
-            sections += [text, ""]
-            if summary_rows:
-                png = few_shot_plot(summary_rows, out / "figures" / "table3_few_shot.png")
-                files.append(png)
-                sections += [f"![Dice against few-shot size](figures/{png.name})", ""]
-        elif name == "seq":
-            seq = sequential_rows(rows, plans)
-            files.append(write_csv(seq, out / "tables" / "sequential_summary.csv"))
-            shots = "all" if profile.seq_shots is None else profile.seq_shots
-            sections.append(f"Method `{profile.seq_method}` at every hop, head re-initialised at every hop, target "
-                            f"trained on {shots} slices, intermediate tasks on all of theirs. \"Best single source\" "
-                            "is picked with hindsight (highest held-out Dice of all direct transfers), so it is an "
-                            "upper bound for any single-source choice; \"nearest\" is the source with the cheapest "
-                            "direct path under the task distance d. Task distances and chosen paths: `affinity/`.")
-            sections += ["", sequential_markdown(seq), ""]
-        else:
-            panels = {}
-            for cell in grid.cells_of("fig2"):
-                result = results.get(cell.key)
-                if result is not None:
-                    suffix = "" if cell.seed == seeds[0] else f"_s{cell.seed}"
-                    panels[f"{task_slug(cell.source)}_to_{task_slug(cell.target)}{suffix}"] = result.get("png", [])
-            copies = collect_fig2(out, panels)
-            files += copies
-            if not copies:
-                sections.append("No panel finished yet.")
-            for png in copies:
-                sections += [f"`{png.stem}`: image, label, transferability and risk map of the source model "
-                             "(top), the same after trm fine-tuning (bottom), on a held-out target volume.", "",
-                             f"![{png.stem}](figures/{png.name})", ""]
+        report.csv(rows, f"{entry.stem}.csv")
+        sections += entry.write(report, name, entry.stem, rows)
+        missing = sum(r["dice"] is None for r in rows) if entry.has_dice else 0
         if missing:
             sections += [f"{missing} entries have no result yet (n/a): failed, skipped or not run; rerun the same "
                          "command to resume.", ""]
     if summary.failed:
-        sections.append("## Failed jobs")
-        sections.append("")
+        sections += ["## Failed jobs", ""]
         sections += [f"- `{key}`: {error}" for key, error in summary.failed.items()]
         sections.append("")
     path = out / "results.md"
     path.write_text("\n".join(sections) + "\n")
-    files.append(path)
-    return files
+    report.files.append(path)
+    return report.files

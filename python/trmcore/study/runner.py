@@ -104,14 +104,6 @@ def load_results(ctx: StudyContext, grid: StudyGrid) -> Dict[str, Dict[str, Any]
     return results
 
 
-def _task_spec(name: str):
-    from trmcore.data import TaskSpec
-    from trmcore.selection.tasks import parse_task_name
-
-    task = parse_task_name(name, source="study task")
-    return TaskSpec(list(task.channels), list(task.labels), task.site)
-
-
 def _train_config(ctx: StudyContext, job: Job):
     """The profile's training settings with the job's seed, method and few-shot size, validated at the end."""
     from dataclasses import replace
@@ -125,13 +117,14 @@ def _train_config(ctx: StudyContext, job: Job):
 
 def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
     """Run one job (in this process) and return its result; the caller caches it."""
+    from trmcore.selection.tasks import parse_task_name
     from trmcore.training.riskmap_files import write_risk_maps
     from trmcore.training.runinfo import read_run_info
     from trmcore.training.trainer import finetune, train
 
     started = time.perf_counter()
     data = ctx.data(job)
-    spec = _task_spec(job.target)
+    spec = parse_task_name(job.target, source="study task").to_spec()
     run_dir = ctx.run_dir(job.key)
     if job.kind == "riskmap":
         tuned = ctx.run_dir(job.after)
