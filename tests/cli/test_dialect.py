@@ -105,3 +105,21 @@ def test_defaults_and_choices_come_from_the_dataclasses():
     assert tuple(method.choices) == tuple(METHODS)
     assert _parse("riskmap", "d", "--source", "s", "-o", "m").risk_base == RISK_BASE
     assert _parse("transferability", "-m", "m", "d", "--channel", "T1", "--labels", "CSF").risk_base == RISK_BASE
+
+
+def test_only_bad_input_is_a_one_line_error(monkeypatch, capsys):
+    import trmcore.cli.train as cli_train
+    from trmcore.cli.main import main
+
+    def bad_input(args):
+        raise ValueError("run folder x has no run.json")
+
+    def bug(args):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(cli_train, "_run_demo", bad_input)
+    assert main(["demo", "-o", "x"]) == 2
+    assert capsys.readouterr().err == "trm demo: error: run folder x has no run.json\n"
+    monkeypatch.setattr(cli_train, "_run_demo", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["demo", "-o", "x"])

@@ -60,6 +60,24 @@ def test_frozen_encoder_keeps_batchnorm_in_eval():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_freeze_and_unfreeze_are_model_methods():
+    model = small_unet()
+    assert model.freeze_encoder() is model and model.encoder_frozen
+    model.train()
+    assert not model.encoder.training and model.decoder.training
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    assert model.unfreeze_encoder() is model and not model.encoder_frozen
+    assert model.encoder.training  # follows the model's mode again
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    before = model.encoder.levels[0][1].running_mean.clone()
+    model(torch.randn(4, 1, 16, 16) * 3 + 1)
+    assert not torch.equal(before, model.encoder.levels[0][1].running_mean)
+    model.freeze_encoder()
+    model.eval()
+    model.unfreeze_encoder()
+    assert not model.encoder.training  # an eval-mode model stays in eval
+
+
 def test_unfrozen_batchnorm_updates():
     model = small_unet().train()
     before = model.encoder.levels[0][1].running_mean.clone()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from trmcore.cli.main import build_parser, main
+from trmcore.data import parse_task
 from trmcore.models import NORMS, UNetConfig, create_norm
 from trmcore.training import TrainConfig
 from trmcore.training.methods import METHODS, MethodEntry, get_method, register_method, source_method_names
@@ -107,3 +108,27 @@ def test_norm_registry_builds_each_layer():
     assert type(create_norm("none", 8)).__name__ == "Identity"
     with pytest.raises(ValueError, match="UNetConfig.norm must be one of"):
         UNetConfig(norm="layer")
+
+
+class OverflowWeighting(LossWeighting):
+    """Weights so large that the float32 loss overflows: the trainer must stop, without a checkpoint."""
+
+    normalize = "batch"  # sum over ~4000 pixels / #foreground pixels: far above the float32 maximum
+
+    def weights(self, index, labels):
+        return torch.full(labels.shape, 3e38)
+
+
+def test_nonfinite_loss_stops_training_before_any_checkpoint(phantom, source_run, tmp_path):
+    from trmcore.training.trainer import finetune
+
+    from .helpers import tiny_config
+
+    entry = register_method(MethodEntry("overflow", f"{__name__}:OverflowWeighting", "test method"))
+    try:
+        with pytest.raises(FloatingPointError, match="loss became NaN or infinite at iteration 0"):
+            finetune(phantom, parse_task("T2", "CSF"), source_run, tmp_path / "run",
+                     tiny_config(method="overflow", iterations=4, val_every=2, checkpoint_every=1), progress=False)
+    finally:
+        del METHODS[entry.name]
+    assert not (tmp_path / "run" / "model.safetensors").exists()

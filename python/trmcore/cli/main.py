@@ -48,8 +48,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        # Bad input is the user's to fix: say what is wrong, no traceback.
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        # Bad input is the user's to fix: say what is wrong, no traceback. trmcore reports bad input as
+        # ValueError (or its subclasses) and missing / existing files; a TypeError is a programming error
+        # and keeps its traceback.
         print(f"trm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

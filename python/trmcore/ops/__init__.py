@@ -36,7 +36,8 @@ from ._validate import SCOPES as RISK_SCOPES
 from .accumulator import LeepAccumulator
 from .joint import LeepJoint
 
-__all__ = ["RISK_BASE", "RISK_SCOPES", "LeepAccumulator", "LeepJoint", "leep", "leep_joint", "pixel_leep", "risk_map", "risk_weighted_ce"]
+__all__ = ["RISK_BASE", "RISK_SCOPES", "LeepAccumulator", "LeepJoint", "check_pending", "leep", "leep_joint", "pixel_leep",
+           "risk_map", "risk_weighted_ce", "set_check_mode"]
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -144,3 +145,23 @@ def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int =
     V.check_ignore_index(ignore_index)
     backend = _backend(logits=logits, labels=labels, weights=weights)
     return backend.risk_weighted_ce(logits, labels, weights, ignore_index, normalize)
+
+
+def check_pending() -> None:
+    """Raise the first failed value check of earlier torch op calls on CUDA (see ``set_check_mode``).
+
+    On CUDA the ops check their data (labels in range, finite values) without stopping the
+    GPU and report a failure from a later call; this waits for every queued check (one host
+    sync). Nothing to do when torch was never used.
+    """
+    if "trmcore.ops._torch" in sys.modules:
+        sys.modules["trmcore.ops._torch"].check_pending()
+
+
+def set_check_mode(mode: str) -> None:
+    """"auto" (default: CPU calls checked at once, CUDA calls lazily, without a host sync per call),
+    "eager" (every call checked at once, for debugging; also TRM_OPS_CHECKS=eager) or "deferred"
+    (lazily on every device)."""
+    from . import _torch
+
+    _torch.set_check_mode(mode)

@@ -9,9 +9,18 @@ count, CUDA tensors the CUDA kernels on the current stream.
 Value checks that need the data (labels in range, finite logits, finite and
 non-negative weights) happen inside the ops, where the kernels count them in the
 same pass; the Python wrappers check only shapes, dtypes and devices.
+
+Reading those counts on the host would stall the GPU once per call (the loss is
+called every training step), so on CUDA they are checked lazily: each call queues
+its status tensor with an event, and the error is raised by a later call once the
+event has completed, or by :func:`check_pending` (the trainer calls it where it
+reads the loss anyway). ``set_check_mode("eager")`` (or TRM_OPS_CHECKS=eager)
+checks every call at once, for debugging; CPU calls are always checked at once
+(no device to wait for).
 """
 
-from typing import Dict, Tuple
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -46,8 +55,68 @@ def _check_device(tensor: Tensor, name: str) -> None:
         raise ValueError(f"{name} is on device {tensor.device}; trmcore runs on CPU and CUDA tensors")
 
 
-def _check_status(status: Tensor, num_classes: int, ignore_index: int) -> None:
-    V.raise_for_status(status.tolist(), num_classes, ignore_index)
+# ---------------------------------------------------------------- lazy value checks
+
+CHECK_MODES = ("auto", "eager", "deferred")
+_check_mode = os.environ.get("TRM_OPS_CHECKS", "auto")
+if _check_mode not in CHECK_MODES:
+    raise ValueError(f"TRM_OPS_CHECKS must be one of {CHECK_MODES}, got {_check_mode!r}")
+# (status tensor, completion event or None, raises for bad counts, op name), in stream order.
+_pending: List[Tuple[Tensor, Optional[object], Callable[[Sequence[int]], None], str]] = []
+
+
+def set_check_mode(mode: str) -> None:
+    """How ops check their data: "auto" (CPU at once, CUDA lazily), "eager" (every call at once: one host
+    sync per call on CUDA, for debugging) or "deferred" (lazily on every device, used by the tests)."""
+    global _check_mode
+    if mode not in CHECK_MODES:
+        raise ValueError(f"check mode must be one of {CHECK_MODES}, got {mode!r}")
+    check_pending()
+    _check_mode = mode
+
+
+def _defer_check(status: Tensor, check: Callable[[Sequence[int]], None], op: str) -> None:
+    """Raise ``check(status)`` now (CPU, eager mode) or from a later call once the GPU has got there."""
+    if _check_mode == "eager" or (_check_mode == "auto" and not status.is_cuda):
+        check(status.tolist())
+        return
+    _raise_finished(block=False)
+    event = None
+    if status.is_cuda:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(status.device))
+    _pending.append((status, event, check, op))
+
+
+def _raise_finished(block: bool) -> None:
+    while _pending:
+        status, event, check, op = _pending[0]
+        if event is not None and not block and not event.query():
+            return  # the GPU has not reached it yet; later ones are behind it on the stream
+        _pending.pop(0)
+        try:
+            check(status.tolist())
+        except ValueError as err:
+            _pending.clear()
+            raise ValueError(f"{err} (in an earlier {op} call; set TRM_OPS_CHECKS=eager to stop at the call itself)") \
+                from None
+
+
+def check_pending() -> None:
+    """Wait for the queued value checks of earlier op calls and raise the first failure (one host sync)."""
+    _raise_finished(block=True)
+
+
+def _check_status(status: Tensor, num_classes: int, ignore_index: int, op: str) -> None:
+    _defer_check(status, lambda counts: V.raise_for_status(counts, num_classes, ignore_index), op)
+
+
+def _check_risk_inputs(counts: Sequence[int], ignore_index: int) -> None:
+    nonfinite, valid = (int(v) for v in counts)
+    if nonfinite:
+        raise ValueError("leep_map contains non-finite values (NaN or inf)")
+    if valid == 0:
+        raise ValueError(f"labels: every pixel is ignore_index ({ignore_index}); nothing to compute")
 
 
 class _DeviceGuard:
@@ -77,7 +146,8 @@ def _leep_joint_op(logits: Tensor, labels: Tensor, num_classes: int, ignore_inde
         launch("leep_joint", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
                n=n, z=z, hw=h * w, c=num_classes, ignore_index=ignore_index, joint=sums.data_ptr(),
                status=status.data_ptr(), **_device_params(logits))
-    _check_status(status, num_classes, ignore_index)
+    # Eager whatever the mode: the wrapper reads the valid count from the status at once anyway.
+    V.raise_for_status(status.tolist(), num_classes, ignore_index)
     return sums, status
 
 
@@ -98,7 +168,7 @@ def _pixel_leep_op(logits: Tensor, labels: Tensor, conditional: Tensor, ignore_i
         launch("pixel_leep", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
                conditional=conditional.data_ptr(), n=n, z=z, hw=h * w, c=num_classes, ignore_index=ignore_index,
                out=out.data_ptr(), status=status.data_ptr(), **_device_params(logits))
-    _check_status(status, num_classes, ignore_index)
+    _check_status(status, num_classes, ignore_index, "pixel_leep")
     return out
 
 
@@ -111,10 +181,8 @@ def _(logits: Tensor, labels: Tensor, conditional: Tensor, ignore_index: int) ->
 def _risk_map_op(leep_map: Tensor, labels: Tensor, base: float, per_image: bool, ignore_index: int) -> Tensor:
     n, h, w = leep_map.shape
     leep_map, labels = leep_map.contiguous(), labels.contiguous()
-    if not bool(torch.isfinite(leep_map).all()):
-        raise ValueError("leep_map contains non-finite values (NaN or inf)")
-    if not bool((labels != ignore_index).any()):
-        raise ValueError(f"labels: every pixel is ignore_index ({ignore_index}); nothing to compute")
+    counts = torch.stack([(~torch.isfinite(leep_map)).sum(), (labels != ignore_index).sum()])
+    _defer_check(counts, lambda values: _check_risk_inputs(values, ignore_index), "risk_map")
     risk = torch.empty_like(leep_map)
     with _DeviceGuard(leep_map):
         launch("risk_map", leep_map=leep_map.data_ptr(), labels=labels.data_ptr(), n=n, hw=h * w,
@@ -139,7 +207,7 @@ def _rwce_forward_op(logits: Tensor, labels: Tensor, weights: Tensor, ignore_ind
         launch("rwce_forward", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
                weights=weights.data_ptr(), n=n, c=c, hw=h * w, ignore_index=ignore_index,
                per_image=per_image.data_ptr(), status=status.data_ptr(), **_device_params(logits))
-    _check_status(status, c, ignore_index)
+    _check_status(status, c, ignore_index, "risk_weighted_ce")
     loss, inv_denominator = reduce_loss(per_image, normalize, torch)
     return loss.float(), inv_denominator.float()
 

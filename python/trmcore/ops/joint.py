@@ -35,12 +35,6 @@ class LeepJoint:
         """Z, the number of source classes."""
         return int(self.sums.shape[1])
 
-    def normalized(self) -> Any:
-        """J[y, z] = sums / M, float64 ``[C, Z]``."""
-        if self.count == 0:
-            raise ValueError("the joint holds no valid pixels")
-        return self.sums / self.count
-
     def conditional(self) -> Any:
         """P(y | z) = J[y, z] / P(z), float64 ``[C, Z]``; a column with P(z) = 0 is zeros."""
         column = self.sums.sum(0, keepdims=True) if _is_numpy(self.sums) else self.sums.sum(0, keepdim=True)

@@ -75,6 +75,7 @@ def risk_volumes(model: nn.Module, volumes: Sequence, num_classes: int, axis: in
         shape = volume.shape
         as_volume = lambda parts: slices_to_volume(torch.cat(parts).numpy(), slices.pad, axis, shape)  # noqa: E731
         results.append(RiskVolumes(volume.case_id, as_volume(leep_parts), as_volume(risk_parts)))
+    ops.check_pending()
     return results
 
 

@@ -158,7 +158,12 @@ class _TrainLoop:
         self.log_every = max(1, min(50, config.val_every or config.iterations))
         self.elapsed_before = 0.0
         self.started = self.last_plot = time.perf_counter()
-        self.loss_sum, self.loss_count = 0.0, 0
+        # The running loss stays on the device (float64, the same sum as Python floats would give) and
+        # is read at log points only: no host sync per step. first_bad: first non-finite iteration, or -1.
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self.loss_count = 0
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=ctx.device)
+        self.last_loss: Optional[float] = None
         self.last_dice: Optional[float] = None
 
     def restore(self, state: Dict[str, Any]) -> int:
@@ -186,8 +191,8 @@ class _TrainLoop:
             logits = forward(images)
         loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
                                     normalize=self.weighting.normalize)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {float(loss)} at iteration {iteration}; try a lower --lr")
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                     torch.full_like(self.first_bad, iteration), self.first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -197,27 +202,39 @@ class _TrainLoop:
     def after_step(self, done: int, loss: torch.Tensor) -> None:
         """Account the loss of iteration ``done``; log, validate and checkpoint when due."""
         config = self.config
-        self.loss_sum += float(loss)
+        self.loss_sum += loss.double()
         self.loss_count += 1
         validate_now = done == config.iterations or bool(config.val_every and done % config.val_every == 0)
+        checkpoint_now = validate_now or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
+        if validate_now or checkpoint_now or done % self.log_every == 0:
+            self.raise_if_diverged()
         if validate_now or done % self.log_every == 0:
             self.log(done, validate_now)
-        if validate_now or (config.checkpoint_every and done % config.checkpoint_every == 0):
+        if checkpoint_now:
             self.checkpoint(done)
+
+    def raise_if_diverged(self) -> None:
+        """Raise the ops' deferred input errors and FloatingPointError for a non-finite loss (one host sync)."""
+        ops.check_pending()
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise FloatingPointError(f"loss became NaN or infinite at iteration {bad}; try a lower --lr")
 
     def log(self, done: int, validate: bool) -> None:
         """A metrics row: mean loss since the last row and, when ``validate``, the held-out Dice."""
+        self.last_loss = float(self.loss_sum) / self.loss_count
         result = None
         if validate and self.ctx.is_main:
             result = _validate(self.model, self.data, self.info, self.ctx, self.config.batch_size, self.config.amp)
         if self.ctx.is_main:
-            self.metrics.add(done, self.loss_sum / self.loss_count,
+            self.metrics.add(done, self.last_loss,
                              self.elapsed_before + time.perf_counter() - self.started,
                              None if result is None else result.mean,
                              None if result is None else result.mean_per_class)
         if result is not None:
             self.last_dice = result.mean
-        self.loss_sum, self.loss_count = 0.0, 0
+        self.loss_sum.zero_()
+        self.loss_count = 0
 
     def checkpoint(self, done: int) -> None:
         """Write the run folder and, before the end, the resumable state (main rank); all ranks wait."""
@@ -266,7 +283,9 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
         loss = loop.step(forward, iteration)
         loop.after_step(iteration + 1, loss)
         bar.update(1)
-        postfix = {"loss": f"{float(loss):.4f}"}
+        postfix = {}  # the mean loss of the last log row: reading this step's loss would sync the GPU
+        if loop.last_loss is not None:
+            postfix["loss"] = f"{loop.last_loss:.4f}"
         if loop.last_dice is not None:
             postfix["dice"] = f"{loop.last_dice:.3f}"
         bar.set_postfix(postfix, refresh=False)

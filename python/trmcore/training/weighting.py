@@ -82,6 +82,7 @@ def leep_maps(model: nn.Module, data: TrainingSlices, num_classes: int, ctx: Dis
     maps = []
     for _, logits, labels in _shard_logits(model, data, batch_size, ctx.device, amp):
         maps.append(ops.pixel_leep(logits, labels, joint).float().cpu())
+    ops.check_pending()
     return torch.cat(maps), joint
 
 
