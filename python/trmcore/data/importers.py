@@ -29,6 +29,8 @@ from typing import Any, Dict, Optional, Type, Union
 import nibabel as nib
 import numpy as np
 
+from trmcore.registry import Registry
+
 from .layout import read_sites_csv
 from .nifti import whole_number_labels
 
@@ -173,22 +175,17 @@ class Importer:
 
 
 # name -> Importer subclass, in the order of `trm import --help`.
-IMPORTERS: Dict[str, Type[Importer]] = {}
+IMPORTERS: Registry[Type[Importer]] = Registry("dataset format")
 
 
 def register_importer(cls: Type[Importer]) -> Type[Importer]:
     """Class decorator: add ``cls`` to :data:`IMPORTERS` under ``cls.name``."""
-    if not cls.name or cls.name in IMPORTERS:
-        raise ValueError(f"importer name {cls.name!r} is empty or already registered")
-    IMPORTERS[cls.name] = cls
-    return cls
+    return IMPORTERS.add(cls.name, cls)
 
 
 def create_importer(name: str) -> Importer:
     """The importer of format ``name``; ValueError naming the registered formats for any other."""
-    if name not in IMPORTERS:
-        raise ValueError(f"unknown dataset format {name!r}; choose one of {', '.join(IMPORTERS)}")
-    return IMPORTERS[name]()
+    return IMPORTERS.lookup(name)()
 
 
 @register_importer

@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict
+from typing import Any, Callable
+
+from trmcore.registry import Registry
 
 
 def _batch(channels: int) -> Any:
@@ -42,11 +44,11 @@ def _none(channels: int) -> Any:
 
 
 # name -> factory(channels) -> nn.Module, in the order of --help.
-NORMS: Dict[str, Callable[[int], Any]] = {"batch": _batch, "instance": _instance, "group": _group, "none": _none}
+NORMS: Registry[Callable[[int], Any]] = Registry("norm")
+for _name, _factory in (("batch", _batch), ("instance", _instance), ("group", _group), ("none", _none)):
+    NORMS.add(_name, _factory)
 
 
 def create_norm(name: str, channels: int) -> Any:
     """The normalisation layer ``name`` over ``channels`` channels; ValueError for an unknown name."""
-    if name not in NORMS:
-        raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
-    return NORMS[name](channels)
+    return NORMS.lookup(name)(channels)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Tuple
+
+from trmcore.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -47,22 +49,17 @@ class MethodEntry:
 
 
 # name -> entry, in the order of --help and of the study's tables.
-METHODS: Dict[str, MethodEntry] = {}
+METHODS: Registry[MethodEntry] = Registry("method")
 
 
 def register_method(entry: MethodEntry) -> MethodEntry:
     """Add ``entry`` to :data:`METHODS` (ValueError if the name is taken) and return it."""
-    if entry.name in METHODS:
-        raise ValueError(f"fine-tuning method {entry.name!r} is already registered")
-    METHODS[entry.name] = entry
-    return entry
+    return METHODS.add(entry.name, entry)
 
 
 def get_method(name: str) -> MethodEntry:
     """The entry of ``name``; ValueError naming the registered methods for any other."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def method_names() -> Tuple[str, ...]:
