@@ -25,7 +25,7 @@ import time
 import torch
 
 from trmcore import ops
-from trmcore.models import create_unet, freeze_encoder
+from trmcore.models import create_unet
 from trmcore.training.trainer import TrainStep
 
 
@@ -33,7 +33,7 @@ def make_loop(frozen: bool, args, images, labels, weights):
     torch.manual_seed(0)
     model = create_unet(in_channels=1, num_classes=2, depth=args.depth, width=args.width)
     if frozen:
-        freeze_encoder(model)
+        model.freeze_encoder()
         step = TrainStep(model)
     else:
         step = model

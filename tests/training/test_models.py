@@ -49,7 +49,7 @@ def test_bad_config_raises(bad):
 
 
 def test_frozen_encoder_keeps_batchnorm_in_eval():
-    model = freeze_encoder(small_unet())
+    model = freeze_encoder(small_unet())  # the 0.x function shim; the method is tested below
     model.train()
     assert not model.encoder.training
     assert model.decoder.training

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, cls in IMPORTERS.items():
         fmt = cls()
         sub = kinds.add_parser(name, help=fmt.summary, description=fmt.description,
-                               epilog=examples(f"trm import {name} SRC/ data/{name}"), formatter_class=HelpFormatter)
+                               epilog=examples(fmt.example or f"trm import {name} SRC/ DST/"), formatter_class=HelpFormatter)
         sub.add_argument("src", type=Path, help="folder in the native layout")
         sub.add_argument("dst", type=Path, help="dataset folder to create")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")

@@ -22,8 +22,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from trmcore.cli.common import (add_device, add_option, add_output, add_quiet, add_sites_csv, add_task_arguments,
-                                command)
+from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
 from trmcore.training.config import AXES, FREEZE_CHOICES, RISK_SCOPES, TrainConfig

@@ -152,14 +152,15 @@ def import_brats(
 class Importer:
     """A native dataset format that ``trm import NAME SRC DST`` converts to the standard layout.
 
-    Subclasses set ``name`` (the CLI word), ``summary`` (one line for ``trm import --help``) and
-    ``description``, add their own options in :meth:`add_arguments`, pick them out of the parsed
+    Subclasses set ``name`` (the CLI word), ``summary`` (one line for ``trm import --help``),
+    ``description`` and an ``example`` command line, add their own options in :meth:`add_arguments`, pick them out of the parsed
     command line in :meth:`options` and convert in :meth:`run`.
     """
 
     name: str = ""
     summary: str = ""
     description: str = ""
+    example: str = ""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Options of this format beyond SRC, DST, --overwrite and -q."""
@@ -194,6 +195,7 @@ class IsegImporter(Importer):
     summary = "iSeg-2019 Analyze files subject-N-{T1,T2,label}.hdr/.img"
     description = ("Convert iSeg-2019 (Analyze subject-N-T1/-T2/-label .hdr/.img). Labels keep their values: "
                    "CSF 10, GM 150, WM 250.")
+    example = "trm import iseg iSeg-2019-Training/ data/iseg"
 
     def run(self, src, dst, overwrite=False, progress=True, **options) -> Path:
         return import_iseg(src, dst, overwrite=overwrite, progress=progress)
@@ -205,6 +207,7 @@ class BratsImporter(Importer):
     summary = "BraTS / FeTS case folders (CASE_t1, _t1ce, _t2, _flair, _seg)"
     description = ("Convert BraTS/FeTS case folders. Labels keep their values: NCR 1, ED 2, ET 4. "
                    "--partitions takes the FeTS CSV (Subject_ID, Partition_ID); partitions become sites.")
+    example = "trm import brats MICCAI_FeTS2022_TrainingData/ data/fets --partitions partitioning_1.csv"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--partitions", type=Path, default=None,

@@ -32,9 +32,9 @@ from trmcore.training.checkpoint import (load_run, load_train_state, remove_trai
 from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.evaluate import EvaluationResult, check_task_matches, evaluate_volumes
+from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
 from trmcore.training.metrics import MetricsLog
 from trmcore.training.runinfo import RunInfo
-from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
 from trmcore.training.precision import autocast_for, needs_loss_scaling
 from trmcore.training.sampling import SliceSampler
 from trmcore.training.shards import TrainingSlices, shard_indices
