@@ -63,9 +63,24 @@ def test_non_whole_labels(tmp_path):
     case = simple_case()
     case["label"] = case["label"].astype(np.float32)
     case["label"][3, 3, 3] = 1.5
+    case["label"][3, 3, 4] = 1.002  # more than 1e-3 from a whole number
     root = write_dataset(tmp_path / "ds", {"frac": case})
-    with pytest.raises(ValueError, match=r"case frac: label file .*frac\.nii\.gz .*not whole numbers, e\.g\. \[1\.5\]"):
+    with pytest.raises(ValueError, match=r"case frac: label file .*frac\.nii\.gz .*not whole numbers.*e\.g\. \[1\.00"):
         _load(root)
+
+
+def test_labels_within_1e3_of_whole_numbers_are_rounded(tmp_path):
+    """Float labels saved with scaling read back as 1.00000006 or 0.9995: they are those labels."""
+    case = simple_case()
+    expected = (case["label"] == 1).astype(np.int64)
+    noisy = case["label"].astype(np.float32)
+    noisy[noisy == 1] = np.float32(1.00000006)
+    noisy[0, 0, 0] = -0.0009
+    noisy[2, 2, 1] = np.float32(0.9995)
+    case["label"] = noisy
+    root = write_dataset(tmp_path / "ds", {"scaled": case})
+    vols, _ = _load(root)
+    np.testing.assert_array_equal(vols[0].label, expected)
 
 
 def test_float_labels_with_whole_values_are_accepted(tmp_path):

@@ -50,10 +50,11 @@ def test_import_iseg_keeps_values_and_maps_tasks(tmp_path):
     assert sorted(p.name for p in (dst / "imagesTs").iterdir()) == ["subject-11_0000.nii.gz", "subject-11_0001.nii.gz"]
     vols, info = load_task_volumes(dst, parse_task("T2", "CSF"), progress=False)
     assert [v.case_id for v in vols] == ["subject-1", "subject-2"] and info.label_values == [0, 10]
-    np.testing.assert_array_equal(vols[1].label, (_iseg_label(2) == 10).astype(np.int64))
+    # Analyze files are LAS: the volumes are brought to RAS; on the stored grid the values are the file's
+    np.testing.assert_array_equal(vols[1].label_on_native_grid(), (_iseg_label(2) == 10).astype(np.int64))
     assert vols[0].image.shape == (1, *SHAPE)
     vols, _ = load_task_volumes(dst, parse_task("T1,T2", "CSF,GM,WM"), progress=False)
-    np.testing.assert_array_equal(vols[0].label, np.searchsorted([0, 10, 150, 250], _iseg_label(1)))
+    np.testing.assert_array_equal(vols[0].label_on_native_grid(), np.searchsorted([0, 10, 150, 250], _iseg_label(1)))
 
 
 def test_import_iseg_bad_label_value(tmp_path):

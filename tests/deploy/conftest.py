@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory, phantom) -> Path:
     torch.manual_seed(0)
     config = UNetConfig(in_channels=2, num_classes=3, depth=3, width=8)
     model = UNet(config)
-    volumes, _ = load_task_volumes(phantom, parse_task("T1,T2", "CSF,GM"), progress=False)
+    volumes, task_info = load_task_volumes(phantom, parse_task("T1,T2", "CSF,GM"), progress=False)
     slices = volumes_to_slices(volumes, axis=2, divisor=DIVISOR, skip_empty=True)
     middle = np.argsort(-(slices.labels > 0).sum(axis=(1, 2)))[:8]  # the slices with most tissue
     images = torch.from_numpy(slices.images[middle])
@@ -54,7 +54,8 @@ def run_dir(tmp_path_factory, phantom) -> Path:
         optimizer.step()
     model.eval()
     info = RunInfo(model=config, channels=CHANNELS, label_names=LABEL_NAMES, label_values=LABEL_VALUES, axis=2,
-                   divisor=DIVISOR, method="trm", source="phantom-source")
+                   divisor=DIVISOR, method="trm", source="phantom-source", orientation="RAS",
+                   spacing=list(task_info.geometry.spacing))
     out = tmp_path_factory.mktemp("deploy") / "run"
     save_run(out, model, info)
     return out

@@ -31,7 +31,8 @@ def test_metadata_is_embedded(onnx_model):
     record = json.loads(props[METADATA_KEY])
     assert record["channels"] == CHANNELS
     assert record["label_names"] == LABEL_NAMES and record["label_values"] == LABEL_VALUES
-    assert record["normalization"] == "zscore-nonzero"
+    assert record["normalization"] == "zscore-foreground"
+    assert record["orientation"] == "RAS" and len(record["spacing"]) == 3 and record["schema_version"] == 2
     assert record["axis"] == 2 and record["divisor"] == DIVISOR
     assert record["provenance"]["method"] == "trm"
     assert record["provenance"]["source_model"] == "phantom-source"
@@ -41,6 +42,7 @@ def test_metadata_is_embedded(onnx_model):
     assert props["channels"] == "T1,T2"
     assert props["labels"] == "background=0,CSF=10,GM=150"
     assert props["slice_axis"] == "2" and props["size_divisor"] == str(DIVISOR)
+    assert props["orientation"] == "RAS" and props["normalization"] == "zscore-foreground"
     assert ModelMetadata.from_props(props).channels == CHANNELS
 
 

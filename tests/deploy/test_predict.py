@@ -47,10 +47,14 @@ def test_segmenter_accepts_arrays_and_reorders_named_channels(phantom, onnx_mode
 
 
 def _reoriented_copy(src, dst):
-    """Save ``src`` with a rotated, shifted affine and distinctive header fields."""
+    """Save ``src`` stored as ALS (same world content, shifted), x3 intensities, distinctive header fields."""
     image = nib.load(str(src))
-    affine = np.array([[0, -1.2, 0, 90.5], [0.9, 0, 0, -120.25], [0, 0, 2.5, -60.0], [0, 0, 0, 1]])
-    out = nib.Nifti1Image(image.get_fdata(dtype=np.float32) * 3.0, affine)
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(image.affine),
+                                                nib.orientations.axcodes2ornt("ALS"))
+    data = nib.orientations.apply_orientation(image.get_fdata(dtype=np.float32), transform)
+    affine = image.affine @ nib.orientations.inv_ornt_aff(transform, image.shape)
+    affine[:3, 3] += [90.5, -120.25, -60.0]
+    out = nib.Nifti1Image(data * 3.0, affine)
     out.header["descrip"] = b"scanner XYZ"
     out.header.set_xyzt_units("mm", "sec")
     out.set_qform(affine, code=1)
@@ -76,11 +80,14 @@ def test_cli_file_mode_keeps_affine_and_header(phantom, onnx_model, tmp_path, ca
     labels = np.asarray(written.dataobj)
     assert labels.shape == refs[0].shape
     assert set(np.unique(labels)) <= set(LABEL_VALUES)
-    # the input's intensity x3 and other affine change nothing after z-scoring
+    # x3 intensities and the ALS storage change nothing: z-scoring, reorientation to the model's RAS and back
     segmenter = Segmenter(onnx_model, providers="cpu")
     direct = segmenter.predict_volume([nib.load(str(p)) for p in case_files(phantom, "phantom_002")])
-    assert (labels == direct).mean() > 0.999
-    assert sorted(p.name for p in out.parent.iterdir()) == ["subj_seg.nii.gz"]  # no temporary left behind
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                nib.orientations.axcodes2ornt("ALS"))
+    assert (labels == nib.orientations.apply_orientation(direct, transform)).mean() > 0.999
+    # no temporary left behind; the provenance record beside the output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["subj_seg.nii.gz", "subj_seg_predict.json"]
 
 
 def test_cli_folder_mode_with_probabilities(phantom, onnx_model, tmp_path):
@@ -92,7 +99,7 @@ def test_cli_folder_mode_with_probabilities(phantom, onnx_model, tmp_path):
                  "--probabilities", "--batch-size", "4", "--no-progress"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"phantom_00{i}.nii.gz" for i in range(3)]
-                           + [f"phantom_00{i}_probabilities.nii.gz" for i in range(3)])
+                           + [f"phantom_00{i}_probabilities.nii.gz" for i in range(3)] + ["predict.json"])
     segmenter = Segmenter(onnx_model, providers="cpu")
     for i in range(3):
         labels = np.asarray(nib.load(str(out / f"phantom_00{i}.nii.gz")).dataobj)

@@ -60,7 +60,7 @@ def test_predict_and_segmenter_without_torch(phantom, onnx_model, tmp_path, bloc
     """, blocked)
     assert result.returncode == 0, result.stderr
     assert "PROVIDER CPUExecutionProvider" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == [f"phantom_00{i}.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == [f"phantom_00{i}.nii.gz" for i in range(3)] + ["predict.json"]
     with_torch = nib.load(str(out / "phantom_001.nii.gz"))
     assert with_torch.get_data_dtype() == np.uint8
 
@@ -79,3 +79,19 @@ def test_transferability_without_torch(phantom, onnx_model, tmp_path):
     assert "dataset LEEP" in result.stdout
     data = json.loads(report.read_text())
     assert data["leep"] <= 0 and len(data["cases"]) == 3
+
+
+def test_evaluate_model_and_folder_without_torch(phantom, onnx_model, tmp_path):
+    """`trm evaluate -m model.onnx` and `--predictions` run on an inference-only install."""
+    result = _run_without_torch(tmp_path, f"""
+        import sys
+        from trmcore.cli.main import main
+        a = main(["evaluate", {str(phantom)!r}, "-m", {str(onnx_model)!r}, "-q"])
+        b = main(["evaluate", {str(phantom)!r}, "--labels", "CSF,GM", "--predictions", {str(phantom / "labelsTr")!r},
+                  "-q"])
+        assert not set(sys.modules) & {set(TRAIN_EXTRA)!r}
+        sys.exit(a or b)
+    """, TRAIN_EXTRA)
+    assert result.returncode == 0, result.stderr
+    # the reference scored against itself: Dice 1 for every class
+    assert result.stdout.count("Dice per volume") == 2 and "  1.0000    1.0000    1.0000" in result.stdout

@@ -19,6 +19,6 @@ def make_source(run_dir, seed, num_classes=3, bias=0.0):
             head.bias[1] += bias
     names = ["background"] + [f"c{k}" for k in range(1, num_classes)]
     info = RunInfo(model=config, channels=["T1"], label_names=names, label_values=list(range(num_classes)),
-                   axis=2, divisor=config.divisor)
+                   axis=2, divisor=config.divisor, orientation="RAS")
     save_run(run_dir, model, info)
     return run_dir

@@ -30,6 +30,26 @@ def test_source_run_folder(source_run):
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6]
     assert (source_run / "curves.png").stat().st_size > 1000
     assert not (source_run / TRAIN_STATE_FILE).exists()
+    # the working grid and normalisation are recorded: RAS at the phantom's (median) spacing
+    assert info.orientation == "RAS" and info.normalization == "zscore-foreground"
+    assert info.spacing == pytest.approx([200 / 32, 220 / 32, 160 / 8])
+
+
+def test_finetune_uses_the_source_grid_and_no_resample_records_native(phantom, source_run, tmp_path):
+    """A source with another recorded spacing: the target volumes are resampled to it, and that is recorded."""
+    record = json.loads((source_run / "run.json").read_text())
+    record["spacing"] = [record["spacing"][0] * 2, record["spacing"][1] * 2, record["spacing"][2]]
+    coarse = tmp_path / "coarse-source"
+    coarse.mkdir()
+    for name in ("model.safetensors",):
+        (coarse / name).write_bytes((source_run / name).read_bytes())
+    (coarse / "run.json").write_text(json.dumps(record))
+    finetune(phantom, TARGET, coarse, tmp_path / "tuned", tiny_config(method="vanilla", iterations=2), progress=False)
+    _, tuned = load_run(tmp_path / "tuned")
+    assert tuned.orientation == "RAS" and tuned.spacing == pytest.approx(record["spacing"])
+    native = train(phantom, parse_task("T1", "CSF"), tmp_path / "native",
+                   tiny_config(iterations=2, freeze="none", resample=False), depth=2, width=4, progress=False)
+    assert native.orientation == "native" and native.spacing is None
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -63,13 +63,21 @@ def _run_export(args: argparse.Namespace) -> int:
 
 # -- predict ------------------------------------------------------------------------
 
-def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", type=Path, required=True, help="ONNX model written by `trm export`")
+def _add_runtime_options(p: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        p.add_argument("-m", "--model", type=Path, required=True, action="append",
+                       help="ONNX model written by `trm export`; repeat -m to ensemble several "
+                            "(probabilities averaged)")
+    else:
+        p.add_argument("-m", "--model", type=Path, required=True, help="ONNX model written by `trm export`")
     p.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda"),
                    help="onnxruntime execution provider (auto: CUDA when a GPU is seen, else CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
     add_quiet(p)
+    p.add_argument("--no-resample", action="store_true",
+                   help="use volumes as stored (no reorientation to the model's orientation, no resampling to "
+                        "its in-plane spacing)")
 
 
 def _register_predict(subparsers) -> None:
@@ -77,10 +85,12 @@ def _register_predict(subparsers) -> None:
         subparsers, "predict", help="segment NIfTI volumes with an exported model (onnxruntime, no torch)",
         description="Segment a NIfTI file (CASE_0000.nii.gz, other channels beside it) or a folder of "
                     "CASE_000k.nii.gz files; write CASE.nii.gz label volumes (the model's label values, "
-                    "uint8) with the input's affine and header.",
+                    "uint8) with the input's affine and header. Volumes are brought to the model's orientation "
+                    "and in-plane spacing and the result is written back on the input's grid.",
         example_lines=["trm predict -m model.onnx -i scans/ -o labels/",
-                       "trm predict -m model.onnx -i case_0000.nii.gz -o case.nii.gz --probabilities"])
-    _add_runtime_options(p)
+                       "trm predict -m model.onnx -i case_0000.nii.gz -o case.nii.gz --probabilities",
+                       "trm predict -m fold0.onnx -m fold1.onnx --mirror --continue -i scans/ -o labels/"])
+    _add_runtime_options(p, several=True)
     p.add_argument("-i", "--input", type=Path, required=True, help="input NIfTI file or folder")
     add_output(p, required=True, help="output .nii.gz (single input file) or folder")
     p.add_argument("--channels", default=None,
@@ -89,27 +99,44 @@ def _register_predict(subparsers) -> None:
     p.add_argument("--probabilities", action="store_true",
                    help="also write CASE_probabilities.nii.gz (float32 [X,Y,Z,C] softmax)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    p.add_argument("--continue", action="store_true", dest="resume",
+                   help="skip cases whose outputs exist and are complete (readable, on the input's grid); "
+                        "redo the others")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time augmentation: also segment the slices mirrored in-plane (4 passes) and "
+                        "average the probabilities")
     p.set_defaults(func=_run_predict)
 
 
-def _open_segmenter(args: argparse.Namespace):
+def _open_segmenter(args: argparse.Namespace, model=None):
     from trmcore.infer import Segmenter
 
-    segmenter = Segmenter(args.model, providers=args.providers, threads=args.threads, batch_size=args.batch_size)
-    print(f"model {args.model}: channels {','.join(segmenter.channels)}, labels "
+    model = args.model if model is None else model
+    segmenter = Segmenter(model, providers=args.providers, threads=args.threads, batch_size=args.batch_size)
+    meta = segmenter.metadata
+    grid = "as stored" if meta.orientation in (None, "native") else (
+        f"{meta.orientation} " + ("x".join(f"{v:.3g}" for v in meta.spacing) + " mm" if meta.spacing else ""))
+    print(f"model {model}: channels {','.join(segmenter.channels)}, labels "
           + ", ".join(f"{n}={v}" for n, v in zip(segmenter.label_names, segmenter.label_values))
-          + f"; onnxruntime provider {segmenter.provider}", file=sys.stderr)
+          + f"; grid {grid.strip()}; onnxruntime provider {segmenter.provider}", file=sys.stderr)
     return segmenter
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from trmcore.infer import predict_files
 
-    segmenter = _open_segmenter(args)
+    segmenters = [_open_segmenter(args, model) for model in args.model]
     channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
-    results = predict_files(segmenter, args.input, args.output, probabilities=args.probabilities,
-                            overwrite=args.overwrite, channels=channels, progress=not args.quiet)
+    arguments = {k: ([str(m) for m in v] if k == "model" else str(v) if isinstance(v, Path) else v)
+                 for k, v in vars(args).items() if k != "func"}
+    results = predict_files(segmenters, args.input, args.output, probabilities=args.probabilities,
+                            overwrite=args.overwrite, channels=channels, progress=not args.quiet,
+                            resume=args.resume, mirror=args.mirror, resample=not args.no_resample,
+                            arguments=arguments)
     for case in results:
+        if case.skipped:
+            print(f"{case.case_id}: kept complete {case.labels_path} (--continue)")
+            continue
         counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
         extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
         print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
@@ -145,7 +172,9 @@ def _run_transferability(args: argparse.Namespace) -> int:
         raise ValueError(f"--channel gives {len(task.channels)} channel(s) {task.channels} but the model takes "
                          f"{segmenter.metadata.num_channels} ({', '.join(segmenter.channels)})")
     cases = None if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
-    volumes, info = load_task_volumes(args.data, task, cases=cases, progress=not args.quiet)
+    geometry = segmenter.metadata.geometry(f"model {args.model}", resample=not args.no_resample)
+    volumes, info = load_task_volumes(args.data, task, cases=cases, progress=not args.quiet,
+                                      geometry=geometry, normalization=segmenter.metadata.normalization)
     if [c.lower() for c in task.channels] != [c.lower() for c in segmenter.channels]:
         print(f"note: the model was trained on {','.join(segmenter.channels)}, the data is "
               f"{','.join(task.channels)} (cross-modality transfer)", file=sys.stderr)

@@ -69,6 +69,8 @@ def _register_affinity(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--beta", type=float, default=AffinityConfig.beta, help="weight of 1 - S (default %(default)s)")
     parser.add_argument("--seed", type=int, default=AffinityConfig.seed, help="sampling seed (default %(default)s)")
     parser.add_argument("--workers", type=int, default=AffinityConfig.workers, help="threads (default: all cores)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="use volumes as stored (default: every task's volumes reoriented to RAS)")
     parser.add_argument("--results", type=Path, help="with 'fit': CSV with columns path,dice")
     add_quiet(parser)
     parser.set_defaults(func=_run_affinity)
@@ -90,7 +92,7 @@ def _run_affinity(args: argparse.Namespace) -> int:
         raise ValueError("-o/--output is required: the folder for W/S/d")
     config = AffinityConfig(size=args.size, samples=args.samples, variance=args.variance, pca_output=args.pca_output,
                             seed=args.seed, alpha=args.alpha, beta=args.beta, workers=args.workers,
-                            progress=not args.quiet)
+                            progress=not args.quiet, resample=not args.no_resample)
     layout = DatasetLayout.read(args.data, sites=args.sites_csv)
     tasks = resolve_tasks(args.tasks, layout)
     print(f"{len(tasks)} tasks, up to {config.samples} volumes each, resized to {config.size}^3")
@@ -228,6 +230,8 @@ def _register_rank(subparsers: argparse._SubParsersAction) -> None:
                         help="slices per forward pass (default %(default)s)")
     parser.add_argument("--device", default=None, help="torch device for run folders (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=RankConfig.seed, help="split / few-shot seed (default %(default)s)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="use target volumes as stored (default: each source's recorded orientation and spacing)")
     parser.add_argument("--validate", action="store_true", help="fine-tune each source and correlate LEEP with Dice")
     parser.add_argument("--iterations", type=int, default=200,
                         help="fine-tuning iterations for --validate (default %(default)s)")
@@ -243,7 +247,7 @@ def _run_rank(args: argparse.Namespace) -> int:
 
     config = RankConfig(channel=args.channel, labels=args.labels, site=args.site, val_fraction=args.val_fraction,
                         shots=args.shots, axis=args.axis, divisor=args.divisor, batch_size=args.batch_size,
-                        device=args.device, seed=args.seed)
+                        device=args.device, seed=args.seed, resample=not args.no_resample)
     ranking = rank_sources(args.data, args.sources, config)
     payload = {"target": {"data": str(args.data), "channel": args.channel, "labels": args.labels, "site": args.site},
                "ranking": [r.to_json() for r in ranking]}

@@ -55,6 +55,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axis", type=int, default=TrainConfig.axis, choices=AXES,
                         help="slicing axis (default %(default)s, axial)")
     parser.add_argument("--keep-empty", action="store_true", help="also train on slices without brain")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="use volumes as stored (default: reorient to RAS -- fine-tuning: the source's "
+                             "orientation -- and resample in-plane to the median / the source's spacing)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output exactly")
     add_quiet(parser)
@@ -118,16 +121,28 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    evaluate = command(subparsers, "evaluate", help="per-volume 3D Dice of a run on a task",
-                       description="Per-volume 3D Dice per class and mean, as a table and JSON.",
-                       example_lines=["trm evaluate data/ --channel T2 --labels CSF --site site-B -m runs/trm "
-                                      "-o dice.json",
-                                      "trm evaluate data/ -m runs/trm --val-only"])
+    evaluate = command(
+        subparsers, "evaluate", help="per-volume 3D Dice of a run, an ONNX model or a folder of predictions",
+        description="Per-volume 3D Dice per class and their means, on each volume's stored grid, as a table and "
+        "JSON. A class absent from both reference and prediction is NaN and left out of means (as nnU-Net). "
+        "A run is scored on the task's cases it did not train on (--all: every case); an ONNX model or a "
+        "--predictions folder (CASE.nii.gz label files, e.g. from trm predict) is scored without torch.",
+        example_lines=["trm evaluate data/ --channel T2 --labels CSF --site site-B -m runs/trm -o dice.json",
+                       "trm evaluate data/ -m runs/trm --all",
+                       "trm evaluate data/ -m model.onnx",
+                       "trm evaluate data/ --labels CSF --predictions pred/"])
     _add_task(evaluate, required=False)
-    evaluate.add_argument("-m", "--model", type=Path, required=True, help="run folder")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("-m", "--model", type=Path, help="run folder or ONNX model (trm export)")
+    source.add_argument("--predictions", type=Path, default=None,
+                        help="folder of predicted label files CASE.nii.gz (dataset label values) to score")
     add_output(evaluate, help="write the results as JSON here")
-    evaluate.add_argument("--cases", default=None, help="comma-separated case ids (default: all of the task)")
+    evaluate.add_argument("--cases", default=None, help="comma-separated case ids (default: held-out cases)")
+    evaluate.add_argument("--all", action="store_true", dest="all_cases",
+                          help="score every case of the task, also those the run trained on")
     evaluate.add_argument("--val-only", action="store_true", help="only the run's validation cases")
+    evaluate.add_argument("--no-resample", action="store_true",
+                          help="use volumes as stored (no reorientation or resampling to the model's grid)")
     add_quiet(evaluate)
     evaluate.set_defaults(func=_run_evaluate)
 
@@ -148,6 +163,8 @@ def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
                          help="risk = base**T', R in [1, base] (default %(default)g)")
     riskmap.add_argument("--risk-scope", default=TrainConfig.risk_scope, choices=RISK_SCOPES,
                          help="rescale T per image or per batch (default %(default)s)")
+    riskmap.add_argument("--no-resample", action="store_true",
+                         help="use volumes as stored (no reorientation or resampling to the source's grid)")
     add_quiet(riskmap)
     riskmap.set_defaults(func=_run_riskmap)
 
@@ -175,7 +192,7 @@ def _task(args: argparse.Namespace):
 def _config(args: argparse.Namespace, **extra) -> TrainConfig:
     """The TrainConfig of the options named after its fields (plus the negated flags and ``extra``)."""
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, **extra)
+    values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, resample=not args.no_resample, **extra)
     return TrainConfig(**values)
 
 
@@ -215,22 +232,86 @@ def _split_list(text):
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from trmcore.training.evaluate import evaluate_run
-    from trmcore.training.runinfo import read_run_info
-
-    cases = _split_list(args.cases)
-    if args.val_only:
-        cases = read_run_info(args.model).val_cases
-        if not cases:
-            raise ValueError(f"run {args.model} has no validation cases")
-    result = evaluate_run(args.model, args.data, args.channel, args.labels, args.site, cases, args.device,
-                          progress=not args.quiet, sites=args.sites_csv)
+    if args.predictions is not None:
+        result = _evaluate_predictions(args)
+        source = str(args.predictions)
+    elif args.model.is_file() and args.model.suffix == ".onnx":
+        result = _evaluate_onnx(args)
+        source = str(args.model)
+    else:
+        result = _evaluate_run(args)
+        source = str(args.model)
     print(result.table())
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"run": str(args.model), **result.to_dict()}, indent=2) + "\n")
+        args.output.write_text(json.dumps({"model": source, **result.to_dict()}, indent=2) + "\n")
         print(f"wrote {args.output}")
     return 0
+
+
+def _evaluate_run(args: argparse.Namespace):
+    from trmcore.data import DatasetLayout
+    from trmcore.training.evaluate import evaluate_run
+    from trmcore.training.runinfo import read_run_info
+
+    info = read_run_info(args.model)
+    cases = _split_list(args.cases)
+    if args.val_only:
+        cases, scope = info.val_cases, "validation case(s) of the run"
+        if not cases:
+            raise ValueError(f"run {args.model} has no validation cases")
+    elif cases is not None:
+        scope = "chosen case(s)"
+    elif args.all_cases:
+        scope = "case(s): all cases of the task, training cases included (--all)"
+    else:
+        cases, scope = _held_out_cases(args, info, DatasetLayout), "held-out case(s) (not used for training)"
+    return evaluate_run(args.model, args.data, args.channel, args.labels, args.site, cases, args.device,
+                        progress=not args.quiet, sites=args.sites_csv, resample=not args.no_resample, scope=scope)
+
+
+def _held_out_cases(args: argparse.Namespace, info, layout_class):
+    """The dataset's cases the run did not train on (all of them for another dataset)."""
+    layout = layout_class.read(args.data, sites=args.sites_csv)
+    cases = layout.cases()
+    same_data = info.data is not None and Path(info.data).resolve() == Path(args.data).resolve()
+    if not same_data:
+        return cases
+    trained = set(info.train_cases)
+    held_out = [c for c in cases if c not in trained]
+    if not held_out:
+        raise ValueError(f"run {args.model} trained on every case of {args.data}; pass --all to score them anyway")
+    return held_out
+
+
+def _evaluate_onnx(args: argparse.Namespace):
+    from trmcore.data import parse_task
+    from trmcore.data.scoring import evaluate_model
+    from trmcore.infer import Segmenter
+
+    segmenter = Segmenter(args.model, providers="auto")
+    meta = segmenter.metadata
+    task = parse_task(args.channel or meta.channels, args.labels or meta.label_names[1:], args.site)
+    result = evaluate_model(segmenter, args.data, task, cases=_split_list(args.cases), sites=args.sites_csv,
+                            resample=not args.no_resample, progress=not args.quiet)
+    result.scope = ("chosen case(s)" if args.cases else
+                    "case(s): all cases of the task (an exported model does not record its training cases)")
+    return result
+
+
+def _evaluate_predictions(args: argparse.Namespace):
+    from trmcore.data import parse_task
+    from trmcore.data.scoring import evaluate_folder
+
+    from trmcore.data import DatasetLayout
+
+    if not args.labels:
+        raise ValueError("scoring a --predictions folder needs the task's labels: --labels")
+    # The channel only names the task; a folder of predictions needs no image.
+    channel = args.channel or next(iter(DatasetLayout.read(args.data, sites=args.sites_csv).channel_names.values()))
+    task = parse_task(channel, args.labels, args.site)
+    return evaluate_folder(args.predictions, args.data, task, sites=args.sites_csv, cases=_split_list(args.cases),
+                           progress=not args.quiet)
 
 
 def _run_riskmap(args: argparse.Namespace) -> int:
@@ -239,7 +320,7 @@ def _run_riskmap(args: argparse.Namespace) -> int:
     written = write_risk_maps(args.data, args.source, args.output, args.channel, args.labels, args.site,
                               after_run=args.after, cases=_split_list(args.cases), base=args.risk_base,
                               scope=args.risk_scope, device=args.device, progress=not args.quiet,
-                              sites=args.sites_csv)
+                              sites=args.sites_csv, resample=not args.no_resample)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

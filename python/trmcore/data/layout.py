@@ -15,7 +15,9 @@
      "sites": {"subject-1": "site-A"}}
 
 A label may also be a list of values (an nnU-Net "region"); a task class then
-covers every voxel holding one of them.
+covers every voxel holding one of them. The label named ``ignore`` (nnU-Net's
+convention) marks voxels that are not annotated: they are left out of losses
+and scores (``trmcore.data.tasks.IGNORE_INDEX``), never counted as background.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 LabelValue = Union[int, Tuple[int, ...]]
+
+#: nnU-Net's name for the label of unannotated voxels.
+IGNORE_LABEL = "ignore"
 
 _CASE_COLUMNS = ("subject_id", "case", "case_id", "subject", "id")
 _SITE_COLUMNS = ("partition_id", "site", "partition", "center", "centre", "institution")
@@ -111,7 +116,15 @@ class DatasetLayout:
 
     def label_name(self, name: str) -> str:
         """The dataset's spelling of label ``name`` (exact, else case-insensitive)."""
-        return _match_name(name, [n for n in self.labels if n != "background"], "label", self.root)
+        if str(name).lower() == IGNORE_LABEL:
+            raise ValueError(f"label {name!r} of dataset {self.root} marks unannotated voxels; it cannot be a task class")
+        return _match_name(name, [n for n in self.labels if n not in ("background", IGNORE_LABEL)], "label", self.root)
+
+    @property
+    def ignore_value(self) -> Optional[int]:
+        """The value of the ``ignore`` label (unannotated voxels), or None."""
+        value = self.labels.get(IGNORE_LABEL)
+        return None if value is None else int(_values(value)[0])
 
     def site_of(self, case: str) -> Optional[str]:
         return self.sites.get(case)
@@ -190,6 +203,8 @@ def _parse_labels(raw, meta_path: Path) -> Dict[str, LabelValue]:
             raise ValueError(f"{meta_path}: label {name!r} has a negative value {value!r}")
     if labels.get("background") != 0:
         raise ValueError(f"{meta_path}: 'labels' must contain \"background\": 0")
+    if isinstance(labels.get(IGNORE_LABEL), tuple):
+        raise ValueError(f"{meta_path}: the 'ignore' label must be one integer, got {list(labels[IGNORE_LABEL])}")
     return labels
 
 

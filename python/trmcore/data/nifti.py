@@ -39,8 +39,8 @@ def load_image(path: Path, case: str, what: str = "image") -> Tuple[np.ndarray, 
 def load_label(path: Path, case: str, declared: Iterable[int]) -> Tuple[np.ndarray, np.ndarray]:
     """Load a 3D label file and check its values.
 
-    Float-typed files are accepted when every value is a whole number (real
-    datasets ship them). Every value must be one ``dataset.json`` declares.
+    Float-typed files are accepted when every value is within 1e-3 of a whole
+    number (real datasets ship them, some with scaling); values are rounded. Every value must be one ``dataset.json`` declares.
 
     Returns:
         (labels int64 [X, Y, Z], affine float64 [4, 4]).
@@ -58,8 +58,13 @@ def load_label(path: Path, case: str, declared: Iterable[int]) -> Tuple[np.ndarr
     return labels, np.asarray(img.affine, np.float64)
 
 
+# Float label files written with scaling read back as e.g. 1.00000006; anything
+# this close to a whole number is that number, anything further is not a label.
+LABEL_ATOL = 1e-3
+
+
 def whole_number_labels(data: np.ndarray, where: str) -> np.ndarray:
-    """``data`` as int64 if every value is a whole number, else ValueError naming ``where``."""
+    """``data`` as int64, values within 1e-3 of a whole number rounded; else ValueError naming ``where``."""
     data = np.asarray(data)
     if data.dtype == np.bool_:
         return data.astype(np.int64)
@@ -70,10 +75,11 @@ def whole_number_labels(data: np.ndarray, where: str) -> np.ndarray:
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{where} holds NaN or infinite label values")
     rounded = np.rint(data)
-    bad = rounded != data
+    bad = np.abs(rounded - data) > LABEL_ATOL
     if bad.any():
         examples = np.unique(data[bad])[:5].tolist()
-        raise ValueError(f"{where} holds label values that are not whole numbers, e.g. {examples}")
+        raise ValueError(f"{where} holds label values that are not whole numbers (more than {LABEL_ATOL:g} "
+                         f"from one), e.g. {examples}")
     return rounded.astype(np.int64)
 
 

@@ -1,15 +1,19 @@
 """Intensity normalisation and in-plane padding shared by training and inference.
 
-These functions are the whole preprocessing contract of a trmcore model
-(``RunInfo.normalization == "zscore-nonzero"``): inference must call exactly
-the same ones, so they live here, torch-free.
+These functions are the whole intensity and padding contract of a trmcore
+model (``RunInfo.normalization``, e.g. ``"zscore-foreground"``): inference
+must call exactly the same ones, so they live here, torch-free.
+:func:`foreground_mask` is the one definition of "tissue" (normalisation
+statistics, inference cropping).
 
 Example:
     >>> import numpy as np
     >>> vol = np.zeros((4, 5, 3), np.float32); vol[1:3, 1:4] = 7.0; vol[1, 1, 1] = 9.0
-    >>> z = zscore_nonzero(vol)
+    >>> z = zscore_foreground(vol)
     >>> float(z[0, 0, 0]), bool(abs(z[vol != 0].mean()) < 1e-6)
     (0.0, True)
+    >>> int(foreground_mask(vol - 3.6).sum())        # constant non-zero background (BraTS style)
+    18
     >>> padded, pad = pad_to_multiple(np.ones((2, 30, 17)), 16)
     >>> padded.shape, pad
     ((2, 32, 32), ((1, 1), (7, 8)))
@@ -31,11 +35,79 @@ Pad = Tuple[Tuple[int, int], Tuple[int, int]]
 _MIN_STD = 1e-8
 
 
+#: Names of the intensity normalisations (``RunInfo.normalization``, model metadata).
+#: ``zscore-foreground`` is the default since trmcore recorded geometry; ``zscore-nonzero``
+#: is what older runs and models did and is kept for them.
+NORMALIZATIONS = ("zscore-foreground", "zscore-nonzero")
+DEFAULT_NORMALIZATION = "zscore-foreground"
+
+# Voxels within this distance of the background value (relative to max(1, |value|))
+# count as background: linear resampling of a constant background can move it by an ulp.
+_BACKGROUND_RTOL = 1e-5
+
+
+def background_value(volume: np.ndarray) -> float:
+    """The constant background of a volume: 0 or its minimum, whichever fills more voxels.
+
+    Skull-stripped scans have background 0; scans normalised before export
+    (BraTS "subtrMeanDivStd": background about -3.6) or stored with an
+    intensity offset (``scl_inter``) have a constant non-zero background, which
+    is then the volume's minimum. Ties go to 0.
+    """
+    vol = _real_finite(volume, "background_value")
+    if vol.size == 0:
+        return 0.0
+    low = float(vol.min())
+    if low == 0.0:
+        return 0.0
+    zero = int(np.count_nonzero(_near(vol, 0.0)))
+    at_min = int(np.count_nonzero(_near(vol, low)))
+    return low if at_min > zero else 0.0
+
+
+def foreground_mask(volume: np.ndarray) -> np.ndarray:
+    """bool array of ``volume``'s shape: True where the voxel is not the constant background.
+
+    The rule (docs/data.md, "Intensities"): the background value ``b`` is 0 or
+    the volume's minimum, whichever more voxels hold (0 on ties; a voxel holds
+    ``b`` when within 1e-5 * max(1, |b|) of it); the foreground is every other
+    voxel. Training and inference normalise with it, and inference crops to
+    its bounding box, so both always agree.
+
+    Args:
+        volume: one channel of one case, any shape, any real dtype, finite.
+    """
+    vol = _real_finite(volume, "foreground_mask")
+    return ~_near(vol, background_value(vol))
+
+
+def normalize(volume: np.ndarray, method: str = DEFAULT_NORMALIZATION) -> np.ndarray:
+    """Normalise one channel with the named method (see :data:`NORMALIZATIONS`): float32, same shape."""
+    if method == "zscore-foreground":
+        return zscore_foreground(volume)
+    if method == "zscore-nonzero":
+        return zscore_nonzero(volume)
+    raise ValueError(f"unknown normalisation {method!r}; known: {', '.join(NORMALIZATIONS)}")
+
+
+def zscore_foreground(volume: np.ndarray) -> np.ndarray:
+    """Z-score ``volume`` over its :func:`foreground_mask`; background voxels become exactly 0.
+
+    Works for a zero background (as :func:`zscore_nonzero`) and for a constant
+    non-zero one (pre-normalised data, ``scl_inter``): the statistics describe
+    the tissue only and background slices stay all-zero ("empty").
+    Returns float32 of the input's shape.
+    """
+    vol = _real_finite(volume, "zscore_foreground")
+    return _zscore(vol, foreground_mask(vol))
+
+
 def zscore_nonzero(volume: np.ndarray) -> np.ndarray:
     """Z-score ``volume`` over its non-zero voxels; zero voxels stay exactly 0.
 
     Skull-stripped MRI has background exactly 0, so the statistics describe the
     brain only, and the background (and all-zero slices) stay recognisable.
+    The normalisation of runs and models from before :func:`zscore_foreground`.
 
     Args:
         volume: array of any shape (one channel of one case), any real dtype.
@@ -45,14 +117,26 @@ def zscore_nonzero(volume: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: if the volume holds NaN or infinite values.
     """
+    vol = _real_finite(volume, "zscore_nonzero")
+    return _zscore(vol, vol != 0)
+
+
+def _real_finite(volume: np.ndarray, who: str) -> np.ndarray:
     vol = np.asarray(volume)
     if not np.issubdtype(vol.dtype, np.number) or np.iscomplexobj(vol):
-        raise TypeError(f"zscore_nonzero: expected a real numeric array, got dtype {vol.dtype}")
+        raise TypeError(f"{who}: expected a real numeric array, got dtype {vol.dtype}")
     vol = vol.astype(np.float32, copy=False)
     if not np.all(np.isfinite(vol)):
-        raise ValueError("zscore_nonzero: volume holds NaN or infinite values")
+        raise ValueError(f"{who}: volume holds NaN or infinite values")
+    return vol
+
+
+def _near(vol: np.ndarray, value: float) -> np.ndarray:
+    return np.abs(vol - np.float32(value)) <= _BACKGROUND_RTOL * max(1.0, abs(value))
+
+
+def _zscore(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = np.zeros(vol.shape, np.float32)
-    mask = vol != 0
     if not mask.any():
         return out
     values = vol[mask].astype(np.float64)

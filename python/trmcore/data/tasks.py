@@ -22,6 +22,10 @@ import numpy as np
 
 from .layout import DatasetLayout, LabelValue, _values
 
+#: Task class of unannotated voxels (dataset.json label ``ignore``): losses and
+#: scores leave them out. The same value as PyTorch's cross-entropy default.
+IGNORE_INDEX = -100
+
 
 @dataclass
 class TaskSpec:
@@ -76,6 +80,8 @@ class TaskInfo:
         site: the site filter, or None.
         channel_indices: file index (``_0000``...) of each channel.
         dataset_values: every label value dataset.json declares (for checking files).
+        ignore_value: the dataset value of the ``ignore`` label (mapped to
+            :data:`IGNORE_INDEX`), or None.
     """
 
     channels: List[str]
@@ -85,6 +91,9 @@ class TaskInfo:
     site: Optional[str] = None
     channel_indices: List[int] = field(default_factory=list)
     dataset_values: List[int] = field(default_factory=list)
+    ignore_value: Optional[int] = None
+    geometry: Optional[object] = None  # trmcore.data.geometry.Geometry the volumes were loaded on
+    normalization: Optional[str] = None  # and the intensity normalisation they got
 
     @classmethod
     def resolve(cls, layout: DatasetLayout, task: TaskSpec) -> "TaskInfo":
@@ -94,13 +103,15 @@ class TaskInfo:
         names = [layout.label_name(name) for name in task.labels]
         values = [0] + [layout.labels[name] for name in names]
         declared = sorted({v for value in layout.labels.values() for v in _values(value)})
-        return cls(channels, ["background", *names], values, len(values), task.site, indices, declared)
+        return cls(channels, ["background", *names], values, len(values), task.site, indices, declared,
+                   layout.ignore_value)
 
     def map_labels(self, raw: np.ndarray) -> np.ndarray:
         """Dataset label values -> task classes 0..num_classes-1 (int64, same shape).
 
-        Values of no task label become background. For region labels that
-        overlap, the later class wins.
+        Values of no task label become background, except the dataset's
+        ``ignore`` value, which becomes :data:`IGNORE_INDEX`. For region labels
+        that overlap, the later class wins.
         """
         raw = np.asarray(raw)
         out = np.zeros(raw.shape, np.int64)
@@ -108,6 +119,8 @@ class TaskInfo:
             values = _values(self.label_values[cls_index])
             mask = raw == values[0] if len(values) == 1 else np.isin(raw, values)
             out[mask] = cls_index
+        if self.ignore_value is not None:
+            out[raw == self.ignore_value] = IGNORE_INDEX
         return out
 
 

@@ -15,9 +15,10 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .geometry import DEFAULT_ORIENTATION, Geometry, GridMap, plan_grid, voxel_spacing
 from .layout import DatasetLayout
 from .nifti import check_same_grid, load_image, load_label
-from .preprocess import zscore_nonzero
+from .preprocess import DEFAULT_NORMALIZATION, normalize
 from .tasks import TaskInfo, TaskSpec
 
 
@@ -28,10 +29,16 @@ class Volume:
     Attributes:
         case_id: the case name in the dataset.
         site: its site (partition), or None.
-        image: float32 [Cin, X, Y, Z], each channel z-scored over its non-zero voxels.
-        label: int64 [X, Y, Z] task classes 0..C-1, or None when unlabelled.
-        affine: float64 [4, 4] voxel-to-world of the first channel file.
-        header: nibabel header of the first channel file (to write predictions).
+        image: float32 [Cin, X, Y, Z] on the working grid (see ``grid``), each
+            channel normalised (``zscore-foreground`` by default).
+        label: int64 [X, Y, Z] task classes 0..C-1 (``IGNORE_INDEX`` for the
+            dataset's ``ignore`` label) on the working grid, or None when unlabelled.
+        affine: float64 [4, 4] voxel-to-world of the working grid.
+        header: nibabel header of the first channel file (to write outputs on its grid).
+        grid: how the stored grid maps to the working grid and back
+            (:class:`trmcore.data.geometry.GridMap`); None for volumes built by hand.
+        native_label: int16 task classes on the stored grid, kept only when the
+            volume was resampled (scores are computed on the stored grid).
     """
 
     case_id: str
@@ -40,6 +47,18 @@ class Volume:
     label: Optional[np.ndarray]
     affine: np.ndarray
     header: Any = None
+    grid: Optional[GridMap] = None
+    native_label: Optional[np.ndarray] = None
+
+    def label_on_native_grid(self) -> Optional[np.ndarray]:
+        """Task classes int64 on the stored grid (the reference for scores), or None when unlabelled."""
+        if self.label is None:
+            return None
+        if self.native_label is not None:
+            return self.native_label.astype(np.int64)
+        if self.grid is None or self.grid.identity:
+            return self.label
+        return self.grid.to_native(self.label, "nearest")
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -54,6 +73,9 @@ def load_task_volumes(
     *,
     sites: Union[str, Path, Mapping[str, str], None] = None,
     split: str = "Tr",
+    geometry: Optional[Geometry] = None,
+    normalization: str = DEFAULT_NORMALIZATION,
+    axis: int = 2,
 ) -> Tuple[List[Volume], TaskInfo]:
     """Load every case of ``task`` from a dataset in the standard layout.
 
@@ -66,6 +88,12 @@ def load_task_volumes(
         sites: a CSV (case,site or FeTS Subject_ID,Partition_ID) or a mapping
             that overrides dataset.json's "sites".
         split: "Tr" (imagesTr/labelsTr) or "Ts" (imagesTs/labelsTs).
+        geometry: the working grid (a run's recorded geometry). None: the
+            training default, RAS with the median in-plane spacing of the
+            loaded cases; ``native_geometry()``: volumes as stored. The one
+            used is returned as ``TaskInfo.geometry`` (spacing filled in).
+        normalization: intensity normalisation (``trmcore.data.preprocess.NORMALIZATIONS``).
+        axis: slice axis of the default geometry (its two other axes are in-plane).
     Returns:
         (volumes in case order, TaskInfo).
     Raises:
@@ -85,8 +113,20 @@ def load_task_volumes(
         from tqdm.auto import tqdm
 
         iterator = tqdm(case_ids, desc=f"loading {task}", unit="case", leave=False)
+    if geometry is None:
+        geometry = Geometry(DEFAULT_ORIENTATION, None, axis)
+        find_spacing = True
+    else:
+        find_spacing = False
     for case in iterator:
-        volumes.append(_load_case(layout, info, case, split, labelled=bool(task.labels)))
+        volumes.append(_load_case(layout, info, case, split, labelled=bool(task.labels),
+                                  orientation=Geometry(geometry.orientation, None, geometry.axis)))
+    if find_spacing:
+        geometry = Geometry(geometry.orientation, median_spacing(volumes), geometry.axis)
+    for volume in volumes:
+        _to_working_grid(volume, geometry, normalization)
+    info.geometry = geometry
+    info.normalization = normalization
 
     if task.labels:
         _check_labels_present(volumes, info, task, layout)
@@ -141,7 +181,15 @@ def _select_cases(layout: DatasetLayout, task: TaskSpec, cases: Optional[Sequenc
     return found
 
 
-def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, labelled: bool) -> Volume:
+def median_spacing(volumes: Sequence[Volume]) -> Tuple[float, float, float]:
+    """Per-axis median voxel size (mm) of the volumes' reoriented grids: the training spacing (as nnU-Net)."""
+    spacings = np.array([voxel_spacing(v.affine) for v in volumes], np.float64)
+    return tuple(float(s) for s in np.median(spacings, axis=0))
+
+
+def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, labelled: bool,
+               orientation: Geometry) -> Volume:
+    """The case reoriented (lossless) but neither resampled nor normalised yet."""
     channels = []
     ref_path = ref_affine = header = None
     for index in info.channel_indices:
@@ -151,20 +199,38 @@ def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, lab
             ref_path, ref_affine, header = path, affine, hdr
         else:
             check_same_grid(case, ref_path, channels[0].shape, ref_affine, path, data.shape, affine, "channel")
-        channels.append(zscore_nonzero(data))
+        channels.append(data)
+    grid = plan_grid(channels[0].shape, ref_affine, orientation)
     label = None
     if labelled:
         path = layout.label_path(case, split)
         raw, affine = load_label(path, case, info.dataset_values)
         check_same_grid(case, ref_path, channels[0].shape, ref_affine, path, raw.shape, affine, "label")
-        label = info.map_labels(raw)
-    return Volume(case, layout.site_of(case), np.stack(channels), label, ref_affine, header)
+        label = grid.to_working(info.map_labels(raw))
+    image = grid.to_working(np.stack(channels))
+    return Volume(case, layout.site_of(case), image, label, grid.working_affine, header, grid)
+
+
+def _to_working_grid(volume: Volume, geometry: Geometry, normalization: str) -> None:
+    """Resample a reoriented volume in-plane where its spacing differs, then normalise each channel."""
+    grid = plan_grid(volume.grid.native_shape, volume.grid.native_affine, geometry)
+    if grid.resampled:
+        # Resample from the reoriented grid: the stored -> reoriented step is already done.
+        step = plan_grid(volume.grid.working_shape, volume.grid.working_affine, geometry)
+        volume.image = step.to_working(volume.image, "linear")
+        if volume.label is not None:
+            volume.native_label = volume.grid.to_native(volume.label).astype(np.int16)
+            volume.label = step.to_working(volume.label, "label")
+    volume.grid = grid
+    volume.affine = grid.working_affine
+    volume.image = np.stack([normalize(channel, normalization) for channel in volume.image])
 
 
 def _check_labels_present(volumes: List[Volume], info: TaskInfo, task: TaskSpec, layout: DatasetLayout) -> None:
     counts = np.zeros(info.num_classes, np.int64)
     for volume in volumes:
-        counts += np.bincount(volume.label.ravel(), minlength=info.num_classes)[: info.num_classes]
+        classes = volume.label[volume.label >= 0]  # not the ignore index
+        counts += np.bincount(classes.ravel(), minlength=info.num_classes)[: info.num_classes]
     empty = [info.label_names[k] for k in range(1, info.num_classes) if counts[k] == 0]
     if empty:
         raise ValueError(

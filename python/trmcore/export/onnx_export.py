@@ -70,6 +70,7 @@ def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, f
     return ModelMetadata(
         channels=list(info.channels), label_names=list(info.label_names),
         label_values=[int(v) for v in info.label_values], normalization=info.normalization,
+        orientation=info.orientation, spacing=info.spacing,
         axis=int(info.axis), divisor=int(info.divisor), dtype="float16" if fp16 else "float32",
         input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         provenance=Provenance(

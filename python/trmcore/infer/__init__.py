@@ -9,9 +9,9 @@ enough to deploy a model:
 """
 
 from trmcore.infer.metadata import METADATA_KEY, ModelMetadata, Provenance
-from trmcore.infer.predict_files import PredictedCase, predict_files
+from trmcore.infer.predict_files import PredictedCase, predict_case, predict_files
 from trmcore.infer.segmenter import Segmenter, softmax
 from trmcore.infer.transferability import CaseTransfer, TransferReport, assess_transferability
 
-__all__ = ["METADATA_KEY", "ModelMetadata", "Provenance", "Segmenter", "softmax", "predict_files",
+__all__ = ["METADATA_KEY", "ModelMetadata", "Provenance", "Segmenter", "softmax", "predict_files", "predict_case",
            "PredictedCase", "assess_transferability", "TransferReport", "CaseTransfer"]

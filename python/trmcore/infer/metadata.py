@@ -16,9 +16,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional
 
+from trmcore.data.preprocess import NORMALIZATIONS
+
 METADATA_KEY = "trmcore"
-SCHEMA_VERSION = 1
-NORMALIZATIONS = ("zscore-nonzero",)
+# 2: orientation and spacing (version 1 records have neither and are read as "use volumes as stored").
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -48,7 +50,13 @@ class ModelMetadata:
       background; ``label_values[k]`` is the value written for class ``k``
       (the dataset's own label value, e.g. 150 for iSeg GM).
     - ``normalization``: per-channel intensity normalisation applied before
-      the network (``"zscore-nonzero"``: z-score over the non-zero voxels).
+      the network (``"zscore-foreground"``: z-score over
+      ``trmcore.data.preprocess.foreground_mask``; ``"zscore-nonzero"``:
+      over the non-zero voxels, models from before).
+    - ``orientation``: axis codes of the grid the model was trained on
+      (``"RAS"``), ``"native"`` (trained on volumes as stored), or None
+      (exported before trmcore recorded it).
+    - ``spacing``: voxel size in mm per axis of that grid (None: not recorded).
     - ``axis``: the volume axis the 2D slices are taken along (2 = axial for
       RAS-ish volumes); a slice is the volume with that axis removed.
     - ``divisor``: slices are zero-padded so height and width are multiples of it.
@@ -59,6 +67,8 @@ class ModelMetadata:
     label_names: List[str]
     label_values: List[int]
     normalization: str = "zscore-nonzero"
+    orientation: Optional[str] = None
+    spacing: Optional[List[float]] = None
     axis: int = 2
     divisor: int = 16
     dtype: str = "float32"
@@ -100,10 +110,20 @@ class ModelMetadata:
             raise ValueError(f"metadata slice axis must be 0, 1 or 2, got {self.axis!r}")
         if int(self.divisor) != self.divisor or self.divisor < 1:
             raise ValueError(f"metadata size divisor must be a positive integer, got {self.divisor!r}")
+        if self.orientation is not None or self.spacing is not None:
+            from trmcore.data.geometry import recorded_geometry
+
+            recorded_geometry(self.orientation or "native", self.spacing, self.axis, "metadata")  # raises if invalid
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"metadata dtype must be float32 or float16, got {self.dtype!r}")
 
     # -- serialisation -------------------------------------------------------
+
+    def geometry(self, what: str = "model", resample: bool = True):
+        """The :class:`trmcore.data.geometry.Geometry` inputs are brought to (a warning for old models)."""
+        from trmcore.data.geometry import recorded_geometry
+
+        return recorded_geometry(self.orientation, self.spacing, self.axis, what, resample)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -141,6 +161,8 @@ class ModelMetadata:
             "normalization": self.normalization,
             "slice_axis": str(self.axis),
             "size_divisor": str(self.divisor),
+            "orientation": str(self.orientation),
+            "spacing": "x".join(f"{v:g}" for v in self.spacing) if self.spacing else "None",
             "trmcore_version": self.provenance.trmcore_version,
         }
         if self.provenance.source_model:

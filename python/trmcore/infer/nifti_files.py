@@ -152,13 +152,51 @@ def load_image(path: Path) -> "nib.spatialimages.SpatialImage":
 
 
 def load_case(case: CaseFiles) -> List["nib.spatialimages.SpatialImage"]:
-    """The case's channel images, checked to share one shape."""
+    """The case's channel images, checked to share one shape and affine (as training checks)."""
+    from trmcore.data.nifti import AFFINE_ATOL
+
     images = [load_image(p) for p in case.channel_paths]
     shapes = {tuple(img.shape[:3]) for img in images}
     if len(shapes) != 1:
         detail = ", ".join(f"{p.name} {tuple(img.shape)}" for p, img in zip(case.channel_paths, images))
         raise ValueError(f"case {case.case_id!r}: channel images differ in shape: {detail}")
+    for path, image in zip(case.channel_paths[1:], images[1:]):
+        if not np.allclose(image.affine, images[0].affine, atol=AFFINE_ATOL, rtol=0):
+            shift = float(np.abs(np.asarray(image.affine) - np.asarray(images[0].affine)).max())
+            raise ValueError(f"case {case.case_id!r}: channel file {path} has a different affine (voxel-to-world) "
+                             f"than {case.channel_paths[0]} (up to {shift:.3g} mm apart): register the channels "
+                             "to one grid first")
     return images
+
+
+def output_complete(path: Path, reference, channels: Optional[int] = None) -> bool:
+    """True when ``path`` is a readable NIfTI on ``reference``'s grid (``[X, Y, Z]`` or ``[X, Y, Z, channels]``)."""
+    try:
+        image = nib.load(str(path))
+        expected = tuple(reference.shape[:3]) + ((channels,) if channels else ())
+        if tuple(image.shape) != expected or not np.allclose(image.affine, reference.affine, atol=1e-6):
+            return False
+        np.asarray(image.dataobj)  # a truncated file fails here
+        return True
+    except Exception:  # any unreadable file is simply not complete
+        return False
+
+
+def save_json_atomic(record: dict, out_path: Path) -> None:
+    """Write ``record`` as indented JSON through a temporary file beside ``out_path`` and a rename."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(record, indent=2, default=str) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
 
 
 def image_like(data: np.ndarray, reference, dtype: np.dtype):
@@ -199,12 +237,22 @@ def probabilities_path(label_path: Path) -> Path:
     return label_path.with_name(f"{nifti_stem(label_path)}_probabilities{ext}")
 
 
+def provenance_path(input_path: Path, output: Path) -> Path:
+    """Where ``trm predict`` records what it did: ``OUT/predict.json``, or ``OUT_STEM_predict.json`` for a file."""
+    output = Path(output)
+    if is_nifti(output) and Path(input_path).is_file():
+        return output.with_name(f"{nifti_stem(output)}_predict.json")
+    return output / "predict.json"
+
+
 def plan_outputs(cases: Sequence[CaseFiles], input_path: Path, output: Path, probabilities: bool,
-                 overwrite: bool) -> List[Tuple[Path, Optional[Path]]]:
+                 overwrite: bool, resume: bool = False) -> List[Tuple[Path, Optional[Path]]]:
     """(label path, probabilities path or None) per case; refuses to touch any input.
 
     A single input file with an ``-o`` ending in ``.nii``/``.nii.gz`` writes
     exactly there; otherwise ``output`` is a folder receiving ``CASE.nii.gz``.
+    Existing outputs are refused unless ``overwrite`` or ``resume`` (``--continue``:
+    complete outputs are kept, the rest redone).
     """
     output = Path(output)
     single_file = Path(input_path).is_file()
@@ -224,6 +272,13 @@ def plan_outputs(cases: Sequence[CaseFiles], input_path: Path, output: Path, pro
                 continue
             if path.resolve() in inputs:
                 raise ValueError(f"output {path} is an input file; choose another output")
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
+            if path.exists() and not (overwrite or resume):
+                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it "
+                                      "(or --continue to keep complete outputs)")
+    record = provenance_path(input_path, output)
+    if record.resolve() in inputs:
+        raise ValueError(f"output {record} is an input file; choose another output")
+    if record.exists() and not (overwrite or resume):
+        raise FileExistsError(f"output {record} exists; pass --overwrite to replace it "
+                              "(or --continue to keep complete outputs)")
     return planned

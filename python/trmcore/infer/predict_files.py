@@ -1,35 +1,95 @@
-"""``trm predict``: segment a NIfTI file or a folder of cases and write label volumes."""
+"""``trm predict``: segment a NIfTI file or a folder of cases and write label volumes.
+
+Per case (:func:`predict_case`): the channels (checked to share one grid) are
+brought to each model's recorded orientation and in-plane spacing
+(:mod:`trmcore.data.geometry`), normalised, segmented slice by slice
+(optionally also mirrored in-plane, test-time augmentation), and the softmax
+probabilities are mapped back onto the input's own grid; several models are
+ensembled by averaging these probabilities. The label volume is the arg-max,
+written with the input's affine and header.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from trmcore.infer.nifti_files import (declared_channel_names, find_cases, image_like, load_case,
-                                       plan_outputs, save_atomic)
+from trmcore.data.geometry import Geometry, plan_grid
+from trmcore.infer.nifti_files import (declared_channel_names, find_cases, image_like, load_case, output_complete,
+                                       plan_outputs, provenance_path, save_atomic, save_json_atomic)
 from trmcore.infer.segmenter import Segmenter, label_dtype, softmax
 
 
 @dataclass
 class PredictedCase:
-    """What was written for one case."""
+    """What was written for one case (``skipped``: kept from an earlier run by ``--continue``)."""
 
     case_id: str
     labels_path: Path
     probabilities_path: Optional[Path]
     label_counts: dict  # label value -> voxel count
+    skipped: bool = False
 
 
-def predict_files(segmenter: Segmenter, input_path, output, probabilities: bool = False,
+def model_geometries(segmenters: Sequence[Segmenter], resample: bool = True) -> List[Geometry]:
+    """Each model's working grid (a warning for models that do not record it)."""
+    return [s.metadata.geometry(f"model {s.model_path}", resample) for s in segmenters]
+
+
+def predict_case(segmenters: Union[Segmenter, Sequence[Segmenter]], images: Sequence,
+                 geometries: Optional[Sequence[Geometry]] = None, mirror: bool = False,
+                 progress: bool = False) -> np.ndarray:
+    """Class probabilities float32 ``[C, X, Y, Z]`` on the grid of ``images`` (nibabel images, one per channel).
+
+    Args:
+        segmenters: one model, or several with the same channels and labels
+            (their probabilities are averaged).
+        images: the case's channel images in the models' channel order, on one grid.
+        geometries: each model's working grid (default: :func:`model_geometries`).
+        mirror: also run the slices flipped along each in-plane axis and both
+            (4 passes) and average the probabilities.
+    """
+    segmenters = [segmenters] if isinstance(segmenters, Segmenter) else list(segmenters)
+    check_ensemble(segmenters)
+    if geometries is None:
+        geometries = model_geometries(segmenters)
+    reference = images[0]
+    data = np.stack([_as_3d(image) for image in images])
+    total = None
+    for segmenter, geometry in zip(segmenters, geometries):
+        grid = plan_grid(data.shape[1:], reference.affine, geometry)
+        working = grid.to_working(data, "linear")
+        probs = _probabilities(segmenter, working, mirror, progress)
+        probs = grid.to_native(probs, "linear")
+        total = probs if total is None else total + probs
+    return (total / len(segmenters)).astype(np.float32, copy=False)
+
+
+def check_ensemble(segmenters: Sequence[Segmenter]) -> None:
+    """ValueError unless every model has the first one's channels, label names and label values."""
+    if not segmenters:
+        raise ValueError("no model given")
+    first = segmenters[0]
+    for other in segmenters[1:]:
+        for what in ("channels", "label_names", "label_values"):
+            if getattr(other, what) != getattr(first, what):
+                raise ValueError(f"models {first.model_path} and {other.model_path} cannot be ensembled: "
+                                 f"{what} differ ({getattr(first, what)} vs {getattr(other, what)})")
+
+
+def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, output, probabilities: bool = False,
                   overwrite: bool = False, channels: Optional[Sequence[str]] = None,
-                  progress: bool = True) -> List[PredictedCase]:
+                  progress: bool = True, resume: bool = False, mirror: bool = False, resample: bool = True,
+                  arguments: Optional[dict] = None) -> List[PredictedCase]:
     """Segment every case under ``input_path`` and write ``CASE.nii.gz`` label volumes.
 
     Args:
-        segmenter: the deployed model.
+        segmenter: the deployed model, or several to ensemble (same channels and labels).
         input_path: a NIfTI file (``CASE_0000.nii.gz``, siblings for further
             channels) or a folder of ``CASE_000k.nii.gz`` files.
         output: a ``.nii.gz`` path (single input file) or a folder.
@@ -42,39 +102,85 @@ def predict_files(segmenter: Segmenter, input_path, output, probabilities: bool 
             channels are picked from the files by name (extra channels are
             ignored); without, the files must be exactly the model's channels
             in the model's order.
+        resume: ``--continue``: keep the outputs of cases that are complete
+            (readable, on the input's grid), redo the others.
+        mirror: test-time augmentation by in-plane mirroring.
+        resample: False (``--no-resample``): use the volumes as stored.
+        arguments: recorded in the provenance file (the command line's options).
 
     Label volumes hold the model's label values (uint8, uint16 only if a
-    value exceeds 255) with the first channel file's affine and header.
+    value exceeds 255) with the first channel file's affine and header. A
+    provenance record (models and their SHA-256, metadata, trmcore version,
+    arguments, cases) is written to ``OUT/predict.json``
+    (``OUT_STEM_predict.json`` for a single output file).
     """
+    segmenters = [segmenter] if isinstance(segmenter, Segmenter) else list(segmenter)
+    check_ensemble(segmenters)
+    first = segmenters[0]
     input_path, output = Path(input_path), Path(output)
     names = list(channels) if channels is not None else declared_channel_names(input_path)
-    indices = None if names is None else channel_indices(names, segmenter.channels)
-    cases = find_cases(input_path, segmenter.metadata.num_channels, indices)
-    planned = plan_outputs(cases, input_path, output, probabilities, overwrite)
-    dtype = label_dtype(segmenter.label_values)
-    values = np.asarray(segmenter.label_values, dtype=dtype)
+    indices = None if names is None else channel_indices(names, first.channels)
+    cases = find_cases(input_path, first.metadata.num_channels, indices)
+    planned = plan_outputs(cases, input_path, output, probabilities, overwrite, resume)
+    geometries = model_geometries(segmenters, resample)
+    dtype = label_dtype(first.label_values)
+    values = np.asarray(first.label_values, dtype=dtype)
     results = []
     bar = _case_bar(len(cases), progress)
     for case, (labels_path, prob_path) in zip(cases, planned):
         images = load_case(case)
         if bar is not None:
             bar.set_postfix_str(case.case_id)
-        if prob_path is None:
-            labels = segmenter.predict_volume(images, progress=progress)
+        if resume and output_complete(labels_path, images[0]) and (
+                prob_path is None or output_complete(prob_path, images[0], first.num_classes)):
+            results.append(PredictedCase(case.case_id, labels_path, prob_path, {}, skipped=True))
         else:
-            logits = segmenter.predict_logits(images, progress=progress)
-            labels = values[logits.argmax(axis=0)]
-            probs = np.moveaxis(softmax(logits, axis=0), 0, -1)  # [X, Y, Z, C]: NIfTI keeps 4th axis last
-            save_atomic(image_like(probs, images[0], np.dtype(np.float32)), prob_path)
-        save_atomic(image_like(labels, images[0], dtype), labels_path)
-        found, counts = np.unique(labels, return_counts=True)
-        results.append(PredictedCase(case.case_id, labels_path, prob_path,
-                                     {int(v): int(c) for v, c in zip(found, counts)}))
+            probs = predict_case(segmenters, images, geometries, mirror, progress)
+            labels = values[probs.argmax(axis=0)]
+            if prob_path is not None:
+                # [X, Y, Z, C]: NIfTI keeps the 4th axis last
+                save_atomic(image_like(np.moveaxis(probs, 0, -1), images[0], np.dtype(np.float32)), prob_path)
+            save_atomic(image_like(labels, images[0], dtype), labels_path)
+            found, counts = np.unique(labels, return_counts=True)
+            results.append(PredictedCase(case.case_id, labels_path, prob_path,
+                                         {int(v): int(c) for v, c in zip(found, counts)}))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+    save_json_atomic(provenance(segmenters, geometries, cases, results, arguments, mirror),
+                     provenance_path(input_path, output))
     return results
+
+
+def provenance(segmenters: Sequence[Segmenter], geometries: Sequence[Geometry], cases, results,
+               arguments: Optional[dict], mirror: bool) -> dict:
+    """The record written beside the outputs: which models, which trmcore, which options, which cases."""
+    from trmcore import __version__
+
+    return {
+        "trmcore_version": __version__,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "arguments": arguments or {},
+        "ensemble": "mean of softmax probabilities" if len(segmenters) > 1 else None,
+        "mirroring": mirror,
+        "models": [{"path": str(s.model_path.resolve()), "sha256": file_sha256(s.model_path),
+                    "provider": s.provider, "working_grid": asdict(g), "metadata": asdict(s.metadata)}
+                   for s, g in zip(segmenters, geometries)],
+        "cases": [{"case_id": case.case_id, "inputs": [str(p) for p in case.channel_paths],
+                   "labels": str(result.labels_path),
+                   "probabilities": None if result.probabilities_path is None else str(result.probabilities_path),
+                   "kept_from_earlier_run": result.skipped}
+                  for case, result in zip(cases, results)],
+    }
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def channel_indices(input_names: Sequence[str], model_channels: Sequence[str]) -> List[int]:
@@ -90,6 +196,26 @@ def channel_indices(input_names: Sequence[str], model_channels: Sequence[str]) -
         raise ValueError(f"the model expects channel(s) {list(model_channels)} but the input has "
                          f"{list(input_names)} (missing {', '.join(missing)})")
     return [lowered.index(name.lower()) for name in model_channels]
+
+
+def _probabilities(segmenter: Segmenter, working: np.ndarray, mirror: bool, progress: bool) -> np.ndarray:
+    """Softmax float32 ``[C, X, Y, Z]`` of a raw ``[Cin, X, Y, Z]`` volume on the model's grid."""
+    probs = softmax(segmenter.predict_logits(working, progress=progress), axis=0)
+    if not mirror:
+        return probs
+    # The network is 2D: mirror the two in-plane axes (array axes 1..3 = X, Y, Z of [C, X, Y, Z]).
+    plane = [1 + a for a in range(3) if a != segmenter.metadata.axis]
+    for flip in ([plane[0]], [plane[1]], plane):
+        flipped = np.ascontiguousarray(np.flip(working, axis=flip))
+        probs += np.flip(softmax(segmenter.predict_logits(flipped, progress=progress), axis=0), axis=flip)
+    return probs / 4.0
+
+
+def _as_3d(image) -> np.ndarray:
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data
 
 
 def _case_bar(total: int, enabled: bool):

@@ -1,7 +1,7 @@
 """Segment whole volumes with an exported trmcore model on onnxruntime (no torch).
 
 The network is 2D: a volume is cut into slices along the model's slice axis,
-each channel z-scored over its non-zero voxels, the slices zero-padded to a
+each channel normalised as the model's metadata says, the slices zero-padded to a
 multiple of the size divisor and run in batches; the padding is cut off the
 logits and the slices are stacked back into a volume.
 """
@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from trmcore.data.preprocess import pad_to_multiple, unpad, zscore_nonzero
+from trmcore.data.preprocess import normalize, pad_to_multiple, unpad
 from trmcore.infer.metadata import ModelMetadata
 from trmcore.infer.runtime import ProviderSpec, active_provider, create_session
 
@@ -146,7 +146,8 @@ class Segmenter:
         stacked = self._reorder_channels(stacked, channels)
         if not np.isfinite(stacked).all():
             raise ValueError("input volume contains NaN or infinite values")
-        return np.stack([zscore_nonzero(channel) for channel in stacked]).astype(np.float32, copy=False)
+        method = self.metadata.normalization
+        return np.stack([normalize(channel, method) for channel in stacked]).astype(np.float32, copy=False)
 
     def _stack_channels(self, volume: VolumeInput) -> np.ndarray:
         n = self.metadata.num_channels

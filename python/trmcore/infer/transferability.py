@@ -32,6 +32,7 @@ import numpy as np
 
 from trmcore import ops
 from trmcore.data.preprocess import pad_to_multiple, unpad
+from trmcore.data.tasks import IGNORE_INDEX
 from trmcore.infer.segmenter import Segmenter
 
 # Slices per chunk in the scoring pass: bounds the float64 temporaries of the ops.
@@ -169,9 +170,10 @@ def _case_slices(segmenter: Segmenter, vol, axis: int, labels_only: bool = False
 
 def _score_case(vol, logits: np.ndarray, labels: np.ndarray, joint, base: float):
     """(CaseTransfer, sum of log EEP over the case) for one case's slices with tissue."""
-    voxels = int(labels.size)
+    voxels = int(np.count_nonzero(labels != IGNORE_INDEX))  # the dataset's "ignore" voxels never count
     if voxels == 0:
-        raise ValueError(f"case {vol.case_id!r} has no slice with tissue (its image is all zero)")
+        raise ValueError(f"case {vol.case_id!r} has no slice with tissue (its image is all zero) "
+                         "or no annotated voxel in them")
     leep_sum = fg_leep_sum = risk_sum = 0.0
     fg_voxels = 0
     for start in range(0, labels.shape[0], _CHUNK_SLICES):
@@ -179,7 +181,7 @@ def _score_case(vol, logits: np.ndarray, labels: np.ndarray, joint, base: float)
         chunk_labels = labels[start:start + _CHUNK_SLICES]
         leep_map = ops.pixel_leep(chunk_logits, chunk_labels, joint)
         risk = ops.risk_map(leep_map, chunk_labels, base=base, scope="image")
-        foreground = chunk_labels != 0
+        foreground = chunk_labels > 0  # not background, not ignored
         leep_sum += float(leep_map.sum(dtype=np.float64))
         fg_leep_sum += float(leep_map[foreground].sum(dtype=np.float64))
         risk_sum += float(risk[foreground].sum(dtype=np.float64))

@@ -49,6 +49,7 @@ class AffinityConfig:
         alpha, beta: weights of d = alpha * W + beta * (1 - S).
         workers: threads (default: all cores).
         progress: show tqdm bars.
+        resample: reorient every volume to RAS (False: as stored).
     """
 
     size: int = 128
@@ -60,6 +61,7 @@ class AffinityConfig:
     beta: float = DEFAULT_BETA
     workers: Optional[int] = None
     progress: bool = True
+    resample: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 2:

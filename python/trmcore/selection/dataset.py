@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Mapping, Sequence, Union
 
+import numpy as np
+
 from trmcore.selection.affinity import AffinityConfig, AffinityResult, affinity_from_signatures, compute_signatures, sample_cases
 from trmcore.selection.tasks import SelectionTask, check_task, labelled_cases
 
@@ -31,6 +33,7 @@ def affinity_from_dataset(root: Union[str, Path], tasks: Sequence[SelectionTask]
             or with no labelled volume. FileNotFoundError: no dataset at ``root``.
     """
     from trmcore.data import DatasetLayout, load_task_volumes
+    from trmcore.data.geometry import Geometry, native_geometry
 
     if not tasks:
         raise ValueError("no tasks given")
@@ -46,8 +49,12 @@ def affinity_from_dataset(root: Union[str, Path], tasks: Sequence[SelectionTask]
 
     def loader(task: SelectionTask, cases: List[str]):
         def load():
-            volumes, _ = load_task_volumes(root, task.to_spec(), cases=cases, progress=False, sites=site_map)
-            return [(v.image, v.label) for v in volumes]
+            # RAS, no resampling: signatures are resized to one size anyway, and every task
+            # must see the same anatomy in the same axis order.
+            volumes, _ = load_task_volumes(root, task.to_spec(), cases=cases, progress=False, sites=site_map,
+                                           geometry=Geometry("RAS", None) if config.resample else native_geometry())
+            # Unannotated ("ignore") voxels have no class; the coarse label signature counts them as 0.
+            return [(v.image, np.where(v.label < 0, 0, v.label)) for v in volumes]
         return load
 
     loaders = [loader(task, cases) for task, cases in zip(tasks, samples)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class RankConfig:
             2 and 16 for an ONNX model without it. Run folders always use their run.json.
         batch_size: slices per forward pass; device: torch device for run folders
             (a ``cuda`` device also lets ONNX sources use onnxruntime's CUDA provider).
+        resample: load the target on each source's recorded grid (False: as stored).
     """
 
     channel: str
@@ -51,6 +52,7 @@ class RankConfig:
     batch_size: int = 16
     device: Optional[str] = None
     seed: int = 0
+    resample: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class LoadedSource:
         channels: the model's input channel names in network order (None when unknown).
         axis, divisor: how the target volumes are sliced and padded for it.
         kind: ``"run"`` or ``"onnx"``.
+        geometry, normalization: the grid and intensity normalisation the
+            target volumes are loaded with (the model's recorded ones; None: as stored).
     """
 
     logits: LogitsFn
@@ -91,9 +95,11 @@ class LoadedSource:
     axis: int
     divisor: int
     kind: str
+    geometry: Optional[Any] = None
+    normalization: str = "zscore-nonzero"
 
 
-def _run_source(path: Path, device: Optional[str]) -> LoadedSource:
+def _run_source(path: Path, device: Optional[str], resample: bool = True) -> LoadedSource:
     """A run folder (``model.safetensors`` + ``run.json``), sliced as its run.json says."""
     import torch
 
@@ -108,7 +114,8 @@ def _run_source(path: Path, device: Optional[str]) -> LoadedSource:
         with torch.no_grad():
             return model(torch.from_numpy(batch).to(resolved)).float().cpu().numpy()
 
-    return LoadedSource(logits, info.model.in_channels, list(info.channels), info.axis, info.divisor, "run")
+    return LoadedSource(logits, info.model.in_channels, list(info.channels), info.axis, info.divisor, "run",
+                        info.geometry(f"source run {path}", resample), info.normalization)
 
 
 def _onnx_source(path: Path, config: RankConfig) -> LoadedSource:
@@ -154,7 +161,9 @@ def _onnx_source(path: Path, config: RankConfig) -> LoadedSource:
                              "expected logits [N, Z, H, W] of the input's size")
         return out
 
-    return LoadedSource(logits, in_channels, channels, axis, divisor, "onnx")
+    geometry = metadata.geometry(f"source model {path}", config.resample) if metadata is not None else None
+    normalization = metadata.normalization if metadata is not None else "zscore-nonzero"
+    return LoadedSource(logits, in_channels, channels, axis, divisor, "onnx", geometry, normalization)
 
 
 def _channel_order(source: Path, loaded: LoadedSource, target_channels: Sequence[str]) -> Optional[List[int]]:
@@ -205,28 +214,34 @@ def source_leep(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, num
     return total / joint.count, joint.num_source_classes, joint.count
 
 
-def _target_slices(data: PathLike, config: RankConfig, axis: int, divisor: int, cache: Dict):
-    key = (axis, divisor)
+def _target_slices(data: PathLike, config: RankConfig, model: LoadedSource, cache: Dict):
+    """The target's training slices as ``model`` sees them (its grid, normalisation, slicing), cached."""
+    from trmcore.data.geometry import native_geometry
+
+    geometry = model.geometry if model.geometry is not None and config.resample else native_geometry(model.axis)
+    loaded = ("volumes", geometry, model.normalization)
+    key = (model.axis, model.divisor, geometry, model.normalization)
     if key not in cache:
         from trmcore.data import few_shot, load_task_volumes, parse_task, split_cases, volumes_to_slices
 
-        if "volumes" not in cache:
+        if loaded not in cache:
             volumes, info = load_task_volumes(data, parse_task(config.channel, config.labels, config.site),
-                                              progress=False)
+                                              progress=False, geometry=geometry, normalization=model.normalization)
             train, _ = split_cases(volumes, config.val_fraction, config.seed)
-            cache["volumes"], cache["info"] = train, info
-        slices = volumes_to_slices(cache["volumes"], axis=axis, divisor=divisor, skip_empty=True)
+            cache[loaded] = train, info
+        train, info = cache[loaded]
+        slices = volumes_to_slices(train, axis=model.axis, divisor=model.divisor, skip_empty=True)
         if config.shots is not None:
             slices = few_shot(slices, config.shots, seed=config.seed)
-        cache[key] = slices
-    return cache[key], cache["info"]
+        cache[key] = slices, info
+    return cache[key]
 
 
 def _load_source(source: Path, config: RankConfig) -> LoadedSource:
     if source.is_dir():
         if not (source / "run.json").is_file():
             raise FileNotFoundError(f"source {source} is a folder without run.json (not a run folder)")
-        return _run_source(source, config.device)
+        return _run_source(source, config.device, config.resample)
     if source.is_file() and source.suffix == ".onnx":
         return _onnx_source(source, config)
     if source.is_file():
@@ -260,7 +275,7 @@ def rank_sources(data: PathLike, sources: Sequence[PathLike], config: RankConfig
     cache: Dict = {}
     scores = []
     for source, model, order in loaded:
-        slices, info = _target_slices(data, config, model.axis, model.divisor, cache)
+        slices, info = _target_slices(data, config, model, cache)
         images = slices.images if order is None else np.ascontiguousarray(slices.images[:, order])
         value, z, pixels = source_leep(model.logits, images, slices.labels, info.num_classes, config.batch_size)
         scores.append(SourceScore(source, model.kind, value, z, pixels))

@@ -36,6 +36,8 @@ class TrainConfig:
         val_fraction: share of cases held out for validation.
         axis: slicing axis of the volumes (2 = axial).
         skip_empty: drop training slices without brain (all-zero image).
+        resample: bring volumes to RAS and the median in-plane spacing (fine-tuning:
+            the source run's); False (``--no-resample``) uses them as stored.
         amp: autocast on CUDA (ignored on CPU).
         checkpoint_every: write a resumable state every this many iterations (0 = at validation only).
     """
@@ -55,6 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     axis: int = 2
     skip_empty: bool = True
+    resample: bool = True
     amp: bool = True
     checkpoint_every: int = 0
 

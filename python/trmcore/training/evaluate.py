@@ -1,9 +1,14 @@
-"""Prediction and Dice: per-volume 3D Dice per class and their mean (SPEC 7)."""
+"""Prediction and Dice of a run: per-volume 3D Dice per class and their mean (SPEC 7).
+
+The metric and its conventions (NaN for a class absent from reference and
+prediction, left out of means; scores on each volume's stored grid) live in
+the torch-free :mod:`trmcore.data.scoring`, shared with exported models
+and folders of predictions.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -11,65 +16,9 @@ from torch import nn
 
 from trmcore.data import volumes_to_slices
 from trmcore.data.preprocess import unpad
+from trmcore.data.scoring import (EvaluationResult, VolumeDice, dice_per_class, summarize,  # noqa: F401
+                                  volume_dice)
 from trmcore.training.precision import autocast_for
-
-
-@dataclass
-class VolumeDice:
-    """3D Dice of one volume: ``dice[name]`` per foreground class and ``mean`` over them.
-
-    A class absent from both the label and the prediction scores 1.0 (nothing to find, nothing found).
-    """
-
-    case_id: str
-    dice: Dict[str, float]
-    mean: float
-
-
-@dataclass
-class EvaluationResult:
-    """Per-volume Dice plus the mean over volumes of each class and of the per-volume means."""
-
-    volumes: List[VolumeDice]
-    class_names: List[str]
-    mean_per_class: Dict[str, float] = field(default_factory=dict)
-    mean: float = float("nan")
-
-    def to_dict(self) -> dict:
-        return {
-            "class_names": self.class_names,
-            "mean_per_class": self.mean_per_class,
-            "mean": self.mean,
-            "volumes": [{"case_id": v.case_id, "dice": v.dice, "mean": v.mean} for v in self.volumes],
-        }
-
-    def table(self) -> str:
-        """A plain-text table: one row per volume, then the mean."""
-        names = self.class_names
-        width = max([len("case"), len("mean")] + [len(v.case_id) for v in self.volumes])
-        header = f"{'case':<{width}}  " + "  ".join(f"{n:>8}" for n in names) + f"  {'mean':>8}"
-        lines = [header, "-" * len(header)]
-        for v in self.volumes:
-            lines.append(f"{v.case_id:<{width}}  " + "  ".join(f"{v.dice[n]:8.4f}" for n in names)
-                         + f"  {v.mean:8.4f}")
-        lines.append("-" * len(header))
-        lines.append(f"{'mean':<{width}}  " + "  ".join(f"{self.mean_per_class[n]:8.4f}" for n in names)
-                     + f"  {self.mean:8.4f}")
-        return "\n".join(lines)
-
-
-def dice_per_class(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dice of classes 1..C-1 between two integer label arrays of the same shape: float64 ``[C-1]``."""
-    prediction = np.asarray(prediction)
-    label = np.asarray(label)
-    if prediction.shape != label.shape:
-        raise ValueError(f"prediction shape {prediction.shape} differs from label shape {label.shape}")
-    scores = np.empty(num_classes - 1, np.float64)
-    for c in range(1, num_classes):
-        p, t = prediction == c, label == c
-        denominator = int(p.sum()) + int(t.sum())
-        scores[c - 1] = 1.0 if denominator == 0 else 2.0 * int((p & t).sum()) / denominator
-    return scores
 
 
 @torch.no_grad()
@@ -92,13 +41,14 @@ def predict_slices(model: nn.Module, images: np.ndarray, device: torch.device, b
 
 def evaluate_volumes(model: nn.Module, volumes: Sequence, label_names: Sequence[str], axis: int, divisor: int,
                      device: torch.device, batch_size: int = 16, amp: bool = True,
-                     progress: bool = False) -> EvaluationResult:
+                     progress: bool = False, scope: str = "") -> EvaluationResult:
     """Per-volume 3D Dice of ``model`` on labelled ``volumes`` (trmcore.data.Volume).
 
     Every slice of a volume is predicted (also the empty ones) and the padding
-    is removed before counting, so the Dice is that of the whole 3D volume.
+    is removed before counting, so the Dice is that of the whole 3D volume;
+    the prediction is mapped back onto the volume's stored grid and scored
+    there against the stored labels (as nnU-Net does).
     """
-    num_classes = len(label_names)
     names = list(label_names[1:])
     iterator = volumes
     if progress:
@@ -111,24 +61,24 @@ def evaluate_volumes(model: nn.Module, volumes: Sequence, label_names: Sequence[
             raise ValueError(f"case {volume.case_id} has no label: cannot evaluate")
         slices = volumes_to_slices([volume], axis=axis, divisor=divisor, skip_empty=False)
         predicted = unpad(predict_slices(model, slices.images, device, batch_size, amp), slices.pad)
-        truth = unpad(slices.labels, slices.pad)
-        scores = dice_per_class(predicted, truth, num_classes)
-        results.append(VolumeDice(volume.case_id, dict(zip(names, scores.tolist())), float(scores.mean())))
-    return summarize(results, names)
-
-
-def summarize(volumes: List[VolumeDice], class_names: List[str]) -> EvaluationResult:
-    result = EvaluationResult(volumes, list(class_names))
-    if volumes:
-        result.mean_per_class = {n: float(np.mean([v.dice[n] for v in volumes])) for n in class_names}
-        result.mean = float(np.mean([v.mean for v in volumes]))
-    return result
+        predicted = np.moveaxis(predicted, 0, axis)  # [S, H, W] -> the volume's [X, Y, Z]
+        truth = volume.label
+        if volume.grid is not None and not volume.grid.identity:
+            predicted = volume.grid.to_native(predicted, "label")
+            truth = volume.label_on_native_grid()
+        results.append(volume_dice(volume.case_id, predicted, truth, names))
+    return summarize(results, names, scope)
 
 
 def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, labels: Optional[str] = None,
                  site: Optional[str] = None, cases: Optional[Sequence[str]] = None, device: Optional[str] = None,
-                 batch_size: int = 16, progress: bool = True, sites=None) -> EvaluationResult:
-    """Load a run and evaluate it on a dataset's task (channels/labels default to the run's own)."""
+                 batch_size: int = 16, progress: bool = True, sites=None, resample: bool = True,
+                 scope: str = "") -> EvaluationResult:
+    """Load a run and evaluate it on a dataset's task (channels/labels default to the run's own).
+
+    Volumes are loaded on the run's recorded grid and normalisation
+    (``resample=False``: as stored); ``scope`` describes ``cases`` in the table.
+    """
     from trmcore.data import load_task_volumes, parse_task
     from trmcore.training.checkpoint import load_run
     from trmcore.training.distributed import resolve_device
@@ -136,10 +86,12 @@ def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, la
     resolved = resolve_device(device)
     model, info = load_run(run_dir, device=resolved)
     task = parse_task(channel or info.channels, labels or info.label_names[1:], site)
-    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites)
+    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites,
+                                           geometry=info.geometry(f"run {run_dir}", resample),
+                                           normalization=info.normalization)
     check_task_matches(info, task_info, run_dir)
     return evaluate_volumes(model, volumes, task_info.label_names, info.axis, info.divisor, resolved,
-                            batch_size, progress=progress)
+                            batch_size, progress=progress, scope=scope)
 
 
 def check_task_matches(info, task_info, run_dir) -> None:

@@ -14,11 +14,17 @@ import numpy as np
 from trmcore.training.riskmap import RiskVolumes, risk_volumes
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Union[str, Path]) -> Path:
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Union[str, Path], header=None) -> Path:
+    """float32 NIfTI; with ``header`` (the input's) its qform/sform codes and units are kept."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(np.asarray(array, np.float32), np.asarray(affine, np.float64))
-    image.header.set_xyzt_units("mm")
+    if header is not None:
+        header = nib.Nifti1Header.from_header(header)
+        header.set_slope_inter(1.0, 0.0)  # the input's intensity scaling means nothing for a map
+    image = nib.Nifti1Image(np.asarray(array, np.float32), np.asarray(affine, np.float64), header=header)
+    image.set_data_dtype(np.float32)
+    if header is None:
+        image.header.set_xyzt_units("mm")
     path = Path(path)
     nib.save(image, str(path))
     return path
@@ -70,8 +76,11 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                     channel: Optional[str] = None, labels: Optional[str] = None, site: Optional[str] = None,
                     after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
                     base: float = 10.0, scope: str = "image", device: Optional[str] = None,
-                    progress: bool = True, sites=None) -> List[Path]:
+                    progress: bool = True, sites=None, resample: bool = True) -> List[Path]:
     """Write CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case.
+
+    Volumes are loaded on the source run's grid (``resample=False``: as
+    stored); the maps are written back on each case's stored grid.
 
     The source model's own head defines the dummy labels (Z outputs), whatever
     the target label set; ``after_run`` (a fine-tuned run) is scored with its head.
@@ -83,7 +92,9 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     resolved = resolve_device(device)
     source, source_info = load_run(source_run, device=resolved)
     task = parse_task(channel or source_info.channels, labels or source_info.label_names[1:], site)
-    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites)
+    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites,
+                                           geometry=source_info.geometry(f"source run {source_run}", resample),
+                                           normalization=source_info.normalization)
     if len(task_info.channels) != source_info.model.in_channels:
         raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s), "
                          f"the task gives {task_info.channels}")
@@ -102,12 +113,18 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for volume, maps, maps_after in zip(volumes, before, after):
-        written.append(save_nifti(maps.transferability, volume.affine, out_dir / f"{volume.case_id}_transferability.nii.gz"))
-        written.append(save_nifti(maps.risk, volume.affine, out_dir / f"{volume.case_id}_risk.nii.gz"))
+        # Maps are written on the case's stored grid (its own affine and header), like every output.
+        native = volume.grid.to_native if volume.grid is not None else (lambda a, mode: a)
+        affine = volume.grid.native_affine if volume.grid is not None else volume.affine
+        written.append(save_nifti(native(maps.transferability, "linear"), affine,
+                                  out_dir / f"{volume.case_id}_transferability.nii.gz", volume.header))
+        written.append(save_nifti(native(maps.risk, "linear"), affine, out_dir / f"{volume.case_id}_risk.nii.gz",
+                                  volume.header))
         if maps_after is not None:
-            written.append(save_nifti(maps_after.transferability, volume.affine,
-                                      out_dir / f"{volume.case_id}_transferability_after.nii.gz"))
-            written.append(save_nifti(maps_after.risk, volume.affine, out_dir / f"{volume.case_id}_risk_after.nii.gz"))
+            written.append(save_nifti(native(maps_after.transferability, "linear"), affine,
+                                      out_dir / f"{volume.case_id}_transferability_after.nii.gz", volume.header))
+            written.append(save_nifti(native(maps_after.risk, "linear"), affine,
+                                      out_dir / f"{volume.case_id}_risk_after.nii.gz", volume.header))
         slice_index = pick_slice(volume.label, source_info.axis)
         written.append(plot_panel(volume, maps, maps_after, source_info.axis, slice_index,
                                   out_dir / f"{volume.case_id}.png", base))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from trmcore import __version__
+from trmcore.data.preprocess import DEFAULT_NORMALIZATION
 from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
 
@@ -29,6 +30,12 @@ class RunInfo:
     the dataset's label files (a list of values for a region label) (class 0 = background, value 0). ``divisor`` is the
     padding multiple of the inputs (``2**depth``), ``axis`` the slicing axis.
     ``method`` is None for a source model; ``source`` the run it was fine-tuned from.
+    ``orientation`` (axis codes such as ``"RAS"``, or ``"native"`` for a run
+    trained with ``--no-resample``) and ``spacing`` (mm per voxel axis of that
+    orientation) are the working grid the volumes were brought to; both None
+    for runs from before trmcore recorded them (see :meth:`geometry`).
+    ``normalization`` names the intensity normalisation
+    (``trmcore.data.preprocess.NORMALIZATIONS``).
     """
 
     model: UNetConfig
@@ -37,7 +44,9 @@ class RunInfo:
     label_values: List[Any]
     axis: int = 2
     divisor: int = 16
-    normalization: str = "zscore-nonzero"
+    normalization: str = DEFAULT_NORMALIZATION
+    orientation: Optional[str] = None
+    spacing: Optional[List[float]] = None
     method: Optional[str] = None
     source: Optional[str] = None
     trmcore_version: str = __version__
@@ -53,6 +62,8 @@ class RunInfo:
         # A region label is several dataset values (a list); JSON has no tuples.
         self.label_values = [list(v) if isinstance(v, (list, tuple)) else int(v) for v in self.label_values]
         self.channels = list(self.channels)
+        if self.spacing is not None:
+            self.spacing = [float(v) for v in self.spacing]
         self.label_names = list(self.label_names)
         if len(self.label_names) != len(self.label_values):
             raise ValueError(
@@ -66,6 +77,12 @@ class RunInfo:
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def geometry(self, what: str = "run", resample: bool = True):
+        """The :class:`trmcore.data.geometry.Geometry` volumes are brought to (a warning for old runs)."""
+        from trmcore.data.geometry import recorded_geometry
+
+        return recorded_geometry(self.orientation, self.spacing, self.axis, what, resample)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -26,6 +26,8 @@ from torch import nn
 
 from trmcore import ops
 from trmcore.data import TaskSpec, few_shot, load_task_volumes, split_cases, volumes_to_slices
+from trmcore.data.geometry import native_geometry
+from trmcore.data.preprocess import DEFAULT_NORMALIZATION
 from trmcore.models import UNet, UNetConfig
 from trmcore.training.checkpoint import (load_run, load_train_state, remove_train_state, save_run,
                                          save_train_state)
@@ -100,9 +102,16 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def prepare_data(data_root: PathLike, task: TaskSpec, config: TrainConfig, divisor: int, ctx: DistContext,
-                 progress: bool = True, sites: Any = None) -> PreparedData:
-    """Load the task, split it by case, cut the training volumes into slices and shard them."""
-    volumes, task_info = load_task_volumes(data_root, task, progress=progress and ctx.is_main, sites=sites)
+                 progress: bool = True, sites: Any = None, geometry: Any = None,
+                 normalization: str = DEFAULT_NORMALIZATION) -> PreparedData:
+    """Load the task, split it by case, cut the training volumes into slices and shard them.
+
+    ``geometry`` None: RAS at the median in-plane spacing (``config.resample``) or as stored.
+    """
+    if geometry is None and not config.resample:
+        geometry = native_geometry(config.axis)
+    volumes, task_info = load_task_volumes(data_root, task, progress=progress and ctx.is_main, sites=sites,
+                                           geometry=geometry, normalization=normalization, axis=config.axis)
     if config.val_fraction > 0 and len(volumes) > 1:
         train_volumes, val_volumes = split_cases(volumes, config.val_fraction, seed=config.seed)
     else:
@@ -380,7 +389,9 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             _check_resume(run_dir, config, state)
         source, source_info = load_run(source_run, device=ctx.device)
         seed_everything(config.seed)
-        data = prepare_data(data_root, task, config, source_info.divisor, ctx, progress, sites)
+        geometry = source_info.geometry(f"source run {source_run}", config.resample)
+        data = prepare_data(data_root, task, config, source_info.divisor, ctx, progress, sites, geometry,
+                            source_info.normalization)
         if len(data.task_info.channels) != source_info.model.in_channels:
             raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s) "
                              f"{source_info.channels}; the target task has {data.task_info.channels}")
@@ -407,4 +418,14 @@ def _run_info(model: UNet, data: PreparedData, config: TrainConfig, task: TaskSp
                    label_names=list(data.task_info.label_names), label_values=list(data.task_info.label_values),
                    axis=config.axis, divisor=model.config.divisor, method=method, source=source,
                    site=task.site, data=str(Path(data_root).resolve()), training=config,
-                   train_cases=data.train_cases, val_cases=data.val_cases)
+                   train_cases=data.train_cases, val_cases=data.val_cases, **_preprocessing_record(data.task_info))
+
+
+def _preprocessing_record(task_info) -> Dict[str, Any]:
+    """run.json's normalisation, orientation and spacing: how the volumes were loaded."""
+    geometry = task_info.geometry
+    record = {"normalization": task_info.normalization}
+    if geometry is None or geometry.native:
+        return {**record, "orientation": "native", "spacing": None}
+    return {**record, "orientation": geometry.orientation,
+            "spacing": None if geometry.spacing is None else list(geometry.spacing)}
