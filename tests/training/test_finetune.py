@@ -48,7 +48,8 @@ def test_finetune_uses_the_source_grid_and_no_resample_records_native(phantom, s
     _, tuned = load_run(tmp_path / "tuned")
     assert tuned.orientation == "RAS" and tuned.spacing == pytest.approx(record["spacing"])
     native = train(phantom, parse_task("T1", "CSF"), tmp_path / "native",
-                   tiny_config(iterations=2, freeze="none", resample=False), depth=2, width=4, progress=False)
+                   tiny_config(iterations=2, freeze="none", resample=False), UNetConfig(depth=2, width=4),
+                   progress=False)
     assert native.orientation == "native" and native.spacing is None
 
 
