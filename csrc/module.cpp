@@ -13,10 +13,6 @@
 #include <stdexcept>
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "trmcore/ops.h"
 
 namespace py = pybind11;
@@ -155,19 +151,11 @@ void rwce_backward(std::uintptr_t logits, int dtype, std::uintptr_t labels, std:
   launch(p, cuda, stream, trmcore::rwce_backward_cpu, TRMCORE_CUDA_LAUNCHER(rwce_backward));
 }
 
-int omp_max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "trmcore native core: pixel-level LEEP, transfer risk map and risk-weighted cross-entropy launchers "
-            "(CPU/OpenMP and CUDA). Pointers are integer addresses; see trmcore/include/trmcore/ops.h.";
+            "(CPU threads and CUDA). Pointers are integer addresses; see trmcore/include/trmcore/ops.h.";
 
   m.def("leep_joint", &leep_joint, py::kw_only(), py::arg("logits"), py::arg("dtype") = 0, py::arg("labels"),
         py::arg("n"), py::arg("z"), py::arg("hw"), py::arg("c"), py::arg("ignore_index") = -100, py::arg("joint"),
@@ -197,7 +185,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("built_with_cuda", []() { return kBuiltWithCuda; }, "Whether this build contains the CUDA kernels.");
   m.def("cuda_available", []() { return trmcore::cuda_available(); },
         "Whether this build contains the CUDA kernels and a CUDA device is usable.");
-  m.def("omp_max_threads", &omp_max_threads, "OpenMP's default thread count (1 without OpenMP).");
+  m.def("default_num_threads", &trmcore::default_num_threads,
+        "Threads the CPU kernels use when num_threads is 0 (OMP_NUM_THREADS, else the CPUs available).");
   m.def("cpu_isa", []() { return std::string(trmcore::cpu_isa()); },
         "Instruction-set variant of the CPU kernels in use: 'avx2' or 'baseline'.");
   m.def("set_cpu_isa", [](const std::string& name) { trmcore::set_cpu_isa(name.c_str()); }, py::arg("name"),

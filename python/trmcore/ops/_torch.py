@@ -3,7 +3,7 @@
 Each kernel is a custom op (``torch.ops.trmcore.*``) with a fake (meta)
 implementation, so the ops trace under ``torch.compile`` and pass
 ``torch.library.opcheck``; ``rwce_forward`` carries its backward through
-``register_autograd``. CPU tensors run the OpenMP kernels with torch's thread
+``register_autograd``. CPU tensors run the CPU kernels with torch's thread
 count, CUDA tensors the CUDA kernels on the current stream.
 
 Value checks that need the data (labels in range, finite logits, finite and

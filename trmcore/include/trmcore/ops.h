@@ -35,7 +35,7 @@ struct LeepJointParams {
   int64_t ignore_index = -100;
   double* joint = nullptr;    // out [C, Z]: sum of softmax(logits) over valid pixels with label y
   int64_t* status = nullptr;  // out [kStatusSize]
-  int num_threads = 0;        // CPU only; 0 = OpenMP default
+  int num_threads = 0;        // CPU only; 0 = default_num_threads()
 };
 
 struct PixelLeepParams {
@@ -93,6 +93,9 @@ void rwce_forward_cpu(const RwceForwardParams& p);
 void rwce_backward_cpu(const RwceBackwardParams& p);
 
 bool cuda_available();  // compiled with CUDA and a device is present
+// Threads the CPU kernels use for num_threads = 0: OMP_NUM_THREADS when set to a
+// positive number, else the CPUs this process may run on.
+int default_num_threads();
 
 // The instruction-set variant the CPU launchers use: "avx2" or "baseline".
 const char* cpu_isa();

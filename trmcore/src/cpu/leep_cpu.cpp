@@ -3,6 +3,7 @@
 // Compiled once per instruction-set variant (see kernels.h); the launchers that
 // validate and choose a variant are in launch_cpu.cpp.
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <vector>
 
@@ -35,20 +36,19 @@ struct LeepJointKernel {
     std::fill(prm.joint, prm.joint + CK, 0.0);
     const auto* logits = static_cast<const typename D::storage*>(prm.logits);
     const int threads = thread_count(prm.num_threads);
-    int64_t valid = 0, bad = 0, nonfinite = 0;
+    std::atomic<int64_t> total_valid{0}, total_bad{0}, total_nonfinite{0};
 
     for (int64_t wave = 0; wave < num_chunks; wave += slots) {
       const int64_t wave_chunks = std::min(slots, num_chunks - wave);
-#pragma omp parallel num_threads(threads) if (wave_chunks > 1) reduction(+ : valid, bad, nonfinite)
-      {
+      parallel::for_each_worker(threads, wave_chunks, [&](parallel::IndexQueue& queue) {
+        int64_t nonfinite = 0;
         AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
         AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels);
         AlignedBuffer<int32_t> label(kRowPixels);
         AlignedBuffer<double> acc(masked ? static_cast<size_t>(CK) * kRowPixels : 1);
         AlignedBuffer<float> xt_buf(masked ? 1 : static_cast<size_t>(K) * kRowPixels);
         LabelCounts counts;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < wave_chunks; ++i) {
+        for (int64_t i; queue.next(i);) {
           double* __restrict out = partials.data() + i * CK;
           const int64_t begin = (wave + i) * kChunkPixels;
           const int64_t end = std::min(total, begin + kChunkPixels);
@@ -110,20 +110,25 @@ struct LeepJointKernel {
             }
           }
         }
-        valid += counts.valid;
-        bad += counts.bad;
-      }
-      // Ordered reduction of this wave's partials: chunk order, for any thread count.
+        total_valid += counts.valid;
+        total_bad += counts.bad;
+        total_nonfinite += nonfinite;
+      });
+      // Ordered reduction of this wave's partials: chunk order, for any thread
+      // count; blocks of kReduceBlock entries of the joint per task.
       double* joint = prm.joint;
       const double* part = partials.data();
-#pragma omp parallel for num_threads(threads) if (CK >= 4096) schedule(static)
-      for (int64_t j = 0; j < CK; ++j) {
-        double t = joint[j];
-        for (int64_t i = 0; i < wave_chunks; ++i) t += part[i * CK + j];
-        joint[j] = t;
-      }
+      constexpr int64_t kReduceBlock = 1024;
+      parallel::for_each_index(CK >= 4096 ? threads : 1, ceil_div(CK, kReduceBlock), [&](int64_t block) {
+        const int64_t end = std::min(CK, (block + 1) * kReduceBlock);
+        for (int64_t j = block * kReduceBlock; j < end; ++j) {
+          double t = joint[j];
+          for (int64_t i = 0; i < wave_chunks; ++i) t += part[i * CK + j];
+          joint[j] = t;
+        }
+      });
     }
-    write_status(prm.status, valid, bad, nonfinite);
+    write_status(prm.status, total_valid.load(), total_bad.load(), total_nonfinite.load());
   }
 };
 
@@ -143,15 +148,14 @@ struct PixelLeepKernel {
       for (int k = 0; k < K; ++k) transposed.get()[k * C + c] = cond[c * K + k];
     }
     const float* __restrict cond_t = transposed.get();
-    int64_t valid = 0, bad = 0, nonfinite = 0;
-#pragma omp parallel num_threads(threads) if (num_chunks > 1) reduction(+ : valid, bad, nonfinite)
-    {
+    std::atomic<int64_t> total_valid{0}, total_bad{0}, total_nonfinite{0};
+    parallel::for_each_worker(threads, num_chunks, [&](parallel::IndexQueue& queue) {
+      int64_t nonfinite = 0;
       AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
       AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels), num(kRowPixels);
       AlignedBuffer<int32_t> label(kRowPixels), offset(kRowPixels);
       LabelCounts counts;
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+      for (int64_t chunk; queue.next(chunk);) {
         const int64_t begin = chunk * kChunkPixels;
         const int64_t end = std::min(total, begin + kChunkPixels);
         for_each_row(begin, end, hw, [&](int64_t image, int64_t pixel, int len) {
@@ -200,10 +204,11 @@ struct PixelLeepKernel {
           }
         });
       }
-      valid += counts.valid;
-      bad += counts.bad;
-    }
-    write_status(prm.status, valid, bad, nonfinite);
+      total_valid += counts.valid;
+      total_bad += counts.bad;
+      total_nonfinite += nonfinite;
+    });
+    write_status(prm.status, total_valid.load(), total_bad.load(), total_nonfinite.load());
   }
 };
 

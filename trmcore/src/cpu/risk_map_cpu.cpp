@@ -27,8 +27,7 @@ void risk_map_cpu(const RiskMapParams& prm) {
   std::vector<float> chunk_max(static_cast<size_t>(num_chunks), -kInf);
 
   // Pass 1: min/max of T over the valid pixels of each chunk.
-#pragma omp parallel for num_threads(threads) if (num_chunks > 1) schedule(dynamic, 1)
-  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+  parallel::for_each_index(threads, num_chunks, [&](int64_t chunk) {
     const auto [image, begin, len] = cpu::image_chunk(chunk, chunks_per_image, hw);
     const float* __restrict t = prm.leep_map + image * hw + begin;
     const int64_t* __restrict y = prm.labels + image * hw + begin;
@@ -41,7 +40,7 @@ void risk_map_cpu(const RiskMapParams& prm) {
     }
     chunk_min[chunk] = lo;
     chunk_max[chunk] = hi;
-  }
+  });
 
   // Per-image (or batch) extrema; an image without valid pixels keeps +inf/-inf
   // and produces only zeros below because all its pixels are ignored.
@@ -60,8 +59,7 @@ void risk_map_cpu(const RiskMapParams& prm) {
 
   // Pass 2: R = exp(T' * ln(base)).
   const float log_base = static_cast<float>(std::log(prm.base));
-#pragma omp parallel for num_threads(threads) if (num_chunks > 1) schedule(dynamic, 1)
-  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+  parallel::for_each_index(threads, num_chunks, [&](int64_t chunk) {
     const auto [image, begin, len] = cpu::image_chunk(chunk, chunks_per_image, hw);
     const float* __restrict t = prm.leep_map + image * hw + begin;
     const int64_t* __restrict y = prm.labels + image * hw + begin;
@@ -76,7 +74,7 @@ void risk_map_cpu(const RiskMapParams& prm) {
       const float risk = cpu::fast_exp(scaled * log_base);
       r[p] = y[p] != prm.ignore_index ? risk : 0.0f;
     }
-  }
+  });
 }
 
 }  // namespace trmcore

@@ -25,12 +25,9 @@
 #include <stdexcept>
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "trmcore/ops.h"
 #include "numeric.h"
+#include "parallel.h"
 
 namespace trmcore {
 namespace TRMCORE_CPU_ISA {
@@ -38,14 +35,7 @@ namespace TRMCORE_CPU_ISA {
 constexpr int kRowPixels = 64;          // pixels per vectorised row
 constexpr int64_t kChunkPixels = 4096;  // pixels per deterministic chunk (multiple of kRowPixels)
 
-inline int thread_count(int requested) {
-#ifdef _OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
-#else
-  (void)requested;
-  return 1;
-#endif
-}
+inline int thread_count(int requested) { return requested > 0 ? requested : parallel::default_threads(); }
 
 // 64-byte aligned heap array, allocated once per thread per call so that the
 // vector loops see the same alignment in every thread.

@@ -3,6 +3,7 @@
 // CE = logsumexp(l) - l[y]. Backward: scale[b] * w * (softmax(l) - onehot(y)).
 // Compiled once per instruction-set variant (see kernels.h).
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "rows.h"
@@ -25,16 +26,14 @@ struct RwceForwardKernel {
     std::vector<int64_t> chunk_fg(static_cast<size_t>(num_chunks)), chunk_valid(static_cast<size_t>(num_chunks));
     const auto* logits = static_cast<const typename D::storage*>(prm.logits);
     const int threads = thread_count(prm.num_threads);
-    int64_t bad = 0, nonfinite = 0, nonfinite_weights = 0, negative_weights = 0;
-#pragma omp parallel num_threads(threads) if (num_chunks > 1) \
-    reduction(+ : bad, nonfinite, nonfinite_weights, negative_weights)
-    {
+    std::atomic<int64_t> total_bad{0}, total_nonfinite{0}, total_nonfinite_weights{0}, total_negative_weights{0};
+    parallel::for_each_worker(threads, num_chunks, [&](parallel::IndexQueue& queue) {
+      int64_t bad = 0, nonfinite = 0, nonfinite_weights = 0, negative_weights = 0;
       AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
       AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels), picked(kRowPixels);
       AlignedBuffer<int32_t> label(kRowPixels);
       AlignedBuffer<double> acc(kRowPixels);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+      for (int64_t chunk; queue.next(chunk);) {
         const ImageChunk part = image_chunk(chunk, chunks_per_image, hw);
         const int64_t begin = part.image * hw + part.begin;
         const int64_t end = begin + part.len;
@@ -82,7 +81,11 @@ struct RwceForwardKernel {
         chunk_valid[chunk] = counts.valid;
         bad += counts.bad;
       }
-    }
+      total_bad += bad;
+      total_nonfinite += nonfinite;
+      total_nonfinite_weights += nonfinite_weights;
+      total_negative_weights += negative_weights;
+    });
     int64_t valid = 0;
     for (int64_t image = 0; image < prm.n; ++image) {
       double loss = 0.0;
@@ -98,7 +101,8 @@ struct RwceForwardKernel {
       prm.per_image[image * 3 + 2] = static_cast<double>(v);
       valid += v;
     }
-    write_status(prm.status, valid, bad, nonfinite, nonfinite_weights, negative_weights);
+    write_status(prm.status, valid, total_bad.load(), total_nonfinite.load(), total_nonfinite_weights.load(),
+                 total_negative_weights.load());
   }
 };
 
@@ -112,14 +116,12 @@ struct RwceBackwardKernel {
     const auto* logits = static_cast<const typename D::storage*>(prm.logits);
     auto* grad = static_cast<typename D::storage*>(prm.grad);
     const int threads = thread_count(prm.num_threads);
-#pragma omp parallel num_threads(threads) if (num_chunks > 1)
-    {
+    parallel::for_each_worker(threads, num_chunks, [&](parallel::IndexQueue& queue) {
       AlignedBuffer<float> x(static_cast<size_t>(K) * kRowPixels);
       AlignedBuffer<float> rowmax(kRowPixels), sum(kRowPixels);
       AlignedBuffer<int32_t> label(kRowPixels);
       LabelCounts counts;  // unused: the forward pass reports label problems
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+      for (int64_t chunk; queue.next(chunk);) {
         const int64_t begin = chunk * kChunkPixels;
         const int64_t end = std::min(total, begin + kChunkPixels);
         for_each_row(begin, end, hw, [&](int64_t image, int64_t pixel, int len) {
@@ -150,7 +152,7 @@ struct RwceBackwardKernel {
           }
         });
       }
-    }
+    });
   }
 };
 
