@@ -11,10 +11,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 #include "trmcore/ops.h"
+#include "../validate.h"
 
 namespace trmcore {
 namespace cuda {
@@ -22,10 +21,9 @@ namespace cuda {
 constexpr int kThreads = 256;        // threads per block of the pixel kernels
 constexpr int kSmallClasses = 8;     // class counts kept in registers
 
+// Errors are thrown through validate.h's out-of-line helpers: see there why.
 inline void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("trmcore CUDA error in ") + what + ": " + cudaGetErrorString(err));
-  }
+  if (err != cudaSuccess) detail::throw_cuda_error(what, cudaGetErrorString(err));
 }
 
 // Checks the launch that was just issued (configuration errors, earlier async faults).
@@ -191,7 +189,7 @@ void with_dtype(DType dtype, Fn&& fn) {
     case DType::kFloat16: fn(__half{}); return;
     case DType::kBFloat16: fn(__nv_bfloat16{}); return;
   }
-  throw std::invalid_argument("trmcore: unknown dtype code");
+  detail::throw_invalid_argument("trmcore: unknown dtype code");
 }
 
 }  // namespace cuda

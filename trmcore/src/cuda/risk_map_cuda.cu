@@ -84,7 +84,7 @@ __global__ void risk_kernel(const float* __restrict__ t, const int64_t* __restri
 void risk_map_cuda(const RiskMapParams& prm, void* stream_ptr) {
   using namespace cuda;
   detail::validate(prm, "risk_map_cuda");
-  if (prm.n > 65535) throw std::invalid_argument("risk_map_cuda: at most 65535 images per call");
+  if (prm.n > 65535) detail::throw_invalid_argument("risk_map_cuda: at most 65535 images per call");
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t slots = prm.per_image ? prm.n : 1;
   StreamBuffer extrema(sizeof(unsigned int) * 2 * slots, stream);

@@ -126,7 +126,7 @@ __global__ void rwce_backward_kernel(const T* __restrict__ logits, const int64_t
 void rwce_forward_cuda(const RwceForwardParams& prm, void* stream_ptr) {
   using namespace cuda;
   detail::validate(prm, "rwce_forward_cuda");
-  if (prm.n > 65535) throw std::invalid_argument("rwce_forward_cuda: at most 65535 images per call");
+  if (prm.n > 65535) detail::throw_invalid_argument("rwce_forward_cuda: at most 65535 images per call");
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const int K = static_cast<int>(prm.c);
   // Blocks per image depend only on the image size: a fixed summation order.
