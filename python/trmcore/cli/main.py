@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import warnings
 from typing import Optional, Sequence
 
 from trmcore import __version__
+from trmcore.extras import MissingExtraError, extra_for_module, install_hint, onnxruntime_conflict, require_command
 
 # Modules with a register(subparsers) function, in the order of `trm --help`.
 COMMAND_MODULES = [
@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "trmcore.cli.deploy",
     "trmcore.cli.selection",
     "trmcore.cli.study",
+    "trmcore.cli.doctor",
 ]
 
 
@@ -41,20 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    # Warnings are meant for users of the command line: one line, no source location.
-    return f"warning: {message}\n"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    conflict = onnxruntime_conflict()
+    if conflict and args.command != "doctor":  # doctor reports it itself
+        print(f"trm: warning: {conflict}", file=sys.stderr)
     try:
+        require_command(args.command)  # optional dependencies, before any work is done
         return int(args.func(args) or 0)
+    except MissingExtraError as err:
+        print(f"trm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        extra = extra_for_module(err.name)
+        if extra is None:
+            raise
+        print(f"trm {args.command}: error: needs {err.name}, not installed: {install_hint(extra)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         # Bad input is the user's to fix: say what is wrong, no traceback. trmcore reports bad input as
         # ValueError (or its subclasses) and missing / existing files; a TypeError is a programming error
