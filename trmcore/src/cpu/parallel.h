@@ -43,12 +43,17 @@ class IndexQueue {
   const int64_t count_;
 };
 
-// Runs worker(queue) on min(threads, count) workers (inline when that is 1);
-// each worker pulls indices from the shared queue until it is empty.
+// Starting a thread costs tens of microseconds, about what a few chunks of
+// work take, so a thread is started only for every kMinItemsPerThread items.
+constexpr int64_t kMinItemsPerThread = 4;
+
+// Runs worker(queue) on up to `threads` workers (inline when that is 1); each
+// worker pulls indices from the shared queue until it is empty.
 template <typename Worker>
 void for_each_worker(int threads, int64_t count, Worker&& worker) {
   IndexQueue queue(count);
-  const int64_t workers = threads < count ? threads : count;
+  const int64_t by_work = (count + kMinItemsPerThread - 1) / kMinItemsPerThread;
+  const int64_t workers = threads < by_work ? threads : by_work;
   if (workers <= 1) {
     worker(queue);
     return;
