@@ -137,9 +137,9 @@ for version in "${versions[@]}"; do
   log "building the $tag wheel"
   # The build venv's pybind11 (not build isolation) so that nothing is downloaded per build.
   nice -n 10 "$venv/bin/pip" wheel "$repo" --no-deps --no-build-isolation -q -w "$raw" \
-    -C build-dir="$build_dir/$tag" \
-    -C cmake.define.TRMCORE_CORE_DIR="$core" \
-    -C cmake.define.CMAKE_CXX_COMPILER="$toolchain/zig-c++"
+    --config-settings=build-dir="$build_dir/$tag" \
+    --config-settings=cmake.define.TRMCORE_CORE_DIR="$core" \
+    --config-settings=cmake.define.CMAKE_CXX_COMPILER="$toolchain/zig-c++"
   wheel=("$raw"/trmcore-*-"$tag"-*.whl)
   # auditwheel: the oldest manylinux tag the symbols allow; it would copy in any
   # non-policy library (there is none: scripts/check_wheel.py checks that).
