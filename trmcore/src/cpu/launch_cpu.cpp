@@ -4,6 +4,9 @@
 // unless the environment variable TRMCORE_CPU_ISA=baseline asks for the x86-64
 // baseline; set_cpu_isa() switches it at run time (used by the tests, which
 // check that both variants agree bit for bit).
+#if defined(TRMCORE_HAVE_AVX2_KERNELS)
+#include <cpuid.h>
+#endif
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -21,11 +24,21 @@ namespace {
 
 enum class Isa : int { kBaseline = 0, kAvx2 = 1 };
 
+// CPUID and XGETBV directly rather than __builtin_cpu_supports: the latter relies
+// on the compiler runtime's __cpu_model, which zig's compiler-rt (the wheel
+// build, docs/packaging.md) leaves unset, so AVX2 was never chosen there.
 bool cpu_has_avx2() {
 #if defined(TRMCORE_HAVE_AVX2_KERNELS)
-  __builtin_cpu_init();
-  // libgcc / compiler-rt also check that the OS saves the YMM registers.
-  return __builtin_cpu_supports("avx2");
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  const bool osxsave = (ecx >> 27) & 1u, avx = (ecx >> 28) & 1u;
+  if (!osxsave || !avx) return false;
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 0x6u) != 0x6u) return false;  // the OS saves the XMM and YMM registers
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  return (ebx >> 5) & 1u;  // CPUID.(EAX=7,ECX=0):EBX.AVX2[bit 5]
 #else
   return false;
 #endif
