@@ -142,7 +142,7 @@ def test_wheel_installs_without_compiler(version, wheel_dir, phantom, run_dir, o
     # predict: agrees with torch wherever the prediction is not a near tie
     out = tmp_path / "seg.nii.gz"
     inputs = case_files(phantom, "phantom_001")
-    result = _run([venv / "bin" / "trm", "predict", "-m", onnx_model, "-i", inputs[0], "-o", out, "--no-progress"],
+    result = _run([venv / "bin" / "trm", "predict", "-m", onnx_model, "-i", inputs[0], "-o", out, "-q"],
                   env=env, cwd=tmp_path, timeout=600)
     assert "CPUExecutionProvider" in result.stderr
     written = nib.load(str(out))

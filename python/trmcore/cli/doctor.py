@@ -21,6 +21,7 @@ from typing import List, Tuple
 import numpy as np
 
 from trmcore import __version__
+from trmcore.cli.common import command
 from trmcore.extras import EXTRA_MODULES, install_hint, installed_version, missing_modules, onnxruntime_conflict
 
 # Distribution names of the modules in EXTRA_MODULES whose pip name differs.
@@ -28,9 +29,9 @@ _DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "doctor", help="check this installation: versions, CPU/CUDA kernels, onnxruntime providers, extras",
-        description=__doc__.split("\n\n")[1].replace("\n", " "))
+    parser = command(
+        subparsers, "doctor", help="check this installation: versions, CPU/CUDA kernels, onnxruntime providers, extras",
+        description=__doc__.split("\n\n")[1].replace("\n", " "), example_lines=["trm doctor"])
     parser.set_defaults(func=_run_doctor)
 
 
