@@ -105,14 +105,27 @@ def _register_predict(subparsers) -> None:
     p.add_argument("--mirror", action="store_true",
                    help="test-time augmentation: also segment the slices mirrored in-plane (4 passes) and "
                         "average the probabilities")
+    _add_crop_options(p)
     p.set_defaults(func=_run_predict)
+
+
+def _add_crop_options(p: argparse.ArgumentParser) -> None:
+    from trmcore.infer.crop import DEFAULT_CROP_MARGIN
+
+    p.add_argument("--crop-margin", type=int, default=DEFAULT_CROP_MARGIN, metavar="N",
+                   help="run the network only on slices with foreground (the voxels the normalisation uses) "
+                        "and on their in-plane box plus N voxels; the rest is background "
+                        f"(default {DEFAULT_CROP_MARGIN})")
+    p.add_argument("--no-crop", action="store_true", help="run every slice whole (slower; same grid either way)")
 
 
 def _open_segmenter(args: argparse.Namespace, model=None):
     from trmcore.infer import Segmenter
 
     model = args.model if model is None else model
-    segmenter = Segmenter(model, providers=args.providers, threads=args.threads, batch_size=args.batch_size)
+    crop_margin = None if getattr(args, "no_crop", True) else args.crop_margin
+    segmenter = Segmenter(model, providers=args.providers, threads=args.threads, batch_size=args.batch_size,
+                          crop_margin=crop_margin)
     meta = segmenter.metadata
     grid = "as stored" if meta.orientation in (None, "native") else (
         f"{meta.orientation} " + ("x".join(f"{v:.3g}" for v in meta.spacing) + " mm" if meta.spacing else ""))

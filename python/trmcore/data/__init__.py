@@ -16,7 +16,7 @@ Typical use::
 from .importers import IMPORTERS, Importer, create_importer, import_brats, import_iseg, register_importer
 from .layout import DatasetLayout, read_sites_csv
 from .phantom import SITE_PROFILES, SiteProfile, generate_case, make_phantom
-from .preprocess import Pad, pad_to_multiple, unpad, zscore_nonzero
+from .preprocess import Pad, foreground_mask, pad_to_multiple, unpad, zscore_nonzero
 from .slices import SliceSet, few_shot, slices_to_volume, volumes_to_slices
 from .tasks import TaskInfo, TaskSpec, parse_task
 from .volumes import Volume, load_task_volumes, split_cases
@@ -48,4 +48,5 @@ __all__ = [
     "unpad",
     "volumes_to_slices",
     "zscore_nonzero",
+    "foreground_mask",
 ]

@@ -81,6 +81,19 @@ def foreground_mask(volume: np.ndarray) -> np.ndarray:
     return ~_near(vol, background_value(vol))
 
 
+def normalization_mask(volume: np.ndarray, method: str = DEFAULT_NORMALIZATION) -> np.ndarray:
+    """bool array of ``volume``'s shape: the voxels :func:`normalize` computes its statistics over.
+
+    Inference crops to them (:mod:`trmcore.infer.crop`), so it never cuts off a
+    voxel the normalisation counts as tissue.
+    """
+    if method == "zscore-foreground":
+        return foreground_mask(volume)
+    if method == "zscore-nonzero":
+        return np.asarray(volume) != 0
+    raise ValueError(f"unknown normalisation {method!r}; known: {', '.join(NORMALIZATIONS)}")
+
+
 def normalize(volume: np.ndarray, method: str = DEFAULT_NORMALIZATION) -> np.ndarray:
     """Normalise one channel with the named method (see :data:`NORMALIZATIONS`): float32, same shape."""
     if method == "zscore-foreground":
@@ -118,7 +131,7 @@ def zscore_nonzero(volume: np.ndarray) -> np.ndarray:
         ValueError: if the volume holds NaN or infinite values.
     """
     vol = _real_finite(volume, "zscore_nonzero")
-    return _zscore(vol, vol != 0)
+    return _zscore(vol, normalization_mask(vol, "zscore-nonzero"))
 
 
 def _real_finite(volume: np.ndarray, who: str) -> np.ndarray:

@@ -3,7 +3,9 @@
 The network is 2D: a volume is cut into slices along the model's slice axis,
 each channel normalised as the model's metadata says, the slices zero-padded to a
 multiple of the size divisor and run in batches; the padding is cut off the
-logits and the slices are stacked back into a volume.
+logits and the slices are stacked back into a volume. With ``crop_margin``
+the network runs only on the slices with foreground and on a window around it
+(:mod:`trmcore.infer.crop`); the rest of the volume is background.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from trmcore.data.preprocess import normalize, pad_to_multiple, unpad
+from trmcore.data.preprocess import apply_pad, normalize, unpad
+from trmcore.infer.crop import CropPlan, crop_margin_or_none, outside_logits, plan_crop, plan_full, volume_foreground
 from trmcore.infer.metadata import ModelMetadata
 from trmcore.infer.runtime import ProviderSpec, active_provider, create_session
 
@@ -36,6 +39,11 @@ class Segmenter:
             ``"cpu"``, ``"cuda"`` or an onnxruntime providers list.
         threads: intra-op CPU threads (None: all cores).
         batch_size: slices per network call.
+        crop_margin: None runs every slice whole; an integer runs only the
+            slices with foreground, on the in-plane box of the foreground plus
+            this many voxels (aligned to the divisor), and gives background
+            elsewhere (``trm predict`` default:
+            :data:`~trmcore.infer.crop.DEFAULT_CROP_MARGIN`).
 
     Example:
         >>> seg = Segmenter("model.onnx")                      # doctest: +SKIP
@@ -45,7 +53,7 @@ class Segmenter:
     """
 
     def __init__(self, model_path: Union[str, os.PathLike], providers: ProviderSpec = "auto",
-                 threads: Optional[int] = None, batch_size: int = 8) -> None:
+                 threads: Optional[int] = None, batch_size: int = 8, crop_margin: Optional[int] = None) -> None:
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model_path = Path(model_path)
@@ -54,6 +62,7 @@ class Segmenter:
         self.metadata = ModelMetadata.from_props(props, str(self.model_path))
         self.provider = active_provider(self.session)
         self.batch_size = int(batch_size)
+        self.crop_margin = crop_margin_or_none(crop_margin)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(f"{self.model_path}: expected one input and one output, "
@@ -94,18 +103,23 @@ class Segmenter:
         channel. ``channels`` names the given channels when their order may
         differ from the model's; they are reordered to match.
         """
-        image = self.prepare(volume, channels)
+        image, plan = self._prepare_planned(volume, channels)
         values = np.asarray(self.label_values, dtype=label_dtype(self.label_values))
-        out = np.empty(image.shape[1:], dtype=values.dtype)
-        for index, logits in self._slice_batches(image, progress):
+        out = np.full(image.shape[1:], values[0], dtype=values.dtype)  # background where the network does not run
+        for index, logits in self._slice_batches(image, progress, plan):
             classes = logits.argmax(axis=1)  # [B, H, W]
-            out[_slice_selector(self.metadata.axis, index)] = np.moveaxis(values[classes], 0, self.metadata.axis)
+            out[_slice_selector(self.metadata.axis, index, plan)] = np.moveaxis(values[classes], 0,
+                                                                               self.metadata.axis)
         return out
 
     def predict_logits(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None,
                        progress: bool = False) -> np.ndarray:
-        """Raw network output as float32 ``[C, X, Y, Z]`` (C = number of classes)."""
-        return self.logits_normalized(self.prepare(volume, channels), progress)
+        """Raw network output as float32 ``[C, X, Y, Z]`` (C = number of classes).
+
+        With cropping, voxels outside the crop get :func:`~trmcore.infer.crop.outside_logits`.
+        """
+        image, plan = self._prepare_planned(volume, channels)
+        return self._logits(image, plan, progress)
 
     def predict_probabilities(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None,
                               progress: bool = False) -> np.ndarray:
@@ -115,9 +129,13 @@ class Segmenter:
     def logits_normalized(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
         """Logits float32 ``[C, X, Y, Z]`` for an already normalised float32 ``[Cin, X, Y, Z]`` image."""
         image = self._check_image(image)
+        return self._logits(image, plan_full(image.shape[1:], self.metadata.axis, self.metadata.divisor), progress)
+
+    def _logits(self, image: np.ndarray, plan: CropPlan, progress: bool) -> np.ndarray:
         out = np.empty((self.num_classes, *image.shape[1:]), dtype=np.float32)
-        for index, logits in self._slice_batches(image, progress):
-            out[(slice(None),) + _slice_selector(self.metadata.axis, index)] = np.moveaxis(
+        out[...] = outside_logits(self.num_classes).reshape(-1, 1, 1, 1)
+        for index, logits in self._slice_batches(image, progress, plan):
+            out[(slice(None),) + _slice_selector(self.metadata.axis, index, plan)] = np.moveaxis(
                 logits, 0, self.metadata.axis + 1)
         return out
 
@@ -142,12 +160,28 @@ class Segmenter:
 
     def prepare(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None) -> np.ndarray:
         """Stack, reorder and normalise the input: float32 ``[Cin, X, Y, Z]``."""
-        stacked = self._stack_channels(volume)
-        stacked = self._reorder_channels(stacked, channels)
+        return self._normalise(self._stacked(volume, channels))
+
+    def _stacked(self, volume: VolumeInput, channels: Optional[Sequence[str]]) -> np.ndarray:
+        stacked = self._reorder_channels(self._stack_channels(volume), channels)
         if not np.isfinite(stacked).all():
             raise ValueError("input volume contains NaN or infinite values")
+        return stacked
+
+    def _normalise(self, stacked: np.ndarray) -> np.ndarray:
         method = self.metadata.normalization
         return np.stack([normalize(channel, method) for channel in stacked]).astype(np.float32, copy=False)
+
+    def _prepare_planned(self, volume: VolumeInput, channels: Optional[Sequence[str]]) -> Tuple[np.ndarray, CropPlan]:
+        """(normalised image float32 [Cin, X, Y, Z], where to run the network)."""
+        stacked = self._stacked(volume, channels)
+        meta = self.metadata
+        if self.crop_margin is None:
+            plan = plan_full(stacked.shape[1:], meta.axis, meta.divisor)
+        else:  # the mask of the raw intensities: the voxels the normalisation is computed over
+            plan = plan_crop(volume_foreground(stacked, meta.normalization), meta.axis, meta.divisor,
+                             self.crop_margin)
+        return self._normalise(stacked), plan
 
     def _stack_channels(self, volume: VolumeInput) -> np.ndarray:
         n = self.metadata.num_channels
@@ -193,20 +227,24 @@ class Segmenter:
             raise ValueError(f"normalised image must be a float32 [{n}, X, Y, Z] array, got {shape}")
         return image.astype(np.float32, copy=False)
 
-    def _slice_batches(self, image: np.ndarray, progress: bool) -> Iterator[Tuple[slice, np.ndarray]]:
-        """Yield (slice range along the axis, unpadded logits float32 [B, C, H, W])."""
+    def _slice_batches(self, image: np.ndarray, progress: bool,
+                       plan: Optional[CropPlan] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Yield (slice indices along the axis, unpadded logits float32 [B, C, h, w] of the plan's window)."""
         axis = self.metadata.axis
+        if plan is None:
+            plan = plan_full(image.shape[1:], axis, self.metadata.divisor)
         slices = np.moveaxis(image, axis + 1, 0)  # [S, Cin, H, W], a view
-        total = slices.shape[0]
+        rows, cols = plan.plane()
+        total = plan.slices.size
         bar = _progress_bar(total, progress)
         try:
             for start in range(0, total, self.batch_size):
-                stop = min(start + self.batch_size, total)
-                padded, pad = pad_to_multiple(np.ascontiguousarray(slices[start:stop]), self.metadata.divisor)
+                index = plan.slices[start:start + self.batch_size]
+                padded = apply_pad(np.ascontiguousarray(slices[index, :, rows, cols]), plan.pad)
                 (logits,) = self.session.run(None, {self._input_name: padded.astype(self._input_dtype, copy=False)})
-                yield slice(start, stop), unpad(logits, pad).astype(np.float32, copy=False)
+                yield index, unpad(logits, plan.pad).astype(np.float32, copy=False)
                 if bar is not None:
-                    bar.update(stop - start)
+                    bar.update(index.size)
         finally:
             if bar is not None:
                 bar.close()
@@ -220,9 +258,11 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return shifted.astype(np.float32, copy=False)
 
 
-def _slice_selector(axis: int, index: slice) -> tuple:
-    selector = [slice(None)] * 3
-    selector[axis] = index
+def _slice_selector(axis: int, index: np.ndarray, plan: CropPlan) -> tuple:
+    """Index of the volume region [X, Y, Z] that slices ``index`` of ``plan``'s window cover."""
+    rows, cols = plan.plane()
+    selector = [rows, cols]
+    selector.insert(axis, index)
     return tuple(selector)
 
 
