@@ -62,6 +62,21 @@ def run_dir(tmp_path_factory, phantom) -> Path:
 
 
 @pytest.fixture(scope="session")
+def run_with_data(tmp_path_factory, run_dir, phantom) -> Path:
+    """``run_dir`` as `trm train` records it: its dataset and its training and validation cases."""
+    import shutil
+
+    from trmcore.training.runinfo import read_run_info, write_run_info
+
+    out = tmp_path_factory.mktemp("deploy") / "run-with-data"
+    shutil.copytree(run_dir, out)
+    info = read_run_info(out)
+    info.data, info.train_cases, info.val_cases = str(phantom), ["phantom_000", "phantom_001"], ["phantom_002"]
+    write_run_info(out, info)
+    return out
+
+
+@pytest.fixture(scope="session")
 def onnx_model(tmp_path_factory, run_dir) -> Path:
     from trmcore.export import export_run
 

@@ -32,7 +32,7 @@ def test_metadata_is_embedded(onnx_model):
     assert record["channels"] == CHANNELS
     assert record["label_names"] == LABEL_NAMES and record["label_values"] == LABEL_VALUES
     assert record["normalization"] == "zscore-foreground"
-    assert record["orientation"] == "RAS" and len(record["spacing"]) == 3 and record["schema_version"] == 2
+    assert record["orientation"] == "RAS" and len(record["spacing"]) == 3 and record["schema_version"] == 3
     assert record["axis"] == 2 and record["divisor"] == DIVISOR
     assert record["provenance"]["method"] == "trm"
     assert record["provenance"]["source_model"] == "phantom-source"
@@ -61,11 +61,12 @@ def test_onnx_matches_torch_on_odd_shapes(run_dir, onnx_model):
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
 
 
-def test_cli_export_fp16_prints_difference_and_refuses_overwrite(run_dir, tmp_path, capsys):
+def test_cli_export_fp16_prints_difference_and_refuses_overwrite(run_with_data, tmp_path, capsys):
+    run_dir = run_with_data
     out = tmp_path / "half.onnx"
     assert main(["export", str(run_dir), "-o", str(out), "--fp16"]) == 0
     printed = capsys.readouterr().out
-    assert "max |logit difference|" in printed and "float16" in printed
+    assert "max |logit difference|" in printed and "fp16" in printed and "Dice" in printed
     segmenter = Segmenter(out, providers="cpu")
     assert segmenter.metadata.dtype == "float16"
     x = np.random.default_rng(0).normal(size=(2, 2, 2 * DIVISOR, 2 * DIVISOR)).astype(np.float32)

@@ -29,10 +29,23 @@ def _register_export(subparsers) -> None:
         description="Export RUN's network to ONNX (torch.export-based exporter; dynamic batch, height and "
                     "width), embed channels, labels and preprocessing as metadata, and verify the logits "
                     "against torch.",
-        example_lines=["trm export runs/trm -o model.onnx", "trm export runs/trm -o model-fp16.onnx --fp16"])
+        example_lines=["trm export runs/trm -o model.onnx", "trm export runs/trm -o model-int8.onnx --precision int8"])
     p.add_argument("run", type=Path, help="run folder (model.safetensors + run.json)")
     add_output(p, required=True, help="ONNX file to write, e.g. model.onnx")
-    p.add_argument("--fp16", action="store_true", help="export the network in float16")
+    from trmcore.infer.metadata import DEFAULT_MIN_DICE, PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="arithmetic of the exported network (default fp32). int8: onnxruntime static quantisation "
+                        "calibrated on the run's training slices, about 2x faster on CPUs with VNNI; fp16: for GPUs "
+                        "(slower than fp32 on CPUs). A reduced precision is written only if its labels agree with "
+                        "float32 on the run's validation cases (see --min-dice)")
+    p.add_argument("--fp16", action="store_true", help="the same as --precision fp16")
+    p.add_argument("--min-dice", type=float, default=DEFAULT_MIN_DICE,
+                   help="smallest per-class Dice between the reduced-precision and the float32 labels "
+                        f"(default {DEFAULT_MIN_DICE})")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the run's dataset folder, if it moved (default: the one in run.json); "
+                        "used by reduced precisions only")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="max |onnxruntime - torch| on logits relative to max(1, max|logit|) "
@@ -42,22 +55,31 @@ def _register_export(subparsers) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from trmcore.export import ExportVerificationError, export_run
+    from trmcore.export import ExportVerificationError, PrecisionAgreementError, export_run
 
+    precision = args.precision or ("fp16" if args.fp16 else "fp32")
+    if args.fp16 and precision != "fp16":
+        raise ValueError(f"--fp16 contradicts --precision {args.precision}")
     try:
-        result = export_run(args.run, args.output, fp16=args.fp16, opset=args.opset, tolerance=args.tolerance,
-                            overwrite=args.overwrite)
+        result = export_run(args.run, args.output, opset=args.opset, tolerance=args.tolerance,
+                            overwrite=args.overwrite, precision=precision, min_dice=args.min_dice,
+                            data_dir=args.data)
     except ExportVerificationError as err:
         print(f"trm export: verification failed: {err}", file=sys.stderr)
         return 1
+    except PrecisionAgreementError as err:
+        print(f"trm export: refused, nothing written: {err}", file=sys.stderr)
+        return 1
     meta = result.metadata
-    print(f"wrote {result.path} ({meta.dtype}, opset {result.opset}, {result.exporter})")
+    print(f"wrote {result.path} ({meta.precision}, {meta.dtype} inputs, opset {result.opset}, {result.exporter})")
     print(f"  channels {','.join(meta.channels)}; labels "
           + ", ".join(f"{n}={v}" for n, v in zip(meta.label_names, meta.label_values))
           + f"; slice axis {meta.axis}; size divisor {meta.divisor}; {meta.normalization}")
     shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
     print(f"  verified against torch on {shapes}: max |logit difference| = {result.max_abs_diff:.3g} "
           f"(allowed {result.tolerance:.3g})")
+    if result.agreement is not None:
+        print(f"  {meta.precision} {result.agreement.describe()} (required {args.min_dice})")
     return 0
 
 

@@ -7,5 +7,7 @@
 
 from trmcore.export.onnx_export import (DEFAULT_OPSET, ExportResult, ExportVerificationError, export_run,
                                         metadata_from_run)
+from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, PrecisionAgreementError
 
-__all__ = ["DEFAULT_OPSET", "ExportResult", "ExportVerificationError", "export_run", "metadata_from_run"]
+__all__ = ["DEFAULT_OPSET", "ExportResult", "ExportVerificationError", "export_run", "metadata_from_run",
+           "DEFAULT_MIN_DICE", "Agreement", "PrecisionAgreementError"]

@@ -29,6 +29,7 @@ import torch
 
 from trmcore import __version__
 from trmcore.infer.metadata import ModelMetadata, Provenance
+from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, check_precision, reduce_precision
 from trmcore.infer.runtime import create_session
 from trmcore.training.checkpoint import load_run
 from trmcore.training.runinfo import RunInfo
@@ -60,9 +61,12 @@ class ExportResult:
     max_abs_diff: float
     tolerance: float
     checked_shapes: List[Tuple[int, int, int, int]]
+    precision: str = "fp32"
+    agreement: Optional[Agreement] = None  # labels against float32 (reduced precisions only)
 
 
-def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, fp16: bool) -> ModelMetadata:
+def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, fp16: bool,
+                      precision: Optional[str] = None) -> ModelMetadata:
     """The :class:`ModelMetadata` of a run (channels, labels, preprocessing, provenance)."""
     if info.divisor % info.model.divisor:
         raise ValueError(f"run {run_dir}: size divisor {info.divisor} is not a multiple of the U-Net's "
@@ -72,6 +76,7 @@ def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, f
         label_values=[int(v) for v in info.label_values], normalization=info.normalization,
         orientation=info.orientation, spacing=info.spacing,
         axis=int(info.axis), divisor=int(info.divisor), dtype="float16" if fp16 else "float32",
+        precision=precision or ("fp16" if fp16 else "fp32"),
         input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         provenance=Provenance(
             run=Path(run_dir).resolve().name, source_model=info.source, method=info.method,
@@ -81,7 +86,8 @@ def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, f
 
 def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool = False,
                opset: int = DEFAULT_OPSET, tolerance: Optional[float] = None, overwrite: bool = False,
-               seed: int = 0) -> ExportResult:
+               seed: int = 0, precision: Optional[str] = None, min_dice: float = DEFAULT_MIN_DICE,
+               data_dir: Optional[Union[str, Path]] = None) -> ExportResult:
     """Export ``run_dir``'s model to ``out_path`` (.onnx), verified against torch.
 
     Args:
@@ -89,7 +95,14 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         out_path: the ONNX file to write (atomically; refused if it exists
             unless ``overwrite``).
         fp16: export the network in float16 (inputs and outputs float16 too;
-            :class:`trmcore.infer.Segmenter` casts).
+            :class:`trmcore.infer.Segmenter` casts); the same as ``precision="fp16"``.
+        precision: ``"fp32"`` (default), ``"fp16"`` or ``"int8"`` (onnxruntime
+            static quantisation calibrated on the run's training slices). A
+            reduced precision is written only if its labels agree with the
+            float32 model's on the run's validation cases (per-class Dice >=
+            ``min_dice``); see :mod:`trmcore.export.precision`.
+        min_dice: the agreement threshold (default 0.99).
+        data_dir: the run's dataset folder when it moved (default: run.json's ``data``).
         opset: ONNX opset, >= 17.
         tolerance: max allowed |onnxruntime - torch float32| on the logits,
             relative to max(1, max |logit|); default 1e-4 (float32), 2e-2 (float16).
@@ -98,6 +111,8 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
     Raises:
         ExportVerificationError: onnxruntime and torch disagree beyond the tolerance
             (nothing is written then).
+        PrecisionAgreementError: the reduced-precision labels disagree with
+            float32 below ``min_dice`` (nothing is written then).
 
     Example:
         >>> result = export_run("runs/t1-csf", "t1-csf.onnx")   # doctest: +SKIP
@@ -105,6 +120,11 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         True
     """
     out_path = Path(out_path)
+    if precision is None:
+        precision = "fp16" if fp16 else "fp32"
+    elif fp16 and precision != "fp16":
+        raise ValueError(f"fp16=True contradicts precision={precision!r}")
+    fp16 = check_precision(precision) == "fp16"
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
     if tolerance is not None and not tolerance > 0:
@@ -120,14 +140,9 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
 
     network = copy.deepcopy(model).half() if fp16 else model
     proto, exporter = _export_proto(network, example.half() if fp16 else example, opset)
-    metadata = metadata_from_run(info, run_dir, exporter, fp16)
+    metadata = metadata_from_run(info, run_dir, exporter, fp16, precision)
     _name_dynamic_dims(proto)
-    for key, value in metadata.to_props().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = (f"trmcore 2D U-Net: {','.join(metadata.channels)} -> {','.join(metadata.label_names)}; "
-                        "run with trmcore.infer.Segmenter or `trm predict`")
-    onnx.checker.check_model(proto)
+    _label(proto, metadata)
 
     if tolerance is None:
         tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
@@ -142,8 +157,29 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         raise ExportVerificationError(
             f"onnxruntime logits differ from torch by {max_diff:.3g} (allowed {allowed:.3g}); "
             f"nothing written to {out_path}")
+    agreement = None
+    if precision != "fp32":
+        # the float32 graph the reduced one must agree with (int8 is quantised from it)
+        reference, _ = _export_proto(model, example, opset) if fp16 else (proto, exporter)
+        reduced, agreement = reduce_precision(reference.SerializeToString(), data if fp16 else None, precision,
+                                              info, run_dir, data_dir, INPUT_NAME, min_dice)
+        if precision == "int8":
+            quantized = onnx.load_from_string(reduced)
+            _label(quantized, metadata)
+            data = quantized.SerializeToString()
     _write_atomic(out_path, data)
-    return ExportResult(out_path, metadata, exporter, opset, max_diff, allowed, shapes)
+    return ExportResult(out_path, metadata, exporter, opset, max_diff, allowed, shapes, precision, agreement)
+
+
+def _label(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Embed ``metadata`` (replacing any props the graph carries) and check the model."""
+    del proto.metadata_props[:]
+    for key, value in metadata.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (f"trmcore 2D U-Net ({metadata.precision}): {','.join(metadata.channels)} -> "
+                        f"{','.join(metadata.label_names)}; run with trmcore.infer.Segmenter or `trm predict`")
+    onnx.checker.check_model(proto)
 
 
 def _random_input(n: int, channels: int, height: int, width: int, seed: int) -> torch.Tensor:

@@ -20,7 +20,15 @@ from trmcore.data.preprocess import NORMALIZATIONS
 
 METADATA_KEY = "trmcore"
 # 2: orientation and spacing (version 1 records have neither and are read as "use volumes as stored").
-SCHEMA_VERSION = 2
+# 3: ``precision`` (older records are read as fp32 or fp16 by their dtype).
+SCHEMA_VERSION = 3
+#: Numeric precision of the network's weights and arithmetic (``trm export --precision``).
+PRECISIONS = ("fp32", "fp16", "int8")
+# The input/output dtype each precision implies: int8 graphs quantise inside, at float32 edges.
+PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
+#: A reduced precision is exported only if each class's Dice against the float32 labels
+#: reaches this (``trm export --min-dice``); here so the torch-free CLI can show it.
+DEFAULT_MIN_DICE = 0.99
 
 
 @dataclass
@@ -61,6 +69,8 @@ class ModelMetadata:
       RAS-ish volumes); a slice is the volume with that axis removed.
     - ``divisor``: slices are zero-padded so height and width are multiples of it.
     - ``dtype``: the network's input and output dtype (``float32`` or ``float16``).
+    - ``precision``: the arithmetic inside the network: ``fp32``, ``fp16`` or
+      ``int8`` (static quantisation, float32 inputs and outputs).
     """
 
     channels: List[str]
@@ -72,6 +82,7 @@ class ModelMetadata:
     axis: int = 2
     divisor: int = 16
     dtype: str = "float32"
+    precision: str = "fp32"
     input_name: str = "image"
     output_name: str = "logits"
     provenance: Provenance = field(default_factory=Provenance)
@@ -116,6 +127,11 @@ class ModelMetadata:
             recorded_geometry(self.orientation or "native", self.spacing, self.axis, "metadata")  # raises if invalid
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"metadata dtype must be float32 or float16, got {self.dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown model precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if PRECISION_DTYPE[self.precision] != self.dtype:
+            raise ValueError(f"metadata precision {self.precision} needs dtype {PRECISION_DTYPE[self.precision]}, "
+                             f"got {self.dtype}")
 
     # -- serialisation -------------------------------------------------------
 
@@ -143,6 +159,8 @@ class ModelMetadata:
                 f"({SCHEMA_VERSION}); upgrade trmcore"
             )
         provenance = Provenance(**record.pop("provenance", {}) or {})
+        if version < 3 and "precision" not in record:
+            record["precision"] = "fp16" if record.get("dtype") == "float16" else "fp32"
         known = set(cls.__dataclass_fields__) - {"provenance"}
         unknown = set(record) - known
         if unknown:
@@ -163,6 +181,7 @@ class ModelMetadata:
             "size_divisor": str(self.divisor),
             "orientation": str(self.orientation),
             "spacing": "x".join(f"{v:g}" for v in self.spacing) if self.spacing else "None",
+            "precision": self.precision,
             "trmcore_version": self.provenance.trmcore_version,
         }
         if self.provenance.source_model:
