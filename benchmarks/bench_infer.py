@@ -266,7 +266,8 @@ def main() -> None:
                 gflop = executed_gflop(torch_model, seg, volume, flop_cache)
                 rate = gflop / seconds[p]
                 dice, equal = agreement(labels[p], labels["today"])
-                vs_torch = f" | vs torch {seconds['torch eager'] / seconds[p]:5.2f}x" if "torch eager" in seconds else ""
+                vs_torch = (f" | vs torch {seconds['torch eager'] / seconds[p]:5.2f}x"
+                            if "torch eager" in seconds else "")
                 print(f"  {p:<12} {seconds[p]:7.2f} s | vs today {seconds['today'] / seconds[p]:5.2f}x{vs_torch} | "
                       f"{gflop:7.0f} GFLOP, {rate:5.0f} GFLOP/s = {100 * rate / peak:3.0f}% of fp32 peak | "
                       f"min Dice vs today {dice:.4f}, equal voxels {equal:.5f}", flush=True)
