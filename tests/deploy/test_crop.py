@@ -139,7 +139,7 @@ def test_predict_crops_by_default_and_no_crop_turns_it_off(phantom, onnx_model, 
     outputs = []
     for extra in ([], ["--no-crop"], ["--crop-margin", "3"]):
         out = tmp_path / f"out{len(outputs)}.nii.gz"
-        assert main(["predict", "-m", str(onnx_model), "-i", str(source), "-o", str(out), "--no-progress", *extra]) == 0
+        assert main(["predict", "-m", str(onnx_model), "-i", str(source), "-o", str(out), "-q", *extra]) == 0
         outputs.append(nib.load(str(out)))
     assert made == [DEFAULT_CROP_MARGIN, None, 3]
     reference = nib.load(str(source))
