@@ -149,7 +149,8 @@ def executed_gflop(model, segmenter, volume: np.ndarray, cache: dict) -> float:
     if segmenter.crop_margin is None:
         plan = plan_full(volume.shape, meta.axis, meta.divisor)
     else:
-        plan = plan_crop(volume_foreground(volume[None]), meta.axis, meta.divisor, segmenter.crop_margin)
+        plan = plan_crop(volume_foreground(volume[None], meta.normalization), meta.axis, meta.divisor,
+                         segmenter.crop_margin)
     (h0, h1), (w0, w1) = plan.window
     height = h1 - h0 + sum(plan.pad[0])
     width = w1 - w0 + sum(plan.pad[1])
