@@ -53,6 +53,7 @@ LABELS = "CSF,GM,WM"
 def make_run(workdir: Path, shape, iterations: int, width: int, depth: int, threads: int) -> Path:
     """A run trained on a 3-case phantom of ``shape`` (reused when ``workdir`` already holds it)."""
     from trmcore.data import make_phantom, parse_task
+    from trmcore.models import UNetConfig
     from trmcore.training.config import TrainConfig
     from trmcore.training.trainer import train
 
@@ -64,10 +65,11 @@ def make_run(workdir: Path, shape, iterations: int, width: int, depth: int, thre
         start = time.perf_counter()
         make_phantom(data, n_cases=3, sites=1, size=shape, seed=5, overwrite=True)
         print(f"phantom: 3 cases of {'x'.join(map(str, shape))} in {time.perf_counter() - start:.0f} s", flush=True)
-    config = TrainConfig(iterations=iterations, lr=2e-3, batch_size=4, val_every=0, val_fraction=0.34, amp=False,
-                         seed=0)
+    config = TrainConfig(iterations=iterations, lr=2e-3, freeze="none", batch_size=4, val_every=0,
+                         val_fraction=0.34, amp=False, seed=0)
     start = time.perf_counter()
-    info = train(data, parse_task("T1", LABELS), run, config, depth=depth, width=width, device="cpu", progress=False)
+    info = train(data, parse_task("T1", LABELS), run, config, UNetConfig(depth=depth, width=width), device="cpu",
+                 progress=False)
     print(f"trained {iterations} iterations in {time.perf_counter() - start:.0f} s; "
           f"validation Dice {info.val_dice}", flush=True)
     return run
