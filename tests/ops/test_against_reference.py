@@ -71,28 +71,50 @@ def test_risk_map_matches_reference(backend, case, scope, base):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@given(case=ops_cases(logit_classes="target"), normalize=st.sampled_from(["batch", "image", "valid"]))
-def test_loss_matches_reference(backend, case, normalize):
+@given(case=ops_cases(logit_classes="target"), normalize=st.sampled_from(["batch", "image", "valid"]),
+       min_foreground=st.sampled_from([1.0, 7.5, 1e4]))
+def test_loss_matches_reference(backend, case, normalize, min_foreground):
     rng = np.random.default_rng(case.labels.size)
     weights = rng.uniform(1, 10, size=case.labels.shape).astype(np.float32)
     loss = ops.risk_weighted_ce(as_backend(case.logits, backend), as_backend(case.labels, backend),
-                                as_backend(weights, backend), ignore_index=IGNORE, normalize=normalize)
+                                as_backend(weights, backend), ignore_index=IGNORE, normalize=normalize,
+                                min_foreground=min_foreground)
     expected = ref.risk_weighted_ce(torch.from_numpy(case.logits), torch.from_numpy(case.labels),
-                                    torch.from_numpy(weights), IGNORE, normalize)
+                                    torch.from_numpy(weights), IGNORE, normalize, min_foreground)
     assert float(loss) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
 
 
-@given(case=ops_cases(logit_classes="target"), normalize=st.sampled_from(["batch", "image", "valid"]))
-def test_loss_gradient_matches_reference_autograd(case, normalize):
+@given(case=ops_cases(logit_classes="target"), normalize=st.sampled_from(["batch", "image", "valid"]),
+       min_foreground=st.sampled_from([1.0, 7.5, 1e4]))
+def test_loss_gradient_matches_reference_autograd(case, normalize, min_foreground):
     rng = np.random.default_rng(case.labels.size + 1)
     weights = torch.from_numpy(rng.uniform(1, 10, size=case.labels.shape).astype(np.float32))
     labels = torch.from_numpy(case.labels)
     logits = torch.from_numpy(case.logits).requires_grad_(True)
-    (ops.risk_weighted_ce(logits, labels, weights, ignore_index=IGNORE, normalize=normalize) * 3.0).backward()
+    (ops.risk_weighted_ce(logits, labels, weights, ignore_index=IGNORE, normalize=normalize,
+                          min_foreground=min_foreground) * 3.0).backward()
     logits64 = torch.from_numpy(case.logits).double().requires_grad_(True)
-    (ref.risk_weighted_ce(logits64, labels, weights, IGNORE, normalize) * 3.0).backward()
+    (ref.risk_weighted_ce(logits64, labels, weights, IGNORE, normalize, min_foreground) * 3.0).backward()
     assert logits.grad.dtype == torch.float32
     np.testing.assert_allclose(logits.grad.numpy(), logits64.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_min_foreground_floors_the_denominator_by_hand():
+    """Eq. 7 with 3 foreground pixels: / 3 as published, / 12 with a floor of 12, / 3 again with a floor of 2."""
+    logits = torch.zeros(1, 2, 2, 3)
+    labels = torch.tensor([[[0, 1, 1], [1, 0, 0]]])
+    weights = torch.full((1, 2, 3), 2.0)
+    total = 6 * 2.0 * float(np.log(2.0))  # every pixel: CE = log 2, weight 2
+    for floor, denominator in ((1.0, 3.0), (12.0, 12.0), (2.0, 3.0)):
+        for normalize in ("batch", "image"):
+            loss = ops.risk_weighted_ce(logits, labels, weights, normalize=normalize, min_foreground=floor)
+            assert float(loss) == pytest.approx(total / denominator, rel=1e-6)
+    # "valid" ignores the floor: the weighted mean over the 6 pixels.
+    assert float(ops.risk_weighted_ce(logits, labels, weights, normalize="valid", min_foreground=12.0)) == \
+        pytest.approx(total / 6, rel=1e-6)
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_foreground"):
+            ops.risk_weighted_ce(logits, labels, weights, min_foreground=bad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

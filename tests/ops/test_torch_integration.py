@@ -29,7 +29,7 @@ def test_opcheck(dtype):
         (torch.ops.trmcore.leep_joint.default, (logits, labels, 3, -100)),
         (torch.ops.trmcore.pixel_leep.default, (logits, labels, cond, -100)),
         (torch.ops.trmcore.risk_map.default, (leep_map, labels, 10.0, True, -100)),
-        (torch.ops.trmcore.rwce_forward.default, (logits.clone().requires_grad_(True), labels, weights, -100, "batch")),
+        (torch.ops.trmcore.rwce_forward.default, (logits.clone().requires_grad_(True), labels, weights, -100, "batch", 1.0)),
         (torch.ops.trmcore.rwce_backward.default, (logits, labels, weights, torch.rand(2), -100)),
     ]
     for op, args in checks:

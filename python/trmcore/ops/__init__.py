@@ -125,7 +125,7 @@ def risk_map(leep_map: Any, labels: Any, base: float = RISK_BASE, scope: str = "
 
 
 def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int = -100,
-                     normalize: str = "batch") -> Any:
+                     normalize: str = "batch", min_foreground: float = 1.0) -> Any:
     """Risk-weighted, foreground-normalised cross-entropy (TRM Eq. 7).
 
     Args:
@@ -136,6 +136,10 @@ def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int =
             ``"image"``: the same per image, then the mean over images;
             ``"valid"``: sum(w * CE) / #valid pixels (a weighted mean; all-ones
             weights give plain cross-entropy).
+        min_foreground: floor of the foreground count in the ``"batch"`` / ``"image"``
+            denominator, max(min_foreground, #foreground); 1 is TRM Eq. 7 as published.
+            A larger floor bounds how much a batch with little foreground can weigh
+            (see docs/training.md, "bounded Eq. 7").
 
     Returns:
         A scalar: a float32 torch tensor with a fused backward kernel, or a
@@ -143,8 +147,9 @@ def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int =
     """
     V.check_choice("normalize", normalize, V.NORMALIZATIONS)
     V.check_ignore_index(ignore_index)
+    min_foreground = V.check_min_foreground(min_foreground)
     backend = _backend(logits=logits, labels=labels, weights=weights)
-    return backend.risk_weighted_ce(logits, labels, weights, ignore_index, normalize)
+    return backend.risk_weighted_ce(logits, labels, weights, ignore_index, normalize, min_foreground)
 
 
 def check_pending() -> None:

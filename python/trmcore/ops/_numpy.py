@@ -72,7 +72,7 @@ def risk_map(leep_map: np.ndarray, labels: np.ndarray, base: float, per_image: b
 
 
 def risk_weighted_ce(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray, ignore_index: int,
-                     normalize: str) -> np.float64:
+                     normalize: str, min_foreground: float = 1.0) -> np.float64:
     n, c, hw = V.check_logits_labels(logits.shape, labels.shape)
     V.check_map_labels(weights.shape, labels.shape, "weights")
     logits, labels = _logits_array(logits), _labels_array(labels)
@@ -83,5 +83,5 @@ def risk_weighted_ce(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray
            weights=weights.ctypes.data, n=n, c=c, hw=hw, ignore_index=ignore_index, per_image=per_image.ctypes.data,
            status=status.ctypes.data, num_threads=0, cuda=False, stream=0)
     V.raise_for_status(status, c, ignore_index)
-    loss, _ = reduce_loss(per_image, normalize, np)
+    loss, _ = reduce_loss(per_image, normalize, np, min_foreground)
     return np.float64(loss)

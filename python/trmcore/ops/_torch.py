@@ -198,7 +198,7 @@ def _(leep_map: Tensor, labels: Tensor, base: float, per_image: bool, ignore_ind
 
 @torch.library.custom_op("trmcore::rwce_forward", mutates_args=())
 def _rwce_forward_op(logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int,
-                     normalize: str) -> Tuple[Tensor, Tensor]:
+                     normalize: str, min_foreground: float) -> Tuple[Tensor, Tensor]:
     n, c, h, w = logits.shape
     logits, labels, weights = logits.contiguous(), labels.contiguous(), weights.contiguous()
     per_image = torch.empty((n, 3), dtype=torch.float64, device=logits.device)
@@ -208,12 +208,13 @@ def _rwce_forward_op(logits: Tensor, labels: Tensor, weights: Tensor, ignore_ind
                weights=weights.data_ptr(), n=n, c=c, hw=h * w, ignore_index=ignore_index,
                per_image=per_image.data_ptr(), status=status.data_ptr(), **_device_params(logits))
     _check_status(status, c, ignore_index, "risk_weighted_ce")
-    loss, inv_denominator = reduce_loss(per_image, normalize, torch)
+    loss, inv_denominator = reduce_loss(per_image, normalize, torch, min_foreground)
     return loss.float(), inv_denominator.float()
 
 
 @_rwce_forward_op.register_fake
-def _(logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int, normalize: str) -> Tuple[Tensor, Tensor]:
+def _(logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int, normalize: str,
+      min_foreground: float) -> Tuple[Tensor, Tensor]:
     return logits.new_empty((), dtype=torch.float32), logits.new_empty((logits.shape[0],), dtype=torch.float32)
 
 
@@ -235,7 +236,7 @@ def _(logits: Tensor, labels: Tensor, weights: Tensor, scale: Tensor, ignore_ind
 
 
 def _rwce_setup_context(ctx, inputs, output) -> None:
-    logits, labels, weights, ignore_index, _normalize = inputs
+    logits, labels, weights, ignore_index, _normalize, _min_foreground = inputs
     _loss, inv_denominator = output
     ctx.save_for_backward(logits, labels, weights, inv_denominator)
     ctx.ignore_index = ignore_index
@@ -245,7 +246,7 @@ def _rwce_backward(ctx, grad_loss: Tensor, _grad_inv: Tensor):
     logits, labels, weights, inv_denominator = ctx.saved_tensors
     scale = (inv_denominator * grad_loss).float()
     grad = _rwce_backward_op(logits, labels, weights, scale, ctx.ignore_index)
-    return grad, None, None, None, None
+    return grad, None, None, None, None, None
 
 
 _rwce_forward_op.register_autograd(_rwce_backward, setup_context=_rwce_setup_context)
@@ -304,11 +305,12 @@ def risk_map(leep_map: Tensor, labels: Tensor, base: float, per_image: bool, ign
     return _risk_map_op(leep_map, labels, base, per_image, ignore_index)
 
 
-def risk_weighted_ce(logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int, normalize: str) -> Tensor:
+def risk_weighted_ce(logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int, normalize: str,
+                     min_foreground: float = 1.0) -> Tensor:
     V.check_logits_labels(logits.shape, labels.shape)
     V.check_map_labels(weights.shape, labels.shape, "weights")
     logits = _logits_tensor(logits)
     labels = _labels_tensor(labels, logits)
     weights = _map_tensor(weights, "weights", logits)
-    loss, _ = _rwce_forward_op(logits, labels, weights, ignore_index, normalize)
+    loss, _ = _rwce_forward_op(logits, labels, weights, ignore_index, normalize, float(min_foreground))
     return loss

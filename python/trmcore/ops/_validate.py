@@ -80,6 +80,14 @@ def check_base(base: object) -> float:
     return float(base)
 
 
+def check_min_foreground(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"min_foreground must be a number, got {type(value).__name__}")
+    if not (value >= 1.0) or value == float("inf"):
+        raise ValueError(f"min_foreground must be a finite number >= 1, got {value}")
+    return float(value)
+
+
 def raise_for_status(status: Sequence[int], num_classes: int, ignore_index: int,
                      require_valid: bool = True) -> None:
     """Turn the kernels' status counters into a clear error."""

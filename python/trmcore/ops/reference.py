@@ -85,8 +85,11 @@ def risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = 10.0, s
 
 
 def risk_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, ignore_index: int = -100,
-                     normalize: str = "batch") -> torch.Tensor:
-    """TRM Eq. 7 in float64; differentiable w.r.t. ``logits`` through autograd."""
+                     normalize: str = "batch", min_foreground: float = 1.0) -> torch.Tensor:
+    """TRM Eq. 7 in float64; differentiable w.r.t. ``logits`` through autograd.
+
+    ``min_foreground`` floors the foreground count of the denominator ("batch", "image").
+    """
     x = logits.double()
     valid = _valid_mask(labels, ignore_index)
     safe_labels = torch.where(valid, labels.long(), torch.zeros_like(labels.long()))
@@ -94,9 +97,9 @@ def risk_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.
     weighted = torch.where(valid, weights.double() * ce, torch.zeros_like(ce))
     foreground = valid & (labels != 0)
     if normalize == "batch":
-        return weighted.sum() / max(1, int(foreground.sum()))
+        return weighted.sum() / max(float(min_foreground), float(foreground.sum()))
     if normalize == "image":
-        per_image_fg = foreground.flatten(1).sum(dim=1).clamp_min(1).double()
+        per_image_fg = foreground.flatten(1).sum(dim=1).double().clamp_min(float(min_foreground))
         return (weighted.flatten(1).sum(dim=1) / per_image_fg).mean()
     if normalize == "valid":
         return weighted.sum() / int(valid.sum())
