@@ -25,7 +25,8 @@ from pathlib import Path
 from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
-from trmcore.training.config import AXES, FREEZE_CHOICES, RISK_SCOPES, TrainConfig
+from trmcore.training.config import (AXES, FREEZE_CHOICES, RISK_SCALINGS, RISK_SCOPES,
+                                     TRM_NORMALIZATIONS, TrainConfig)
 from trmcore.training.methods import DEFAULT_METHOD, METHODS, method_names, source_method_names
 
 
@@ -58,6 +59,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resample", action="store_true",
                         help="use volumes as stored (default: reorient to RAS -- fine-tuning: the source's "
                              "orientation -- and resample in-plane to the median / the source's spacing)")
+    parser.add_argument("--foreground-share", type=float, default=TrainConfig.foreground_share, metavar="P",
+                        help="share of each batch drawn from slices holding foreground, as nnU-Net "
+                             "(default %(default).3g; 0 = uniform batches)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output exactly")
     add_quiet(parser)
@@ -115,6 +119,13 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
                           help="trm: rescale T per image or per batch (default %(default)s)")
     finetune.add_argument("--trs-stride", type=int, default=TrainConfig.trs_stride,
                           help="trs-map: block size (default %(default)s)")
+    finetune.add_argument("--trm-normalize", default=TrainConfig.trm_normalize, choices=TRM_NORMALIZATIONS,
+                          help="trm: loss denominator; 'batch' = TRM Eq. 7 as published, 'bounded' = Eq. 7 with "
+                               "a floor (default %(default)s)")
+    finetune.add_argument("--trm-bound", type=float, default=TrainConfig.trm_bound, metavar="K",
+                          help="trm, bounded: no batch weighs more than K x a batch with the expected foreground "
+                               "(default %(default)g)")
+    _add_risk_scaling(finetune)
     finetune.add_argument("--reset-head", action="store_true",
                           help="re-initialise the head even when source and target have as many classes")
     finetune.set_defaults(func=_run_finetune)
@@ -165,6 +176,7 @@ def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
                          help="rescale T per image or per batch (default %(default)s)")
     riskmap.add_argument("--no-resample", action="store_true",
                          help="use volumes as stored (no reorientation or resampling to the source's grid)")
+    _add_risk_scaling(riskmap)
     add_quiet(riskmap)
     riskmap.set_defaults(func=_run_riskmap)
 
@@ -181,6 +193,14 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     add_quiet(demo)
     demo.set_defaults(func=_run_demo)
+
+
+def _add_risk_scaling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--risk-scaling", default=TrainConfig.risk_scaling, choices=RISK_SCALINGS,
+                        help="trm: 'minmax' = TRM Eq. 5; 'robust' clips T to per-class quantiles first "
+                             "(default %(default)s)")
+    parser.add_argument("--risk-quantile", type=float, default=TrainConfig.risk_quantile, metavar="Q",
+                        help="trm, robust: the clipping quantiles Q and 1-Q (default %(default)g)")
 
 
 def _task(args: argparse.Namespace):
@@ -320,7 +340,8 @@ def _run_riskmap(args: argparse.Namespace) -> int:
     written = write_risk_maps(args.data, args.source, args.output, args.channel, args.labels, args.site,
                               after_run=args.after, cases=_split_list(args.cases), base=args.risk_base,
                               scope=args.risk_scope, device=args.device, progress=not args.quiet,
-                              sites=args.sites_csv, resample=not args.no_resample)
+                              sites=args.sites_csv, resample=not args.no_resample,
+                              scaling=args.risk_scaling, quantile=args.risk_quantile)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

@@ -12,6 +12,12 @@ from trmcore.training.methods import METHODS
 # RISK_SCOPES and RISK_BASE are the ops' own, SPEC 3).
 FREEZE_CHOICES = ("encoder", "none")
 AXES = (0, 1, 2)
+# How trm's Eq. 7 denominator is formed (trmcore.training.normalization): "bounded" (default) floors the
+# batch's foreground count at E / trm_bound, "batch" is TRM Eq. 7 as published, "image" per image.
+TRM_NORMALIZATIONS = ("bounded", "batch", "image")
+# How T becomes T' before R = base ** T' (trmcore.training.risk_scaling): "minmax" is TRM Eq. 5,
+# "robust" clips T to per-class quantiles first.
+RISK_SCALINGS = ("minmax", "robust")
 
 
 @dataclass
@@ -40,6 +46,13 @@ class TrainConfig:
             the source run's); False (``--no-resample``) uses them as stored.
         amp: autocast on CUDA (ignored on CPU).
         checkpoint_every: write a resumable state every this many iterations (0 = at validation only).
+        foreground_share: share of each batch drawn from slices holding foreground (nnU-Net's
+            oversampling, every method alike); 0 = uniform batches.
+        trm_normalize: trm's loss denominator, one of TRM_NORMALIZATIONS; "batch" is the paper's Eq. 7.
+        trm_bound: with "bounded", no batch weighs more than this factor above a batch with the
+            expected foreground count E (the denominator is at least E / trm_bound).
+        risk_scaling: "minmax" (TRM Eq. 5) or "robust" (T clipped to the per-class quantiles
+            risk_quantile and 1 - risk_quantile before the min-max).
     """
 
     iterations: int = 5000
@@ -60,6 +73,11 @@ class TrainConfig:
     resample: bool = True
     amp: bool = True
     checkpoint_every: int = 0
+    foreground_share: float = 1.0 / 3.0
+    trm_normalize: str = "bounded"
+    trm_bound: float = 4.0
+    risk_scaling: str = "minmax"
+    risk_quantile: float = 0.05
 
     def __post_init__(self) -> None:
         positive = {"iterations": self.iterations, "batch_size": self.batch_size}
@@ -85,6 +103,16 @@ class TrainConfig:
             raise ValueError(f"trs_stride must be >= 1, got {self.trs_stride!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0.0 <= self.foreground_share <= 1.0:
+            raise ValueError(f"foreground_share must be in [0, 1], got {self.foreground_share!r}")
+        if self.trm_normalize not in TRM_NORMALIZATIONS:
+            raise ValueError(f"trm_normalize must be one of {TRM_NORMALIZATIONS}, got {self.trm_normalize!r}")
+        if not 1.0 <= self.trm_bound < float("inf"):
+            raise ValueError(f"trm_bound must be a finite number >= 1, got {self.trm_bound!r}")
+        if self.risk_scaling not in RISK_SCALINGS:
+            raise ValueError(f"risk_scaling must be one of {RISK_SCALINGS}, got {self.risk_scaling!r}")
+        if not 0.0 <= self.risk_quantile < 0.5:
+            raise ValueError(f"risk_quantile must be in [0, 0.5), got {self.risk_quantile!r}")
         if self.axis not in AXES:
             raise ValueError(f"axis must be 0, 1 or 2, got {self.axis!r}")
 

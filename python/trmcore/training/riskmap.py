@@ -18,6 +18,7 @@ from torch import nn
 from trmcore import ops
 from trmcore.data import slices_to_volume, volumes_to_slices
 from trmcore.training.precision import autocast_for
+from trmcore.training.risk_scaling import scaled_risk_map
 from trmcore.training.weighting import IGNORE_INDEX
 
 
@@ -41,7 +42,7 @@ def _volume_logits(model: nn.Module, images: np.ndarray, device: torch.device, b
 @torch.no_grad()
 def risk_volumes(model: nn.Module, volumes: Sequence, num_classes: int, axis: int, divisor: int,
                  device: torch.device, base: float = 10.0, scope: str = "image", batch_size: int = 16,
-                 progress: bool = False) -> List[RiskVolumes]:
+                 progress: bool = False, scaling: str = "minmax", quantile: float = 0.05) -> List[RiskVolumes]:
     """T and R volumes of ``model`` on labelled ``volumes`` (joint accumulated over all of them).
 
     Slices without any brain still get maps (they are part of the volume); the
@@ -70,8 +71,8 @@ def risk_volumes(model: nn.Module, volumes: Sequence, num_classes: int, axis: in
             batch_labels = labels[start:start + batch_size]
             leep_map = ops.pixel_leep(logits, batch_labels, joint)
             leep_parts.append(leep_map.float().cpu())
-            risk_parts.append(ops.risk_map(leep_map, batch_labels, base=base, scope=scope,
-                                           ignore_index=IGNORE_INDEX).float().cpu())
+            risk_parts.append(scaled_risk_map(leep_map, batch_labels, base, scope, scaling, quantile,
+                                              IGNORE_INDEX).float().cpu())
         shape = volume.shape
         as_volume = lambda parts: slices_to_volume(torch.cat(parts).numpy(), slices.pad, axis, shape)  # noqa: E731
         results.append(RiskVolumes(volume.case_id, as_volume(leep_parts), as_volume(risk_parts)))

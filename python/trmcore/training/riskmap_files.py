@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
+from trmcore.training.risk_diagnostics import panel_caption, write_volume_diagnostics
 from trmcore.training.riskmap import RiskVolumes, risk_volumes
 
 
@@ -37,8 +38,13 @@ def pick_slice(label: np.ndarray, axis: int) -> int:
 
 
 def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: int, slice_index: int,
-               path: Union[str, Path], base: float = 10.0, titles: Sequence[str] = ("source", "fine-tuned")) -> Path:
-    """PNG: image | label | transferability | risk, one row for the source model, one after fine-tuning."""
+               path: Union[str, Path], base: float = 10.0, titles: Sequence[str] = ("source", "fine-tuned"),
+               diagnostics: Sequence[Optional[dict]] = ()) -> Path:
+    """PNG: image | label | transferability | risk, one row for the source model, one after fine-tuning.
+
+    ``diagnostics``: per row, a risk_diagnostics summary shown under the row (per-class mean risk,
+    share above the midpoint, warnings).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,6 +70,11 @@ def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: 
             ax.axis("off")
             if col >= 2:
                 fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        summary = diagnostics[row] if row < len(diagnostics) else None
+        if summary is not None:
+            text = "risk: " + panel_caption(summary) + "".join(f"\nWARNING {w.split(':')[0]}" for w in summary["warnings"])
+            axes[row][3].text(0.5, -0.08, text, transform=axes[row][3].transAxes, ha="center", va="top", fontsize=7,
+                              color="darkred" if summary["warnings"] else "black", wrap=True)
     fig.suptitle(f"{volume.case_id}, slice {slice_index} (axis {axis})")
     fig.tight_layout()
     path = Path(path)
@@ -76,8 +87,14 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                     channel: Optional[str] = None, labels: Optional[str] = None, site: Optional[str] = None,
                     after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
                     base: float = 10.0, scope: str = "image", device: Optional[str] = None,
-                    progress: bool = True, sites=None, resample: bool = True) -> List[Path]:
+                    progress: bool = True, sites=None, resample: bool = True, scaling: str = "minmax",
+                    quantile: float = 0.05) -> List[Path]:
     """Write CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case.
+
+    Also risk_diagnostics.json: per target class the mean risk and the share of voxels above the
+    midpoint, and warnings when a map degenerates (trmcore.training.risk_diagnostics), over all cases
+    on the working grid, for the source ("before") and the fine-tuned run ("after"); printed too.
+    ``scaling`` / ``quantile``: how T becomes R (trmcore.training.risk_scaling).
 
     Volumes are loaded on the source run's grid (``resample=False``: as
     stored); the maps are written back on each case's stored grid.
@@ -100,7 +117,7 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                          f"the task gives {task_info.channels}")
     num_classes = task_info.num_classes
     before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
-                          scope, progress=progress)
+                          scope, progress=progress, scaling=scaling, quantile=quantile)
     after = [None] * len(volumes)
     if after_run is not None:
         tuned, tuned_info = load_run(after_run, device=resolved)
@@ -108,10 +125,16 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
             raise ValueError(f"run {after_run} takes {tuned_info.model.in_channels} channel(s), "
                              f"the task gives {task_info.channels}")
         after = risk_volumes(tuned, volumes, num_classes, tuned_info.axis, tuned_info.divisor, resolved, base,
-                             scope, progress=progress)
+                             scope, progress=progress, scaling=scaling, quantile=quantile)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    path, diagnostics = write_volume_diagnostics(
+        out_dir, [m.risk for m in before], None if after_run is None else [m.risk for m in after],
+        [v.label for v in volumes], task_info.label_names, base, {"scaling": scaling, "quantile": quantile,
+                                                                 "scope": scope},
+        (f"risk map of {source_run}", f"risk map of {after_run}"), show=progress)
+    written.append(path)
     for volume, maps, maps_after in zip(volumes, before, after):
         # Maps are written on the case's stored grid (its own affine and header), like every output.
         native = volume.grid.to_native if volume.grid is not None else (lambda a, mode: a)
@@ -127,5 +150,6 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                                       out_dir / f"{volume.case_id}_risk_after.nii.gz", volume.header))
         slice_index = pick_slice(volume.label, source_info.axis)
         written.append(plot_panel(volume, maps, maps_after, source_info.axis, slice_index,
-                                  out_dir / f"{volume.case_id}.png", base))
+                                  out_dir / f"{volume.case_id}.png", base,
+                                  diagnostics=(diagnostics["before"], diagnostics["after"])))
     return written

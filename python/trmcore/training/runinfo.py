@@ -36,6 +36,9 @@ class RunInfo:
     for runs from before trmcore recorded them (see :meth:`geometry`).
     ``normalization`` names the intensity normalisation
     (``trmcore.data.preprocess.NORMALIZATIONS``).
+    ``loss_normalization``: the loss denominator used (normalize, min_foreground, expected_foreground;
+    see trmcore.training.normalization); ``risk_diagnostics``: per-class statistics of trm's risk maps
+    and warnings (trmcore.training.risk_diagnostics).
     """
 
     model: UNetConfig
@@ -57,6 +60,8 @@ class RunInfo:
     val_cases: List[str] = field(default_factory=list)
     iterations_done: int = 0
     val_dice: Optional[float] = None
+    loss_normalization: Optional[dict] = None
+    risk_diagnostics: Optional[dict] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.

@@ -36,6 +36,8 @@ from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.evaluate import EvaluationResult, check_task_matches, evaluate_volumes
 from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
 from trmcore.training.metrics import MetricsLog
+from trmcore.training.normalization import foreground_per_slice, loss_normalization
+from trmcore.training.risk_diagnostics import report as report_risk, weighting_diagnostics
 from trmcore.training.runinfo import RunInfo
 from trmcore.training.precision import autocast_for, needs_loss_scaling
 from trmcore.training.sampling import SliceSampler
@@ -160,7 +162,11 @@ class _TrainLoop:
                  run_dir: Path, info: RunInfo, ctx: DistContext) -> None:
         self.model, self.weighting, self.data, self.config = model, weighting, data, config
         self.run_dir, self.info, self.ctx = run_dir, info, ctx
-        self.sampler = SliceSampler(len(data.slices.labels), config.batch_size, config.seed, ctx.rank, ctx.world_size)
+        self.sampler = SliceSampler(len(data.slices.labels), config.batch_size, config.seed, ctx.rank, ctx.world_size,
+                                    foreground=foreground_per_slice(data.slices.labels) > 0,
+                                    foreground_share=config.foreground_share)
+        self.normalization = loss_normalization(weighting.normalize, config, data.slices.labels)
+        info.loss_normalization = self.normalization.to_dict()
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_loss_scaling(ctx.device, config.amp))
         self.metrics = MetricsLog(info.label_names[1:])
@@ -199,7 +205,8 @@ class _TrainLoop:
         with autocast_for(device, self.config.amp):
             logits = forward(images)
         loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
-                                    normalize=self.weighting.normalize)
+                                    normalize=self.normalization.normalize,
+                                    min_foreground=self.normalization.min_foreground)
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                      torch.full_like(self.first_bad, iteration), self.first_bad)
         self.optimizer.zero_grad(set_to_none=True)
@@ -407,6 +414,9 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         del source
         info = _run_info(model, data, config, task, data_root, method=config.method,
                          source=str(Path(source_run).resolve()))
+        info.risk_diagnostics = weighting_diagnostics(weighting, data.slices, info.label_names, ctx, config.risk_base)
+        if info.risk_diagnostics is not None and ctx.is_main and (progress or info.risk_diagnostics["warnings"]):
+            report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
         ctx.close()

@@ -39,6 +39,7 @@ from trmcore.training.shards import TrainingSlices
 
 if TYPE_CHECKING:
     from trmcore.training.config import TrainConfig
+from trmcore.training.risk_scaling import scaled_risk_map
 
 IGNORE_INDEX = -100
 # SPEC 5: trs-map blocks with fewer valid pixels keep weight 1.
@@ -215,16 +216,21 @@ class RiskMapWeighting(LossWeighting):
 
     The transferability maps come from the frozen source model before training
     (static). With ``refresh_every = K > 0`` they are recomputed from the
-    current model every K iterations.
+    current model every K iterations. ``scaling`` / ``quantile``: how T becomes
+    R (trmcore.training.risk_scaling; "minmax" is TRM Eq. 5). ``normalize = "batch"``
+    asks for Eq. 7; trmcore.training.normalization picks its form (bounded by default).
     """
 
     normalize = "batch"
 
     def __init__(self, source: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
                  base: float = 10.0, scope: str = "image", refresh_every: int = 0, batch_size: int = 16,
-                 amp: bool = True, model_config: Optional[UNetConfig] = None) -> None:
+                 amp: bool = True, model_config: Optional[UNetConfig] = None, scaling: str = "minmax",
+                 quantile: float = 0.05) -> None:
         self.data = data
         self.model_config = model_config  # shape of the refreshed model, to rebuild it on --resume
+        self.scaling = scaling
+        self.quantile = quantile
         self.num_classes = num_classes
         self.ctx = ctx
         self.base = base
@@ -243,14 +249,14 @@ class RiskMapWeighting(LossWeighting):
     def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "RiskMapWeighting":
         return cls(source, data, num_classes, ctx, base=config.risk_base, scope=config.risk_scope,
                    refresh_every=config.risk_refresh, batch_size=leep_batch_size(config), amp=config.amp,
-                   model_config=model_config)
+                   model_config=model_config, scaling=config.risk_scaling, quantile=config.risk_quantile)
 
     def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         rows = self.row_of[index.cpu()]
         if bool((rows < 0).any()):
             raise ValueError("risk map requested for a slice outside this rank's shard")
         leep_map = self.maps[rows].to(labels.device)
-        return ops.risk_map(leep_map, labels, base=self.base, scope=self.scope, ignore_index=IGNORE_INDEX)
+        return scaled_risk_map(leep_map, labels, self.base, self.scope, self.scaling, self.quantile, IGNORE_INDEX)
 
     def maybe_refresh(self, model: nn.Module, iteration: int) -> bool:
         if self.refresh_every <= 0 or iteration == 0 or iteration % self.refresh_every:

@@ -1,0 +1,74 @@
+"""How the transferability map T becomes the risk map R (SPEC 3, and the robust option of SPEC 8).
+
+``"minmax"`` is TRM Eq. 5-6: ``T' = (max T - T) / (max T - min T)`` per image
+(or batch), ``R = base ** T'``. Min-max follows the extremes: a few pixels
+with very low T (often at the brain's edge) take R = base and squeeze every
+other pixel towards R = 1, so those few pixels rule the loss.
+
+``"robust"`` first clips T to ``[lo, hi]``, where ``lo`` is the lowest of the
+classes' ``q``-quantiles of T and ``hi`` the highest of their
+``(1 - q)``-quantiles, in the same scope as the min-max. Quantiles are taken
+per class so that a small class (a tumour of 1 % of the pixels) is never
+clipped away as an outlier of the background: the contrast between classes
+stays, the single-pixel extremes go. The min-max and the power are then
+exactly :func:`trmcore.ops.risk_map`.
+
+Example:
+    >>> import torch
+    >>> t = -0.1 * torch.arange(20.0).view(1, 1, 20); t[0, 0, 19] = -50.0  # T from 0 to -1.8, one at -50
+    >>> labels = torch.zeros(1, 1, 20, dtype=torch.int64)
+    >>> round(float(scaled_risk_map(t, labels, scaling="minmax")[0, 0, 18]), 2)  # squeezed towards 1
+    1.09
+    >>> round(float(scaled_risk_map(t, labels, scaling="robust", quantile=0.1)[0, 0, 18]), 2)
+    10.0
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trmcore import ops
+from trmcore.training.config import RISK_SCALINGS
+
+# As trmcore.ops (and training.weighting); not imported from weighting, which imports this module.
+IGNORE_INDEX = -100
+
+
+def clip_to_class_quantiles(leep_map: torch.Tensor, labels: torch.Tensor, quantile: float, scope: str = "image",
+                            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """T clipped to the per-class quantiles, float32 ``[N, H, W]`` (ignored pixels unchanged).
+
+    Args:
+        leep_map: float ``[N, H, W]`` transferability (log EEP).
+        labels: int ``[N, H, W]`` target classes or ``ignore_index``.
+        quantile: q in [0, 0.5); 0 leaves T as it is.
+        scope: "image" (bounds per image) or "batch" (one pair of bounds for the batch).
+    """
+    t = leep_map.detach().float()
+    if quantile <= 0:
+        return t.clone()
+    groups = [slice(None)] if scope == "batch" else [slice(i, i + 1) for i in range(t.shape[0])]
+    out = t.clone()
+    for group in groups:
+        values, classes = t[group], labels[group]
+        valid = classes != ignore_index
+        lows, highs = [], []
+        for c in torch.unique(classes[valid]).tolist():
+            pixels = values[classes == c].double()
+            lows.append(torch.quantile(pixels, quantile))
+            highs.append(torch.quantile(pixels, 1.0 - quantile))
+        if not lows:
+            continue
+        low, high = float(torch.stack(lows).min()), float(torch.stack(highs).max())
+        out[group] = torch.where(valid, values.clamp(low, high), values)
+    return out
+
+
+def scaled_risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = 10.0, scope: str = "image",
+                    scaling: str = "minmax", quantile: float = 0.05, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """R in [1, base] (0 at ignored pixels), float32 ``[N, H, W]``, with the chosen scaling of T."""
+    if scaling not in RISK_SCALINGS:
+        raise ValueError(f"risk scaling must be one of {RISK_SCALINGS}, got {scaling!r}")
+    if scaling == "robust":
+        leep_map = clip_to_class_quantiles(leep_map, labels, quantile, scope, ignore_index)
+    return ops.risk_map(leep_map, labels, base=base, scope=scope, ignore_index=ignore_index)

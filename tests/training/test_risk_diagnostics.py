@@ -1,0 +1,111 @@
+"""Risk-map diagnostics (per-class statistics, degeneracy warnings), robust scaling, `trm riskmap` output."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from trmcore import ops
+from trmcore.data import load_task_volumes, parse_task
+from trmcore.training.risk_diagnostics import RiskStatistics, summary_lines, volume_diagnostics
+from trmcore.training.risk_scaling import clip_to_class_quantiles, scaled_risk_map
+from trmcore.training.riskmap import write_risk_maps
+
+
+def test_statistics_by_hand():
+    labels = torch.tensor([[[0, 0, 0, 1], [1, 2, -100, 2]]])
+    risk = torch.tensor([[[1.0, 2.0, 9.0, 6.0], [10.0, 4.0, 0.0, 8.0]]])
+    stats = RiskStatistics(3, base=10.0)
+    stats.update(risk, labels)
+    summary = stats.summary(["background", "A", "B"])
+    bg, a, b = (summary["classes"][k] for k in ("background", "A", "B"))
+    assert summary["midpoint"] == 5.5 and summary["near_one_below"] == pytest.approx(1.9)
+    assert (bg["pixels"], a["pixels"], b["pixels"]) == (3, 2, 2)  # the ignored pixel counts nowhere
+    assert bg["mean_risk"] == pytest.approx(4.0) and a["mean_risk"] == pytest.approx(8.0)
+    assert bg["std_risk"] == pytest.approx(np.std([1, 2, 9])) and b["std_risk"] == pytest.approx(2.0)
+    assert bg["share_above_midpoint"] == pytest.approx(1 / 3) and a["share_above_midpoint"] == 1.0
+    assert b["share_above_midpoint"] == pytest.approx(0.5)
+    assert bg["share_near_one"] == pytest.approx(1 / 3)
+    assert summary["share_near_one"] == pytest.approx(1 / 7)
+    assert summary["warnings"] == []
+
+
+def test_statistics_add_across_updates():
+    rng = np.random.default_rng(0)
+    risk = rng.uniform(1, 10, size=(4, 5, 5))
+    labels = rng.integers(0, 3, size=(4, 5, 5))
+    whole = RiskStatistics(3)
+    whole.update(risk, labels)
+    parts = RiskStatistics(3)
+    parts.update(risk[:1], labels[:1])
+    parts.update(torch.from_numpy(risk[1:]), torch.from_numpy(labels[1:]))
+    torch.testing.assert_close(parts.sums, whole.sums)
+
+
+def test_class_weight_map_is_flagged():
+    labels = torch.zeros(2, 8, 8, dtype=torch.int64)
+    labels[:, 2:4, 2:4] = 1
+    risk = torch.where(labels == 1, 9.9, 1.05) + 0.01 * torch.rand(2, 8, 8)
+    stats = RiskStatistics(2)
+    stats.update(risk, labels)
+    summary = stats.summary(["background", "CSF"])
+    assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("class weight")
+    assert any("warning: class weight" in line for line in summary_lines(summary))
+
+
+def test_few_pixels_rule_is_flagged():
+    labels = torch.zeros(1, 10, 10, dtype=torch.int64)
+    labels[0, :5] = 1
+    risk = 1.0 + torch.rand(1, 10, 10) * 0.5  # near 1 and varying within each class
+    risk[0, 0, :3] = 10.0
+    stats = RiskStatistics(2)
+    stats.update(risk, labels)
+    summary = stats.summary(["background", "lesion"])
+    assert summary["share_near_one"] == pytest.approx(0.97)
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["a few pixels rule"]
+
+
+def test_robust_clipping_by_hand():
+    t = torch.tensor([[[-9.0, -1.0, -1.2, -1.1, -0.0, -0.2, -0.1, -0.3, -50.0, -0.15]]])
+    labels = torch.tensor([[[1, 1, 1, 1, 0, 0, 0, 0, 0, 0]]])
+    q = 0.25
+    lo = min(np.quantile([-9.0, -1.0, -1.2, -1.1], q), np.quantile([0.0, -0.2, -0.1, -0.3, -50.0, -0.15], q))
+    hi = max(np.quantile([-9.0, -1.0, -1.2, -1.1], 1 - q), np.quantile([0.0, -0.2, -0.1, -0.3, -50.0, -0.15], 1 - q))
+    clipped = clip_to_class_quantiles(t, labels, q)
+    np.testing.assert_allclose(clipped.numpy(), np.clip(t.numpy(), lo, hi), rtol=1e-6)
+    # The min-max after clipping is exactly ops.risk_map of the clipped map.
+    torch.testing.assert_close(scaled_risk_map(t, labels, scaling="robust", quantile=q), ops.risk_map(clipped, labels))
+    # The lesion class (label 1) keeps its contrast with the background: its bulk is now the hardest.
+    robust = scaled_risk_map(t, labels, scaling="robust", quantile=q)
+    minmax = scaled_risk_map(t, labels, scaling="minmax")
+    assert float(robust[labels == 1].mean()) > 2 * float(minmax[labels == 1].mean())
+    # q = 0 and "minmax" are TRM Eq. 5 exactly.
+    torch.testing.assert_close(scaled_risk_map(t, labels, scaling="robust", quantile=0.0), minmax)
+    # Ignored pixels stay 0; clipping is per image in scope "image".
+    labels2 = labels.clone()
+    labels2[0, 0, 0] = -100
+    assert float(scaled_risk_map(t, labels2, scaling="robust", quantile=q)[0, 0, 0]) == 0.0
+    with pytest.raises(ValueError, match="scaling"):
+        scaled_risk_map(t, labels, scaling="zscore")
+
+
+def test_riskmap_writes_diagnostics_matching_the_maps(phantom, source_run, tmp_path):
+    out = tmp_path / "maps"
+    written = write_risk_maps(phantom, source_run, out, "T2", "CSF", progress=False, cases=["phantom_000"])
+    assert out / "risk_diagnostics.json" in written and (out / "phantom_000.png").is_file()
+    diagnostics = json.loads((out / "risk_diagnostics.json").read_text())
+    assert diagnostics["after"] is None and diagnostics["scaling"] == "minmax"
+    volumes, _ = load_task_volumes(phantom, parse_task("T2", "CSF"), cases=["phantom_000"], progress=False)
+    risk = np.asarray(nib.load(str(out / "phantom_000_risk.nii.gz")).dataobj)
+    label = volumes[0].label
+    for k, name in enumerate(["background", "CSF"]):
+        entry = diagnostics["before"]["classes"][name]
+        assert entry["pixels"] == int((label == k).sum())
+        assert entry["mean_risk"] == pytest.approx(float(risk[label == k].mean()), rel=1e-5)
+        assert entry["share_above_midpoint"] == pytest.approx(float((risk[label == k] > 5.5).mean()))
+    assert diagnostics["before"] == volume_diagnostics([risk], [label], ["background", "CSF"], 10.0) | {
+        "warnings": diagnostics["before"]["warnings"]}
