@@ -34,18 +34,26 @@ def test_tiny_study_writes_tables_and_figures(tiny_study):
     assert not first.summary.failed and not first.summary.skipped
     assert len(first.summary.executed) == len(first.grid.jobs)
     table1 = _csv(out / "tables" / "table1.csv")
-    # 2 tasks -> 2 (target, source) pairs x 2 methods, each with a Dice in [0, 1]
+    # 2 tasks -> 2 (target, source) pairs x 6 columns (2 methods, trm also with Eq. 7 as published,
+    # all with foreground-aware and with uniform batches), each with a Dice in [0, 1]
+    columns = ["trm", "trm eq7", "trm uniform", "trm uniform eq7", "vanilla", "vanilla uniform"]
     assert sorted((r["target"], r["source"], r["method"]) for r in table1) == [
-        ("*/T1/CSF", "*/T2/CSF", "trm"), ("*/T1/CSF", "*/T2/CSF", "vanilla"),
-        ("*/T2/CSF", "*/T1/CSF", "trm"), ("*/T2/CSF", "*/T1/CSF", "vanilla")]
+        (t, s, c) for t, s in (("*/T1/CSF", "*/T2/CSF"), ("*/T2/CSF", "*/T1/CSF")) for c in columns]
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in table1)
-    assert len(_csv(out / "tables" / "table2.csv")) == 4
+    assert len(_csv(out / "tables" / "table2.csv")) == 12
     table3 = _csv(out / "tables" / "table3.csv")
-    assert sorted({r["shots"] for r in table3}) == ["4", "8"] and len(table3) == 4
+    assert sorted({r["shots"] for r in table3}) == ["4", "8"] and len(table3) == 12
+    collapses = _csv(out / "tables" / "table1_collapses.csv")
+    assert sorted(r["column"] for r in collapses) == columns
+    assert {r["column"]: r["reference"] for r in collapses}["trm uniform eq7"] == "vanilla uniform"
+    assert all(int(r["runs"]) == 2 for r in collapses)
+    sources = _csv(out / "tables" / "table2_sources.csv")
+    assert sorted(r["task"] for r in sources) == ["site-A/T1/NCR+ED+ET", "site-B/T2/NCR+ED+ET"]
+    assert all(r["dice"] != "" for r in sources)
     seq = _csv(out / "tables" / "sequential_summary.csv")
     assert [r["target"] for r in seq] == ["*/T2/CSF"] and seq[0]["path_dice"] != ""
     summary = _csv(out / "tables" / "table1_summary.csv")
-    assert {r["method"] for r in summary} == {"vanilla", "trm", GAIN}
+    assert {r["method"] for r in summary} == set(columns) | {GAIN}
     assert [r for r in summary if r["level"] == "overall"]
     for png in ("table1_gain.png", "table2_gain.png", "table3_few_shot.png", "fig2_T1-CSF_to_T2-CSF.png"):
         assert (out / "figures" / png).stat().st_size > 1000, png
@@ -53,6 +61,7 @@ def test_tiny_study_writes_tables_and_figures(tiny_study):
     for heading in ("Table I analogue", "Table II analogue", "Table III analogue", "Sequential transfer", "Fig. 2"):
         assert heading in text
     assert "| T1/CSF | T2/CSF |" in text and "| **Average** | 2 pairs |" in text
+    assert "| trm uniform eq7 | 2 |" in text  # the collapse counts
     assert "Failed jobs" not in text
 
 
@@ -73,8 +82,8 @@ def test_extra_seed_runs_only_the_new_jobs(tiny_study, tmp_path):
     shutil.copytree(out, copy)
     result = reproduce(copy, "tiny", seeds=[0, 1], tables=["I"], workers=1, progress=False)
     executed = [result.grid.job(k) for k in result.summary.executed]
-    # Table I of seed 1 only: 2 source models + 4 fine-tuning runs
-    assert sorted((j.kind, j.seed) for j in executed) == [("finetune", 1)] * 4 + [("source", 1)] * 2
+    # Table I of seed 1 only: 2 source models + 2 pairs x 6 columns
+    assert sorted((j.kind, j.seed) for j in executed) == [("finetune", 1)] * 12 + [("source", 1)] * 2
     text = (copy / "results.md").read_text()
     assert "±" in text  # mean ± std over two seeds
 
@@ -109,7 +118,8 @@ def test_grid_trains_each_source_once_per_seed():
     grid = build_grid(get_profile("quick"), seeds=[0, 1, 2], tables=["I"])
     sources = [j for j in grid.jobs if j.kind == "source"]
     assert len(sources) == 6 * 3
-    assert len([j for j in grid.jobs if j.kind == "finetune"]) == 6 * 5 * 4 * 3
+    # 30 pairs x (4 methods + trm eq7) x (foreground-aware, uniform) x 3 seeds
+    assert len([j for j in grid.jobs if j.kind == "finetune"]) == 6 * 5 * 10 * 3
     assert len({j.key for j in grid.jobs}) == len(grid.jobs)
     keys = {j.key for j in grid.jobs}
     assert all(j.parent in keys for j in grid.jobs if j.kind == "finetune")
@@ -121,6 +131,46 @@ def test_grid_trains_each_source_once_per_seed():
     assert {c.seed for c in full.cells_of("III")} == {0}
     seeded = build_grid(get_profile("quick"), seeds=[0, 1], tables=["I", "III"], extra_seed_tables=["I", "III"])
     assert {c.seed for c in seeded.cells_of("III")} == {0, 1}
+
+
+def test_study_columns_map_to_training_settings():
+    from trmcore.study.grid import TUMOUR, study_columns
+    from trmcore.study.runner import StudyContext, _train_config
+
+    tiny = get_profile("tiny")
+    columns = {c.label: c for c in study_columns(tiny, tiny.methods)}
+    assert list(columns) == ["vanilla", "trm", "trm eq7", "vanilla uniform", "trm uniform", "trm uniform eq7"]
+    ctx = StudyContext("/nonexistent", {}, tiny)
+    grid = build_grid(tiny, seeds=[0], tables=["I", "II"])
+    configs = {(c.table, c.method): _train_config(ctx, grid.job(c.key)) for c in grid.cells}
+    default = configs[("I", "trm")]
+    assert default.foreground_share == pytest.approx(1 / 3) and default.trm_normalize == "bounded"
+    paper = configs[("I", "trm uniform eq7")]
+    assert paper.foreground_share == 0.0 and paper.trm_normalize == "batch"
+    assert configs[("I", "vanilla uniform")].foreground_share == 0.0
+    # The default trm job is the one Fig. 2 draws too (same key, trained once).
+    fig2 = build_grid(tiny, seeds=[0], tables=["I", "fig2"])
+    assert len([j for j in fig2.jobs if j.kind == "finetune"]) == len(grid.cells_of("I"))
+    sources = {j.dataset: _train_config(ctx, j) for j in grid.jobs if j.kind == "source"}
+    assert sources[TUMOUR].iterations == tiny.tumour_source_iterations
+    assert sources["tissue"].iterations == tiny.source_iterations
+
+
+def test_collapse_counts_by_hand():
+    from trmcore.study.tables import collapse_rows
+
+    def row(seed, method, dice, job=""):
+        return {"seed": seed, "target": "t", "source": "s", "shots": "all", "method": method, "dice": dice,
+                "job": job}
+
+    rows = [row(0, "vanilla", 0.5), row(0, "trm", 0.01, "j0"), row(1, "vanilla", 0.08), row(1, "trm", 0.0, "j1"),
+            row(2, "vanilla", 0.4), row(2, "trm", 0.3, "j2"), row(0, "vanilla uniform", 0.5),
+            row(0, "trm uniform eq7", 0.049)]
+    out = collapse_rows(rows, {"trm": "vanilla", "trm uniform eq7": "vanilla uniform"}, {"j0": ["class weight"]})
+    # seed 1 is no collapse: vanilla itself stayed below 0.1
+    assert out == [{"column": "trm", "reference": "vanilla", "runs": 3, "collapses": 1, "risk_map_warnings": 1},
+                   {"column": "trm uniform eq7", "reference": "vanilla uniform", "runs": 1, "collapses": 1,
+                    "risk_map_warnings": 0}]
 
 
 def test_pair_table_statistics():

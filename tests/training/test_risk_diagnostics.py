@@ -31,6 +31,8 @@ def test_statistics_by_hand():
     assert b["share_above_midpoint"] == pytest.approx(0.5)
     assert bg["share_near_one"] == pytest.approx(1 / 3)
     assert summary["share_near_one"] == pytest.approx(1 / 7)
+    # 20 bins of 0.45 over [1, 10]: R = 1, 2, 9 fall in bins 0, 2, 17, so no band of two bins holds two of them
+    assert bg["share_in_densest_band"] == pytest.approx(1 / 3) and a["share_in_densest_band"] == 0.5
     assert summary["warnings"] == []
 
 
@@ -47,14 +49,21 @@ def test_statistics_add_across_updates():
 
 
 def test_class_weight_map_is_flagged():
-    labels = torch.zeros(2, 8, 8, dtype=torch.int64)
+    labels = torch.zeros(4, 8, 8, dtype=torch.int64)
     labels[:, 2:4, 2:4] = 1
-    risk = torch.where(labels == 1, 9.9, 1.05) + 0.01 * torch.rand(2, 8, 8)
+    risk = torch.where(labels == 1, 9.9, 1.05) + 0.01 * torch.rand(4, 8, 8)
     stats = RiskStatistics(2)
     stats.update(risk, labels)
+    # A background-only slice, stretched over the whole range by the per-image min-max, does not hide it.
+    stats.update(torch.linspace(1, 10, 16).view(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.int64))
     summary = stats.summary(["background", "CSF"])
+    assert summary["classes"]["background"]["std_risk"] > 0.45 * 2  # a threshold on the std would miss it
     assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("class weight")
     assert any("warning: class weight" in line for line in summary_lines(summary))
+    # Spread within the foreground: no warning.
+    spread = RiskStatistics(2)
+    spread.update(torch.where(labels == 1, 1 + 9 * torch.rand(4, 8, 8), 1.05), labels)
+    assert spread.summary(["background", "CSF"])["warnings"] == []
 
 
 def test_few_pixels_rule_is_flagged():

@@ -47,6 +47,8 @@ class Job:
         shots: target training slices (None: all).
         reset_head: re-initialise the head (None: only when the class count differs).
         after: key of the fine-tuned job drawn "after" (riskmap only).
+        foreground_share: the batches' foreground share (None: TrainConfig's default).
+        trm_normalize: trm's loss denominator (None: TrainConfig's default).
     """
 
     kind: str
@@ -59,6 +61,8 @@ class Job:
     shots: Optional[int] = None
     reset_head: Optional[bool] = None
     after: Optional[str] = None
+    foreground_share: Optional[float] = None
+    trm_normalize: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -77,6 +81,10 @@ class Job:
             parts.append(self.method)
         if self.shots is not None:
             parts.append(f"n{self.shots}")
+        if self.foreground_share is not None:
+            parts.append(f"fg{self.foreground_share:g}")
+        if self.trm_normalize is not None:
+            parts.append(self.trm_normalize)
         parts.append(f"s{self.seed}")
         return "_".join(parts) + "_" + digest
 
@@ -90,7 +98,51 @@ class Job:
         shots = "all" if self.shots is None else self.shots
         if self.kind == "riskmap":
             return f"risk maps {self.source} -> {self.target} (seed {self.seed})"
-        return f"{self.method} {self.source} -> {self.target}, {shots} slices (seed {self.seed})"
+        variant = "".join(f", {k} {v}" for k, v in (("foreground share", self.foreground_share),
+                                                        ("trm normalize", self.trm_normalize)) if v is not None)
+        return f"{self.method} {self.source} -> {self.target}, {shots} slices{variant} (seed {self.seed})"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of Tables I-III: a method with a batch sampling and (trm) a loss denominator.
+
+    ``label`` is the method's name for the defaults, with " uniform" (foreground share 0) or
+    " fgP" and " eq7" (TRM Eq. 7 as published) / " image" appended otherwise; ``None`` settings
+    mean TrainConfig's defaults.
+    """
+
+    label: str
+    method: str
+    foreground_share: Optional[float] = None
+    trm_normalize: Optional[str] = None
+
+    @property
+    def reference(self) -> str:
+        """The vanilla column with the same sampling (what a collapse is measured against)."""
+        return "vanilla" + ("" if self.foreground_share is None else _sampling_suffix(self.foreground_share))
+
+
+def _sampling_suffix(share: float) -> str:
+    return " uniform" if share == 0 else f" fg{share:g}"
+
+
+def study_columns(profile: StudyProfile, methods: Sequence[str]) -> List[Column]:
+    """The columns of a table with ``methods``: defaults first, then each of the profile's variants.
+
+    Sampling variants apply to every method, normalisation variants to trm only (the other methods
+    average over valid pixels).
+    """
+    columns = []
+    for share in (None, *profile.sampling_variants):
+        suffix = "" if share is None else _sampling_suffix(share)
+        for method in methods:
+            columns.append(Column(method + suffix, method, share))
+            if method == "trm":
+                for normalize in profile.normalize_variants:
+                    name = {"batch": " eq7"}.get(normalize, f" {normalize}")
+                    columns.append(Column(method + suffix + name, method, share, normalize))
+    return columns
 
 
 @dataclass(frozen=True)
@@ -171,27 +223,30 @@ def _source_job(dataset: str, task: str, seed: int) -> Job:
     return Job("source", dataset, task, seed)
 
 
-def _pairwise(grid: StudyGrid, table: str, dataset: str, tasks: Sequence[str], methods: Sequence[str],
+def _pairwise(grid: StudyGrid, table: str, dataset: str, tasks: Sequence[str], columns: Sequence[Column],
               seed: int) -> None:
-    """Every task as source, every other as target, every method (Tables I and II)."""
+    """Every task as source, every other as target, every column (Tables I and II)."""
     for target in tasks:
         for source in tasks:
             if source == target:
                 continue
             parent = grid.add(_source_job(dataset, source, seed))
-            for method in methods:
-                key = grid.add(Job("finetune", dataset, target, seed, parent=parent, source=source, method=method))
-                grid.cells.append(Cell(table, seed, target, source, method, key))
+            for column in columns:
+                key = grid.add(Job("finetune", dataset, target, seed, parent=parent, source=source,
+                                   method=column.method, foreground_share=column.foreground_share,
+                                   trm_normalize=column.trm_normalize))
+                grid.cells.append(Cell(table, seed, target, source, column.label, key))
 
 
 def _few_shot(grid: StudyGrid, profile: StudyProfile, seed: int) -> None:
     for source, target in profile.few_shot_pairs:
         parent = grid.add(_source_job(TISSUE, source, seed))
         for shots in profile.few_shot_sizes:
-            for method in profile.few_shot_methods:
+            for column in study_columns(profile, profile.few_shot_methods):
                 key = grid.add(Job("finetune", TISSUE, target, seed, parent=parent, source=source,
-                                   method=method, shots=shots))
-                grid.cells.append(Cell("III", seed, target, source, method, key, shots=shots))
+                                   method=column.method, shots=shots, foreground_share=column.foreground_share,
+                                   trm_normalize=column.trm_normalize))
+                grid.cells.append(Cell("III", seed, target, source, column.label, key, shots=shots))
 
 
 def _sequential(grid: StudyGrid, profile: StudyProfile, plans: Sequence[SeqPlan], seed: int) -> None:
@@ -244,9 +299,9 @@ def build_grid(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[str
             return table in tables and (index == 0 or table in extra_seed_tables)
 
         if wanted("I"):
-            _pairwise(grid, "I", TISSUE, profile.table1_tasks, profile.methods, seed)
+            _pairwise(grid, "I", TISSUE, profile.table1_tasks, study_columns(profile, profile.methods), seed)
         if wanted("II"):
-            _pairwise(grid, "II", TUMOUR, profile.table2_tasks, profile.methods, seed)
+            _pairwise(grid, "II", TUMOUR, profile.table2_tasks, study_columns(profile, profile.methods), seed)
         if wanted("III"):
             _few_shot(grid, profile, seed)
         if wanted("seq"):

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 from trmcore.study.figures import collect_fig2, few_shot_plot, gain_heatmap
-from trmcore.study.grid import SeqPlan, StudyGrid, task_slug
+from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, study_columns, task_slug
 from trmcore.study.profiles import StudyProfile
 from trmcore.study.runner import RunSummary
-from trmcore.study.tables import (GAIN, cell_rows, few_shot_markdown, gain_counts, pair_summary_rows, pair_table,
-                                  pair_table_markdown, per_seed_markdown, sequential_markdown, sequential_rows, write_csv)
+from trmcore.study.tables import (GAIN, cell_rows, collapse_markdown, collapse_rows, few_shot_markdown, gain_counts,
+                                  pair_summary_rows, pair_table, pair_table_markdown, per_seed_markdown,
+                                  sequential_markdown, sequential_rows, source_rows, write_csv)
 
 
 def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
@@ -33,7 +34,9 @@ def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[s
         f"{', '.join(t for t in tables if t in seeded_tables) or 'none'}; the other tables: seed {seeds[0]}); "
         f"tables {', '.join(tables)}",
         f"- U-Net depth {profile.model.depth}, width {profile.model.width}; Adam lr {training.lr:g}, batch "
-        f"{training.batch_size}; {profile.source_iterations} source / {training.iterations} fine-tuning iterations; "
+        f"{training.batch_size}; {profile.source_iterations} source"
+        + (f" ({profile.tumour_source_iterations} for tumour tasks)" if profile.tumour_source_iterations else "")
+        + f" / {training.iterations} fine-tuning iterations; "
         f"encoder frozen while fine-tuning (SPEC 5); {training.val_fraction:.0%} of each task's cases held out, "
         "mean 3D Dice on them",
         f"- tissue data: {datasets.get('tissue') or f'phantom, {profile.tissue_data.n_cases} cases of {profile.tissue_data.size} on {list(profile.tissue_data.sites)}'}",
@@ -69,12 +72,32 @@ class _Report:
         return png
 
 
+def _settings_lines(report: _Report, name: str, stem: str, rows: List[dict], methods: Sequence[str]) -> List[str]:
+    """The columns of Tables I-III (issue 14): collapse counts per column and the source models' Dice."""
+    columns = study_columns(report.profile, methods)
+    collapses = collapse_rows(rows, {c.label: c.reference for c in columns},
+                              {k: r.get("risk_warnings", []) for k, r in report.results.items()})
+    report.csv(collapses, f"{stem}_collapses.csv")
+    dataset = TUMOUR if name == "II" else TISSUE
+    sources = source_rows(report.grid, report.results, dataset)
+    report.csv(sources, f"{stem}_sources.csv")
+    lines = ["Columns: the method with the default settings (foreground-aware batches, bounded Eq. 7); "
+             "`uniform` = uniform batches; `eq7` = TRM Eq. 7 as published (so `trm uniform eq7` is the "
+             "paper-literal trm).", "", collapse_markdown(collapses), ""]
+    dice = sorted(r["dice"] for r in sources if r["dice"] is not None)
+    if dice:
+        lines += [f"Source models ({dataset} dataset, every table): held-out Dice min {dice[0]:.3f}, median "
+                  f"{dice[len(dice) // 2]:.3f}, max {dice[-1]:.3f} over {len(dice)} models "
+                  f"(`tables/{stem}_sources.csv`).", ""]
+    return lines
+
+
 def _pair_section(report: _Report, name: str, stem: str, rows: List[dict]) -> List[str]:
-    """Tables I and II: Dice per (target, source, method), the gain of trm over vanilla and its heatmap."""
-    methods = report.profile.methods
+    """Tables I and II: Dice per (target, source, column), the gain of trm over vanilla and its heatmap."""
+    methods = [c.label for c in study_columns(report.profile, report.profile.methods)]
     table = pair_table(rows, methods)
     report.csv(pair_summary_rows(table), f"{stem}_summary.csv")
-    lines = [f"Mean 3D Dice per (target, source, method){' as mean ± std over seeds' if len(table.seeds) > 1 else ''}; "
+    lines = _settings_lines(report, name, stem, rows, report.profile.methods) + [f"Mean 3D Dice per (target, source, method){' as mean ± std over seeds' if len(table.seeds) > 1 else ''}; "
              "bold = best method of the row; last column = gain of trm over vanilla.",
              "", pair_table_markdown(table), ""]
     if len(table.seeds) > 1:
@@ -95,9 +118,10 @@ def _pair_section(report: _Report, name: str, stem: str, rows: List[dict]) -> Li
 
 def _few_shot_section(report: _Report, name: str, stem: str, rows: List[dict]) -> List[str]:
     """Table III: Dice against the few-shot training-set size."""
-    text, summary_rows = few_shot_markdown(rows, report.profile.few_shot_methods)
+    text, summary_rows = few_shot_markdown(rows, [c.label for c in study_columns(report.profile,
+                                                                                 report.profile.few_shot_methods)])
     report.csv(summary_rows, f"{stem}_summary.csv")
-    lines = [text, ""]
+    lines = _settings_lines(report, name, stem, rows, report.profile.few_shot_methods) + [text, ""]
     if summary_rows:
         png = report.figure(few_shot_plot(summary_rows, report.out / "figures" / f"{stem}_few_shot.png"))
         lines += [f"![Dice against few-shot size](figures/{png.name})", ""]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from trmcore.study.grid import Job, StudyGrid
+from trmcore.study.grid import TUMOUR, Job, StudyGrid
 from trmcore.study.profiles import StudyProfile
 
 CACHE_VERSION = 1
@@ -111,8 +111,12 @@ def _train_config(ctx: StudyContext, job: Job):
     base = ctx.profile.training
     source = job.kind == "source"
     iterations = ctx.profile.source_iterations if source else base.iterations
+    if source and job.dataset == TUMOUR and ctx.profile.tumour_source_iterations is not None:
+        iterations = ctx.profile.tumour_source_iterations
+    variant = {k: v for k, v in (("foreground_share", job.foreground_share), ("trm_normalize", job.trm_normalize))
+               if v is not None}
     return replace(base, iterations=iterations, seed=job.seed, method=job.method,
-                   freeze="none" if source else base.freeze, few_shot=job.shots, val_every=iterations)
+                   freeze="none" if source else base.freeze, few_shot=job.shots, val_every=iterations, **variant)
 
 
 def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
@@ -150,6 +154,7 @@ def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
     # per-volume mean over foreground classes), as `trm evaluate` would print it.
     return {"dice": info.val_dice, "per_class": _final_class_dice(run_dir, info.label_names[1:]),
             "val_cases": info.val_cases, "train_cases": info.train_cases,
+            "risk_warnings": [w.split(":")[0] for w in (info.risk_diagnostics or {}).get("warnings", [])],
             "wall_s": time.perf_counter() - started}
 
 

@@ -57,7 +57,7 @@ def parse_seeds(text: Union[str, Sequence[int]]) -> List[int]:
 
 # Profile fields that change what a cached job holds; a study folder refuses a profile that differs in any.
 RESULT_FIELDS = ("depth", "width", "batch_size", "lr", "source_iterations", "finetune_iterations", "val_fraction",
-                 "tissue_data", "tumour_data")
+                 "tissue_data", "tumour_data", "tumour_source_iterations")
 
 
 def _flat_profile(profile: dict) -> dict:

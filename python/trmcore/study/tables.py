@@ -23,6 +23,8 @@ import numpy as np
 from trmcore.study.grid import SeqPlan, StudyGrid
 
 GAIN = "trm - vanilla"
+# A run collapsed: Dice below COLLAPSE_LOW where vanilla (same sampling, seed and pair) reached above COLLAPSE_HIGH.
+COLLAPSE_LOW, COLLAPSE_HIGH = 0.05, 0.1
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,47 @@ def cell_rows(grid: StudyGrid, results: Dict[str, dict], table: str) -> List[dic
                      "shots": "all" if cell.shots is None else cell.shots, "role": cell.role,
                      "dice": None if result is None else result.get("dice"), "job": cell.key})
     return rows
+
+
+def collapse_rows(rows: Sequence[dict], references: Dict[str, str], warnings: Optional[Dict[str, List[str]]] = None
+                  ) -> List[dict]:
+    """Per column: runs compared, collapses (Dice < COLLAPSE_LOW where its vanilla reference > COLLAPSE_HIGH).
+
+    Args:
+        rows: long-format rows of a table (method = column label).
+        references: column label -> the vanilla column with the same sampling.
+        warnings: job key -> the risk-map warnings of the run (trm only), counted per column.
+    """
+    dice = {(r["seed"], r["target"], r["source"], r["shots"], r["method"]): r["dice"] for r in rows}
+    out = []
+    for column, reference in references.items():
+        compared = collapsed = warned = 0
+        runs = [r for r in rows if r["method"] == column and r["dice"] is not None]
+        for r in runs:
+            base = dice.get((r["seed"], r["target"], r["source"], r["shots"], reference))
+            if base is None:
+                continue
+            compared += 1
+            collapsed += int(r["dice"] < COLLAPSE_LOW and base > COLLAPSE_HIGH)
+            warned += int(bool((warnings or {}).get(r["job"])))
+        out.append({"column": column, "reference": reference, "runs": compared, "collapses": collapsed,
+                    "risk_map_warnings": warned})
+    return out
+
+
+def collapse_markdown(collapses: Sequence[dict]) -> str:
+    lines = [f"| column | runs | collapses (Dice < {COLLAPSE_LOW} where its vanilla > {COLLAPSE_HIGH}) "
+             "| runs with risk-map warnings |", "|---|---|---|---|"]
+    for c in collapses:
+        lines.append(f"| {c['column']} | {c['runs']} | {c['collapses']} | {c['risk_map_warnings']} |")
+    return "\n".join(lines)
+
+
+def source_rows(grid: StudyGrid, results: Dict[str, dict], dataset: str) -> List[dict]:
+    """The source models of ``dataset``: task, seed, held-out Dice (None when not run)."""
+    return [{"dataset": dataset, "task": job.target, "seed": job.seed,
+             "dice": (results.get(job.key) or {}).get("dice"), "job": job.key}
+            for job in grid.jobs if job.kind == "source" and job.dataset == dataset]
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:

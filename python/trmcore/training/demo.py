@@ -8,7 +8,9 @@
 4. fine-tune with the frozen encoder, once with plain cross-entropy (vanilla)
    and once with transfer risk maps (trm), on a few-shot target training set;
    also train the target from scratch as the no-transfer reference;
-5. evaluate every model on the held-out target volumes (3D Dice) and print a table.
+5. evaluate every model on the held-out target volumes (3D Dice) and print a table,
+   with the diagnostics of trm's risk maps beside it (per class mean risk, share above
+   the midpoint, warnings when the map degenerates; trmcore.training.risk_diagnostics).
 """
 
 from __future__ import annotations
@@ -124,6 +126,12 @@ def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, dev
     print("\nsummary (mean 3D Dice on held-out target volumes):")
     for name in results:
         print(f"  {name:<8} {results[name]['mean']:.4f}")
-    (out / "results.json").write_text(json.dumps({"config": asdict(config), "results": results}, indent=2) + "\n")
+    from trmcore.training.risk_diagnostics import summary_lines
+
+    diagnostics = read_run_info(runs / "trm").risk_diagnostics
+    if diagnostics is not None:
+        print("\n" + "\n".join(summary_lines(diagnostics, "trm risk maps of the target training slices")))
+    (out / "results.json").write_text(json.dumps({"config": asdict(config), "results": results,
+                                                  "risk_diagnostics": diagnostics}, indent=2) + "\n")
     print(f"\ndone in {time.perf_counter() - started:.0f} s; runs in {runs}, risk maps in {out / 'riskmaps'}")
     return results

@@ -6,15 +6,19 @@ and real scans (issue 14):
 
 - **class weight**: R is nearly constant within each class (about base on the
   foreground, 1 on the background), so trm acts as a fixed foreground class
-  weight; flagged when the standard deviation of R within every class is
-  below ``CONSTANT_STD * (base - 1)``;
+  weight; flagged when, in every class, at least ``CONSTANT_SHARE`` of the
+  pixels lie in one band a tenth of the range wide (two adjacent bins of a
+  20-bin histogram of R over [1, base]). A share rather than the standard
+  deviation, since a few slices without foreground, whose min-max stretches
+  the background over the whole range, would hide the pattern;
 - **a few pixels rule**: almost every pixel has R near 1 (the lowest tenth of
   the range) and a few extreme pixels take R = base, as min-max scaling
   follows the extremes; flagged when at least ``NEAR_ONE_WARN`` of the valid
-  pixels are near 1.
+  pixels are near 1 and the map is not a class weight (a small class at R =
+  base over a background at 1 is reported as a class weight).
 
 The statistics are sums (count, sum R, sum R^2, #R above the midpoint,
-#R near 1 per class), so they add across batches and processes.
+#R near 1, a histogram of R per class), so they add across batches and processes.
 
 Example:
     >>> import torch
@@ -36,9 +40,10 @@ import torch
 
 from trmcore.training.weighting import IGNORE_INDEX
 
-# Within-class standard deviation of R, as a share of the range (base - 1), below which a class counts
-# as constant; a map constant in every class is a class weight.
-CONSTANT_STD = 0.05
+# Share of a class's pixels in one band of a tenth of the range above which the class counts as constant;
+# a map constant in every class is a class weight.
+CONSTANT_SHARE = 0.9
+HISTOGRAM_BINS = 20
 # "Near 1": R in the lowest tenth of [1, base].
 NEAR_ONE = 0.1
 # Share of valid pixels near 1 above which a few pixels rule the loss.
@@ -57,7 +62,7 @@ class RiskStatistics:
     def __init__(self, num_classes: int, base: float = 10.0, ignore_index: int = IGNORE_INDEX) -> None:
         self.base = float(base)
         self.ignore_index = ignore_index
-        self.sums = torch.zeros(num_classes, len(_FIELDS), dtype=torch.float64)
+        self.sums = torch.zeros(num_classes, len(_FIELDS) + HISTOGRAM_BINS, dtype=torch.float64)
 
     @property
     def midpoint(self) -> float:
@@ -78,6 +83,10 @@ class RiskStatistics:
                    (risk <= self.near_one_limit).double())
         for k, column in enumerate(columns):
             self.sums[:, k] += torch.bincount(labels, weights=column, minlength=num_classes)[:num_classes]
+        position = ((risk - 1.0) / max(self.base - 1.0, 1e-12) * HISTOGRAM_BINS).floor().clamp(0, HISTOGRAM_BINS - 1)
+        cells = labels * HISTOGRAM_BINS + position.long()
+        histogram = torch.bincount(cells, minlength=num_classes * HISTOGRAM_BINS)[:num_classes * HISTOGRAM_BINS]
+        self.sums[:, len(_FIELDS):] += histogram.view(num_classes, HISTOGRAM_BINS).double()
 
     def all_reduce(self, ctx: Any) -> "RiskStatistics":
         """Sum the statistics across processes (``ctx``: a DistContext)."""
@@ -88,15 +97,18 @@ class RiskStatistics:
         """JSON-ready: per class mean / std of R, share above the midpoint and near 1; warnings."""
         classes: Dict[str, Dict[str, Optional[float]]] = {}
         for name, row in zip(class_names, self.sums.tolist()):
-            count, total, total_sq, above, near = row
+            count, total, total_sq, above, near = row[:len(_FIELDS)]
+            histogram = row[len(_FIELDS):]
             if count == 0:
-                classes[name] = {"pixels": 0, "mean_risk": None, "std_risk": None,
-                                 "share_above_midpoint": None, "share_near_one": None}
+                classes[name] = {"pixels": 0, "mean_risk": None, "std_risk": None, "share_above_midpoint": None,
+                                 "share_near_one": None, "share_in_densest_band": None}
                 continue
             mean = total / count
+            band = max(histogram[k] + histogram[k + 1] for k in range(HISTOGRAM_BINS - 1))
             classes[name] = {"pixels": int(count), "mean_risk": mean,
                              "std_risk": math.sqrt(max(total_sq / count - mean * mean, 0.0)),
-                             "share_above_midpoint": above / count, "share_near_one": near / count}
+                             "share_above_midpoint": above / count, "share_near_one": near / count,
+                             "share_in_densest_band": band / count}
         pixels = float(self.sums[:, 0].sum())
         near_share = float(self.sums[:, 4].sum()) / pixels if pixels else None
         return {"base": self.base, "midpoint": self.midpoint, "near_one_below": self.near_one_limit,
@@ -106,12 +118,16 @@ class RiskStatistics:
     def _warnings(self, classes: Dict[str, Dict[str, Optional[float]]], near_share: Optional[float]) -> List[str]:
         present = {name: c for name, c in classes.items() if c["pixels"]}
         warnings = []
-        limit = CONSTANT_STD * (self.base - 1.0)
-        if len(present) > 1 and all(c["std_risk"] < limit for c in present.values()):
-            means = ", ".join(f"{name} {c['mean_risk']:.2f}" for name, c in present.items())
-            warnings.append(f"class weight: the risk map is nearly constant within each class (std < {limit:.2g}; "
-                            f"mean risk {means}), so trm acts as a fixed class weight")
-        if near_share is not None and near_share >= NEAR_ONE_WARN:
+        means = [c["mean_risk"] for c in present.values()]
+        # A class weight: every class concentrated in one band, and the classes' levels differ.
+        class_weight = (len(present) > 1 and max(means) - min(means) > NEAR_ONE * (self.base - 1.0)
+                        and all(c["share_in_densest_band"] >= CONSTANT_SHARE for c in present.values()))
+        if class_weight:
+            levels = ", ".join(f"{name} {c['mean_risk']:.2f}" for name, c in present.items())
+            warnings.append(f"class weight: the risk map is nearly constant within each class (>= "
+                            f"{CONSTANT_SHARE:.0%} of each class's pixels in one band a tenth of the range wide; "
+                            f"mean risk {levels}), so trm acts as a fixed class weight")
+        elif near_share is not None and near_share >= NEAR_ONE_WARN:
             warnings.append(f"a few pixels rule: {near_share:.1%} of the pixels have risk <= "
                             f"{self.near_one_limit:.2f} (near 1); the few others dominate the loss "
                             "(min-max scaling follows the extremes; try --risk-scaling robust)")
