@@ -154,6 +154,14 @@ def test_study_columns_map_to_training_settings():
     sources = {j.dataset: _train_config(ctx, j) for j in grid.jobs if j.kind == "source"}
     assert sources[TUMOUR].iterations == tiny.tumour_source_iterations
     assert sources["tissue"].iterations == tiny.source_iterations
+    # Robust risk scaling as an extra trm column when a profile asks for it.
+    from dataclasses import replace
+
+    robust = replace(tiny, sampling_variants=(), normalize_variants=(), scaling_variants=("robust",))
+    assert [c.label for c in study_columns(robust, robust.methods)] == ["vanilla", "trm", "trm robust"]
+    grid = build_grid(robust, seeds=[0], tables=["I"])
+    config = _train_config(ctx, grid.job(next(c.key for c in grid.cells if c.method == "trm robust")))
+    assert config.risk_scaling == "robust" and config.foreground_share == pytest.approx(1 / 3)
 
 
 def test_collapse_counts_by_hand():

@@ -49,6 +49,7 @@ class Job:
         after: key of the fine-tuned job drawn "after" (riskmap only).
         foreground_share: the batches' foreground share (None: TrainConfig's default).
         trm_normalize: trm's loss denominator (None: TrainConfig's default).
+        risk_scaling: trm's scaling of T (None: TrainConfig's default, "minmax").
     """
 
     kind: str
@@ -63,6 +64,7 @@ class Job:
     after: Optional[str] = None
     foreground_share: Optional[float] = None
     trm_normalize: Optional[str] = None
+    risk_scaling: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -73,7 +75,9 @@ class Job:
     @property
     def key(self) -> str:
         """Readable and unique: kind, target, source, method, shots, seed and a hash of all fields."""
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        # Unset (None) fields stay out of the hash, so a field added later with default None keeps old keys.
+        fields_set = {k: v for k, v in asdict(self).items() if v is not None}
+        digest = hashlib.sha1(json.dumps(fields_set, sort_keys=True).encode()).hexdigest()[:10]
         parts = [self.kind, task_slug(self.target)]
         if self.source:
             parts.append("from-" + task_slug(self.source))
@@ -85,6 +89,8 @@ class Job:
             parts.append(f"fg{self.foreground_share:g}")
         if self.trm_normalize is not None:
             parts.append(self.trm_normalize)
+        if self.risk_scaling is not None:
+            parts.append(self.risk_scaling)
         parts.append(f"s{self.seed}")
         return "_".join(parts) + "_" + digest
 
@@ -99,7 +105,8 @@ class Job:
         if self.kind == "riskmap":
             return f"risk maps {self.source} -> {self.target} (seed {self.seed})"
         variant = "".join(f", {k} {v}" for k, v in (("foreground share", self.foreground_share),
-                                                        ("trm normalize", self.trm_normalize)) if v is not None)
+                                                        ("trm normalize", self.trm_normalize),
+                                                        ("risk scaling", self.risk_scaling)) if v is not None)
         return f"{self.method} {self.source} -> {self.target}, {shots} slices{variant} (seed {self.seed})"
 
 
@@ -108,14 +115,15 @@ class Column:
     """One column of Tables I-III: a method with a batch sampling and (trm) a loss denominator.
 
     ``label`` is the method's name for the defaults, with " uniform" (foreground share 0) or
-    " fgP" and " eq7" (TRM Eq. 7 as published) / " image" appended otherwise; ``None`` settings
-    mean TrainConfig's defaults.
+    " fgP", and " eq7" (TRM Eq. 7 as published) / " image" / " robust" (robust risk scaling)
+    appended otherwise; ``None`` settings mean TrainConfig's defaults.
     """
 
     label: str
     method: str
     foreground_share: Optional[float] = None
     trm_normalize: Optional[str] = None
+    risk_scaling: Optional[str] = None
 
     @property
     def reference(self) -> str:
@@ -142,6 +150,8 @@ def study_columns(profile: StudyProfile, methods: Sequence[str]) -> List[Column]
                 for normalize in profile.normalize_variants:
                     name = {"batch": " eq7"}.get(normalize, f" {normalize}")
                     columns.append(Column(method + suffix + name, method, share, normalize))
+                for scaling in profile.scaling_variants:
+                    columns.append(Column(f"{method}{suffix} {scaling}", method, share, risk_scaling=scaling))
     return columns
 
 
@@ -234,7 +244,7 @@ def _pairwise(grid: StudyGrid, table: str, dataset: str, tasks: Sequence[str], c
             for column in columns:
                 key = grid.add(Job("finetune", dataset, target, seed, parent=parent, source=source,
                                    method=column.method, foreground_share=column.foreground_share,
-                                   trm_normalize=column.trm_normalize))
+                                   trm_normalize=column.trm_normalize, risk_scaling=column.risk_scaling))
                 grid.cells.append(Cell(table, seed, target, source, column.label, key))
 
 
@@ -245,7 +255,7 @@ def _few_shot(grid: StudyGrid, profile: StudyProfile, seed: int) -> None:
             for column in study_columns(profile, profile.few_shot_methods):
                 key = grid.add(Job("finetune", TISSUE, target, seed, parent=parent, source=source,
                                    method=column.method, shots=shots, foreground_share=column.foreground_share,
-                                   trm_normalize=column.trm_normalize))
+                                   trm_normalize=column.trm_normalize, risk_scaling=column.risk_scaling))
                 grid.cells.append(Cell("III", seed, target, source, column.label, key, shots=shots))
 
 

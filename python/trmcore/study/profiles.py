@@ -65,6 +65,8 @@ class StudyProfile:
         normalize_variants: trm loss denominators run besides the default (TrainConfig.trm_normalize)
             as extra trm columns ("batch" = TRM Eq. 7 as published).
         tumour_source_iterations: source training of the tumour tasks (None: source_iterations).
+        scaling_variants: trm risk scalings run besides the default ("minmax") as extra trm columns,
+            e.g. ("robust",); none by default (each variant adds a column to every table).
     """
 
     name: str
@@ -92,6 +94,7 @@ class StudyProfile:
     sampling_variants: Tuple[float, ...] = (0.0,)
     normalize_variants: Tuple[str, ...] = ("batch",)
     tumour_source_iterations: Optional[int] = None
+    scaling_variants: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (*self.methods, *self.few_shot_methods, self.seq_method):
