@@ -76,6 +76,14 @@ def test_few_pixels_rule_is_flagged():
     summary = stats.summary(["background", "lesion"])
     assert summary["share_near_one"] == pytest.approx(0.97)
     assert [w.split(":")[0] for w in summary["warnings"]] == ["a few pixels rule"]
+    # A sparse class at high risk (a tumour over a background at 1) is no degenerate map.
+    tumour = torch.zeros(1, 10, 10, dtype=torch.int64)
+    tumour[0, 0, :3] = 1
+    sparse = RiskStatistics(2)
+    sparse.update(torch.where(tumour == 1, 4.0 + 5.0 * torch.rand(1, 10, 10), 1.0 + 0.8 * torch.rand(1, 10, 10)),
+                  tumour)
+    summary = sparse.summary(["background", "tumour"])
+    assert summary["share_near_one"] == pytest.approx(0.97) and summary["warnings"] == []
 
 
 def test_robust_clipping_by_hand():

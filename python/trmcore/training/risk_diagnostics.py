@@ -14,8 +14,9 @@ and real scans (issue 14):
 - **a few pixels rule**: almost every pixel has R near 1 (the lowest tenth of
   the range) and a few extreme pixels take R = base, as min-max scaling
   follows the extremes; flagged when at least ``NEAR_ONE_WARN`` of the valid
-  pixels are near 1 and the map is not a class weight (a small class at R =
-  base over a background at 1 is reported as a class weight).
+  pixels and at least half of every class are near 1, and the map is not a
+  class weight (a sparse class at high risk over a background at 1, a tumour
+  say, is what trm is for and is not flagged).
 
 The statistics are sums (count, sum R, sum R^2, #R above the midpoint,
 #R near 1, a histogram of R per class), so they add across batches and processes.
@@ -127,9 +128,12 @@ class RiskStatistics:
             warnings.append(f"class weight: the risk map is nearly constant within each class (>= "
                             f"{CONSTANT_SHARE:.0%} of each class's pixels in one band a tenth of the range wide; "
                             f"mean risk {levels}), so trm acts as a fixed class weight")
-        elif near_share is not None and near_share >= NEAR_ONE_WARN:
-            warnings.append(f"a few pixels rule: {near_share:.1%} of the pixels have risk <= "
-                            f"{self.near_one_limit:.2f} (near 1); the few others dominate the loss "
+        elif (near_share is not None and near_share >= NEAR_ONE_WARN
+              and all(c["share_near_one"] >= 0.5 for c in present.values())):
+            # Most of every class near 1: the rest are a few pixels, not a sparse class (a tumour at high
+            # risk over a background at 1 is what trm is for).
+            warnings.append(f"a few pixels rule: {near_share:.1%} of the pixels, and most of every class, have "
+                            f"risk <= {self.near_one_limit:.2f} (near 1); the few others dominate the loss "
                             "(min-max scaling follows the extremes; try --risk-scaling robust)")
         return warnings
 
