@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "trm reproduce -o study/ --profile full --device cuda --data iseg/ --tumour-data fets/"])
     add_output(parser, required=True, help="study folder")
     parser.add_argument("--profile", default="quick", choices=tuple(PROFILES),
-                        help="quick (2 CPU cores), full (the paper, for a GPU) or tiny (tests); default %(default)s")
+                        help="quick (2 CPU cores), quick500 (quick with 500 fine-tuning iterations), full (the paper, "
+                             "for a GPU) or tiny (tests); default %(default)s")
     parser.add_argument("--data", type=Path, default=None,
                         help="real tissue dataset in the standard layout (channels T1, T2; labels CSF, GM, WM) "
                              "instead of the phantom")
