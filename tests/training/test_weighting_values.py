@@ -19,7 +19,7 @@ from trmcore.training.distributed import setup_distributed
 from trmcore.training.normalization import foreground_per_slice, loss_normalization
 from trmcore.training.sampling import SliceSampler
 from trmcore.training.trainer import finetune, prepare_data
-from trmcore.training.weighting import ClassWeighting, RiskMapWeighting, TrsMapWeighting, build_weighting
+from trmcore.training.weighting import ClassWeighting, RiskMapWeighting, TrsMapWeighting, create_weighting
 
 from .helpers import tiny_config
 
@@ -172,7 +172,8 @@ def test_training_loop_passes_each_methods_weights(setting, phantom, source_run,
         assert expected_norm.min_foreground > 1  # bounded Eq. 7 by default
 
 
-def test_build_weighting_forwards_the_risk_settings(setting):
-    weighting = build_weighting("trm", setting["source"], setting["data"].slices, setting["num_classes"],
-                                setting["ctx"], risk_base=5.0, risk_scaling="robust", risk_quantile=0.1, amp=False)
+def test_create_weighting_forwards_the_risk_settings(setting):
+    config = tiny_config(method="trm", risk_base=5.0, risk_scaling="robust", risk_quantile=0.1)
+    weighting = create_weighting(config, setting["source"].config, setting["data"].slices, setting["num_classes"],
+                                 setting["ctx"], setting["source"])
     assert (weighting.base, weighting.scaling, weighting.quantile) == (5.0, "robust", 0.1)
