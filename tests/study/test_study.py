@@ -213,7 +213,8 @@ def test_bad_input_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # the choices come from the PROFILES table
         main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "huge"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'huge' (choose from quick, full, tiny)" in capsys.readouterr().err.replace("'quick', 'full', 'tiny'", "quick, full, tiny")
+    assert "invalid choice: 'huge' (choose from quick, quick500, full, tiny)" in capsys.readouterr().err.replace(
+        "'quick', 'quick500', 'full', 'tiny'", "quick, quick500, full, tiny")
     assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "tiny", "--tables", "I,V"]) == 2
     assert "unknown table(s) 'V'" in capsys.readouterr().err
     assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "tiny", "--data", str(tmp_path / "none")]) == 2
