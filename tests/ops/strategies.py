@@ -38,3 +38,38 @@ def ops_cases(draw, max_classes: int = 256, logit_classes: str = "source") -> Op
     if (labels == IGNORE).all():  # keep at least one valid pixel; all-ignored is a bad-input test
         labels.flat[0] = 0
     return OpsCase(logits, labels.astype(np.int64), c)
+
+
+# Memory layouts the NumPy entry points must accept with the same result as a C-contiguous native array.
+LAYOUTS = ("c", "fortran", "strided", "reversed", "big-endian", "unaligned")
+LABEL_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def with_layout(array: np.ndarray, layout: str) -> np.ndarray:
+    """``array``'s values (equal element by element) in another memory layout."""
+    array = np.ascontiguousarray(array)
+    if layout == "c":
+        out = array.copy()
+    elif layout == "fortran":
+        out = np.asfortranarray(array)
+    elif layout == "strided":  # every other element of a twice-as-large buffer along each axis
+        big = np.zeros(tuple(2 * s for s in array.shape), array.dtype)
+        big[tuple(slice(None, None, 2) for _ in array.shape)] = array
+        out = big[tuple(slice(None, None, 2) for _ in array.shape)]
+    elif layout == "reversed":  # negative strides
+        big = np.ascontiguousarray(array[tuple(slice(None, None, -1) for _ in array.shape)])
+        out = big[tuple(slice(None, None, -1) for _ in array.shape)]
+    elif layout == "big-endian":
+        out = array.astype(array.dtype.newbyteorder(">"))
+    elif layout == "unaligned":
+        if array.dtype.itemsize == 1:
+            out = array.copy()
+        else:
+            raw = np.zeros(array.nbytes + 1, np.uint8)
+            out = raw[1:].view(array.dtype).reshape(array.shape)
+            out[...] = array
+            assert not out.flags.aligned
+    else:
+        raise ValueError(layout)
+    np.testing.assert_array_equal(out, array)
+    return out

@@ -7,11 +7,11 @@ onnxruntime); ``export`` imports torch inside its handler.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, command
+from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.ops import RISK_BASE
 
 
@@ -194,6 +194,7 @@ def _register_transferability(subparsers) -> None:
                help="risk-map base: R in [1, base] (default %(default)g)")
     add_option(p, "-o", "--output", hidden=("--out", "--json"), type=Path, default=None,
                help="also write the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
     p.set_defaults(func=_run_transferability)
 
 
@@ -201,6 +202,9 @@ def _run_transferability(args: argparse.Namespace) -> int:
     from trmcore.data import load_task_volumes, parse_task
     from trmcore.infer import assess_transferability
 
+    inputs = [args.data, args.model]
+    if args.output is not None:  # refuse before the work, and again (atomically) when writing
+        check_output_file(args.output, overwrite=args.overwrite, inputs=inputs)
     segmenter = _open_segmenter(args)
     task = parse_task(args.channel, args.labels, site=args.site)
     if len(task.channels) != segmenter.metadata.num_channels:
@@ -217,7 +221,6 @@ def _run_transferability(args: argparse.Namespace) -> int:
                                     base=args.risk_base, progress=not args.quiet)
     print(report.format_table())
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write_json(args.output, report.to_dict(), overwrite=args.overwrite, inputs=inputs)
         print(f"wrote {args.output}")
     return 0

@@ -69,6 +69,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # and keeps its traceback.
         print(f"trm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A read-only or full disk, a permission problem: one line naming the path, no traceback.
+        print(f"trm {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_text(err: OSError) -> str:
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ Old spellings kept for one release: --out (-o/--output), --sites (--sites-csv), 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
+from trmcore.fileio import atomic_write_json
 from trmcore.selection.affinity import AffinityConfig
 from trmcore.selection.rank import RankConfig
 from trmcore.selection.similarity import PCA_OUTPUTS
@@ -184,7 +184,7 @@ def _run_path(args: argparse.Namespace) -> int:
     out = args.output or args.dir
     out.mkdir(parents=True, exist_ok=True)
     payload = dict(selection.to_json(), alpha=alpha, beta=beta)
-    (out / "path.json").write_text(json.dumps(payload, indent=1))
+    atomic_write_json(out / "path.json", payload, overwrite=True, indent=1)
     plot_task_graph(selection.graph, selection, out / "path.png")
     print(f"d = {alpha:g} W + {beta:g} (1 - S); {len(selection.communities)} communities, "
           f"landmarks: {', '.join(selection.landmarks) or '-'}")
@@ -264,7 +264,7 @@ def _run_rank(args: argparse.Namespace) -> int:
         print(f"Kendall tau(LEEP, Dice) = {validation.tau:+.3f} (p = {validation.p_value:.3g}, n = {len(ranking)})")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(payload, indent=1))
+        atomic_write_json(args.output, payload, overwrite=True, indent=1, inputs=[args.data])
         print(f"wrote {args.output}")
     return 0
 

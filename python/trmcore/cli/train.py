@@ -18,11 +18,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import fields
 from pathlib import Path
 
 from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
+from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
 from trmcore.training.config import (AXES, FREEZE_CHOICES, RISK_SCALINGS, RISK_SCOPES,
@@ -148,6 +148,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--predictions", type=Path, default=None,
                         help="folder of predicted label files CASE.nii.gz (dataset label values) to score")
     add_output(evaluate, help="write the results as JSON here")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
     evaluate.add_argument("--cases", default=None, help="comma-separated case ids (default: held-out cases)")
     evaluate.add_argument("--all", action="store_true", dest="all_cases",
                           help="score every case of the task, also those the run trained on")
@@ -169,6 +170,7 @@ def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
     riskmap.add_argument("--source", type=Path, required=True, help="source run folder")
     riskmap.add_argument("--after", type=Path, default=None, help="fine-tuned run to compare with")
     add_output(riskmap, required=True, help="folder for the maps and panels")
+    riskmap.add_argument("--overwrite", action="store_true", help="replace existing maps and panels in -o")
     riskmap.add_argument("--cases", default=None, help="comma-separated case ids (default: all of the task)")
     riskmap.add_argument("--risk-base", type=float, default=TrainConfig.risk_base,
                          help="risk = base**T', R in [1, base] (default %(default)g)")
@@ -252,6 +254,9 @@ def _split_list(text):
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    inputs = _evaluate_inputs(args)
+    if args.output is not None:  # refuse before the work, and again (atomically) when writing
+        check_output_file(args.output, overwrite=args.overwrite, inputs=inputs)
     if args.predictions is not None:
         result = _evaluate_predictions(args)
         source = str(args.predictions)
@@ -263,10 +268,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         source = str(args.model)
     print(result.table())
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"model": source, **result.to_dict()}, indent=2) + "\n")
+        atomic_write_json(args.output, {"model": source, **result.to_dict()}, overwrite=args.overwrite,
+                          inputs=inputs)
         print(f"wrote {args.output}")
     return 0
+
+
+def _evaluate_inputs(args: argparse.Namespace) -> list:
+    """What `trm evaluate` reads: -o may never be one of these (or a file inside the dataset)."""
+    inputs = [args.data, args.sites_csv, args.predictions]
+    model = getattr(args, "model", None)
+    if model is not None:
+        inputs += [model / "run.json", model / "model.safetensors"] if model.is_dir() else [model]
+    return inputs
 
 
 def _evaluate_run(args: argparse.Namespace):
@@ -341,7 +355,8 @@ def _run_riskmap(args: argparse.Namespace) -> int:
                               after_run=args.after, cases=_split_list(args.cases), base=args.risk_base,
                               scope=args.risk_scope, device=args.device, progress=not args.quiet,
                               sites=args.sites_csv, resample=not args.no_resample,
-                              scaling=args.risk_scaling, quantile=args.risk_quantile)
+                              scaling=args.risk_scaling, quantile=args.risk_quantile,
+                              overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

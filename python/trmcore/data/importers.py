@@ -20,7 +20,6 @@ NAME`` lists the registry, so a new format is one subclass with ``@register_impo
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 from pathlib import Path
@@ -29,9 +28,10 @@ from typing import Any, Dict, Optional, Type, Union
 import nibabel as nib
 import numpy as np
 
+from trmcore.fileio import atomic_path, atomic_write_json, prepare_output_folder, save_image
 from trmcore.registry import Registry
 
-from .layout import read_sites_csv
+from .layout import DATASET_ENTRIES, read_sites_csv
 from .nifti import whole_number_labels
 
 ISEG_CHANNELS = ("T1", "T2")
@@ -65,7 +65,7 @@ def import_iseg(src: Union[str, Path], dst: Union[str, Path], overwrite: bool = 
             subjects.setdefault(int(match.group(1)), {})[match.group(2).lower()] = path
     if not subjects:
         raise FileNotFoundError(f"no iSeg files (subject-N-T1.hdr, -T2, -label) found under {src}")
-    _prepare(dst, overwrite)
+    _prepare(dst, overwrite, inputs=[src])
 
     n_train = 0
     for number in _progress(sorted(subjects), progress, "import iseg"):
@@ -111,7 +111,7 @@ def import_brats(
     cases = sorted(p for p in src.iterdir() if p.is_dir() and _find_any(p))
     if not cases:
         raise FileNotFoundError(f"no BraTS case folders (CASE/CASE_t1.nii.gz ...) found under {src}")
-    _prepare(dst, overwrite)
+    _prepare(dst, overwrite, inputs=[src, partitions])
 
     n_train, labels_seen = 0, BRATS_LABELS
     for folder in _progress(cases, progress, "import brats"):
@@ -221,13 +221,9 @@ class BratsImporter(Importer):
 
 
 # ----------------------------------------------------------------------- helpers
-def _prepare(dst: Path, overwrite: bool) -> None:
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{dst} exists and is not empty (use --overwrite to replace it)")
-        if not (dst / "dataset.json").is_file():
-            raise FileExistsError(f"{dst} is not a dataset folder (no dataset.json); refusing to overwrite it")
-        shutil.rmtree(dst)
+def _prepare(dst: Path, overwrite: bool, inputs=()) -> None:
+    # --overwrite replaces only an earlier import's entries (by its marker), never the source data.
+    prepare_output_folder(dst, "import", DATASET_ENTRIES, overwrite=overwrite, inputs=inputs)
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
 
@@ -270,7 +266,7 @@ def _write(data: np.ndarray, affine: np.ndarray, path: Path, header) -> None:
             pass
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    save_image(img, path, overwrite=False)
 
 
 def _nifti_header(img):
@@ -280,10 +276,11 @@ def _nifti_header(img):
 def _copy_nifti(path: Path, out: Path, case: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if path.name.endswith(".nii.gz"):
-        shutil.copyfile(path, out)  # already in the target format: no re-encoding
+        with atomic_path(out, overwrite=False) as tmp:
+            shutil.copyfile(path, tmp)  # already in the target format: no re-encoding
         return
     img = _load_3d(path, case)
-    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, _nifti_header(img)), str(out))
+    save_image(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, _nifti_header(img)), out, overwrite=False)
 
 
 def _find(folder: Path, case: str, suffix: str) -> Optional[Path]:
@@ -317,4 +314,4 @@ def _write_dataset_json(dst: Path, name: str, channels, labels, n_train: int, si
     }
     if sites:
         meta["sites"] = sites
-    (dst / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(dst / "dataset.json", meta, overwrite=False)

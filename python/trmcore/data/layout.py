@@ -36,6 +36,8 @@ IGNORE_LABEL = "ignore"
 
 _CASE_COLUMNS = ("subject_id", "case", "case_id", "subject", "id")
 _SITE_COLUMNS = ("partition_id", "site", "partition", "center", "centre", "institution")
+# What `trm phantom` / `trm import` write into a dataset folder; their --overwrite removes only these.
+DATASET_ENTRIES = ("dataset.json", "imagesTr", "labelsTr", "imagesTs")
 
 
 @dataclass
@@ -205,6 +207,13 @@ def _parse_labels(raw, meta_path: Path) -> Dict[str, LabelValue]:
         raise ValueError(f"{meta_path}: 'labels' must contain \"background\": 0")
     if isinstance(labels.get(IGNORE_LABEL), tuple):
         raise ValueError(f"{meta_path}: the 'ignore' label must be one integer, got {list(labels[IGNORE_LABEL])}")
+    named: Dict[int, str] = {}
+    for name, value in labels.items():
+        if isinstance(value, int):  # regions (lists) may share values with plain labels on purpose
+            if value in named:
+                raise ValueError(f"{meta_path}: labels {named[value]!r} and {name!r} have the same value {value}; "
+                                 "each label needs its own value (use a list for a region of several labels)")
+            named[value] = name
     return labels
 
 

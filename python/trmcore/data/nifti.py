@@ -27,7 +27,7 @@ def load_image(path: Path, case: str, what: str = "image") -> Tuple[np.ndarray, 
         holding NaN/inf values.
     """
     img = _open(path, case, what)
-    data = _as_3d(np.asanyarray(img.dataobj), path, case, what)
+    data = _as_3d(_read_data(img, path, case, what), path, case, what)
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise ValueError(f"case {case}: {what} file {path} has non-real data type {data.dtype}")
     data = data.astype(np.float32, copy=False)
@@ -46,7 +46,7 @@ def load_label(path: Path, case: str, declared: Iterable[int]) -> Tuple[np.ndarr
         (labels int64 [X, Y, Z], affine float64 [4, 4]).
     """
     img = _open(path, case, "label")
-    data = _as_3d(np.asanyarray(img.dataobj), path, case, "label")
+    data = _as_3d(_read_data(img, path, case, "label"), path, case, "label")
     labels = whole_number_labels(data, f"case {case}: label file {path}")
     present = np.unique(labels)
     unknown = sorted(set(present.tolist()) - set(int(v) for v in declared))
@@ -104,6 +104,15 @@ def _open(path: Path, case: str, what: str):
         return nib.load(str(path))
     except Exception as err:  # nibabel raises many types for corrupt files
         raise ValueError(f"case {case}: cannot read {what} file {path}: {err}") from None
+
+
+def _read_data(img, path: Path, case: str, what: str) -> np.ndarray:
+    # nibabel reads lazily: a truncated .nii.gz fails here (EOFError, zlib.error ...), not in nib.load.
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise ValueError(f"case {case}: cannot read {what} file {path} (damaged or truncated?): "
+                         f"{type(err).__name__}: {err}") from None
 
 
 def _as_3d(data: np.ndarray, path: Path, case: str, what: str) -> np.ndarray:

@@ -36,14 +36,16 @@ Example:
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
 import nibabel as nib
 import numpy as np
+
+from trmcore.fileio import atomic_write_json, prepare_output_folder, save_image
+
+from .layout import DATASET_ENTRIES
 
 CHANNELS = ("T1", "T2", "FLAIR")
 TISSUE_LABELS = {"background": 0, "CSF": 1, "GM": 2, "WM": 3}
@@ -139,12 +141,8 @@ def make_phantom(
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
         raise ValueError(f"n_cases must be a positive integer, got {n_cases!r}")
     tumour_fraction = _tumour_fraction(tumour)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
-        if not (out / "dataset.json").is_file():
-            raise FileExistsError(f"{out} is not a dataset folder (no dataset.json); refusing to overwrite it")
-        shutil.rmtree(out)
+    # overwrite replaces only an earlier phantom's entries (by its marker); other files in out stay.
+    prepare_output_folder(out, "phantom", DATASET_ENTRIES, overwrite=overwrite)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
 
@@ -169,9 +167,7 @@ def make_phantom(
             "site_profiles": [asdict(p) for p in profiles],
         },
     }
-    # dataset.json first: a run cut short still leaves a folder that
-    # overwrite=True recognises as a dataset.
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(out / "dataset.json", meta, overwrite=False)
 
     indices = range(n_cases)
     if progress:
@@ -434,7 +430,7 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    save_image(img, path, overwrite=False)
 
 
 def _check_shape(size: Sequence[int]) -> Tuple[int, int, int]:

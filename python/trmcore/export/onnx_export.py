@@ -15,7 +15,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import onnx
 import torch
 
 from trmcore import __version__
+from trmcore.fileio import atomic_write_bytes, check_output_file
 from trmcore.infer.metadata import ModelMetadata, Provenance
 from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, check_precision, reduce_precision
 from trmcore.infer.runtime import create_session
@@ -131,8 +131,7 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         raise ValueError(f"tolerance must be positive, got {tolerance!r}")
     if out_path.suffix != ".onnx":
         raise ValueError(f"output must be an .onnx file, got {out_path}")
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass --overwrite to replace it")
+    check_output_file(out_path, overwrite=overwrite, inputs=[run_dir])
     model, info = load_run(run_dir, device="cpu")
     model.eval()
     divisor = info.divisor
@@ -167,7 +166,7 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
             quantized = onnx.load_from_string(reduced)
             _label(quantized, metadata)
             data = quantized.SerializeToString()
-    _write_atomic(out_path, data)
+    atomic_write_bytes(out_path, data, overwrite=overwrite, inputs=[run_dir])
     return ExportResult(out_path, metadata, exporter, opset, max_diff, allowed, shapes, precision, agreement)
 
 
@@ -258,16 +257,3 @@ def _compare_with_torch(model: torch.nn.Module, onnx_path: Path, shapes: Sequenc
         max_diff = max(max_diff, float(np.nanmax(diff)) if np.isfinite(diff).all() else float("inf"))
         scale = max(scale, float(np.abs(expected).max()))
     return max_diff, scale
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

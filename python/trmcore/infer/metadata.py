@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from trmcore.data.preprocess import NORMALIZATIONS
 
@@ -202,3 +202,22 @@ class ModelMetadata:
             return cls.from_json(props[METADATA_KEY])
         except (TypeError, ValueError) as err:
             raise ValueError(f"{model_path}: invalid trmcore metadata: {err}") from None
+
+
+def check_graph_shapes(metadata: ModelMetadata, input_shape: Sequence[Any], output_shape: Sequence[Any],
+                       model_path: str = "model") -> None:
+    """ValueError naming the model when its metadata disagrees with the graph.
+
+    ``input_shape`` / ``output_shape`` are onnxruntime's ``NodeArg.shape`` (ints or symbolic names):
+    the input must be ``[N, channels, H, W]`` and the output ``[N, classes, H, W]``; a symbolic
+    channel or class dimension is not checked here.
+    """
+    for what, shape, expected, name in (("input", input_shape, metadata.num_channels, "channels"),
+                                        ("output", output_shape, metadata.num_classes, "classes")):
+        shape = list(shape or [])
+        if len(shape) != 4:
+            raise ValueError(f"{model_path}: the graph's {what} has rank {len(shape)} ({shape}); "
+                             "a trmcore model takes and gives [N, C, H, W]")
+        if isinstance(shape[1], int) and shape[1] != expected:
+            raise ValueError(f"{model_path}: metadata names {expected} {name} but the graph's {what} has "
+                             f"{shape[1]}; the model file was altered or mislabelled")

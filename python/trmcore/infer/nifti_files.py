@@ -7,15 +7,15 @@ Naming follows the nnU-Net convention: channel ``k`` of case ``CASE`` is
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
+
+from trmcore.fileio import atomic_write_text, check_output_file, save_image
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii\.gz|\.nii)$")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -132,13 +132,23 @@ def declared_channel_names(input_path: Path) -> Optional[List[str]]:
     return None
 
 
+class _NotReal(Exception):
+    pass
+
+
 def load_image(path: Path) -> "nib.spatialimages.SpatialImage":
     """Load a NIfTI image and its data; ValueError naming the file when it is corrupt or not 3D."""
     try:
         image = nib.load(str(path))
+        kind = np.dtype(image.get_data_dtype()).kind
+        if kind not in "biuf":  # checked before reading: get_fdata would drop an imaginary part silently
+            raise _NotReal(f"{path} has data type {np.dtype(image.get_data_dtype())}; intensities must be real "
+                           "numbers (a complex or structured image is not a scan trmcore can segment)")
         image.get_fdata(dtype=np.float32)  # read now so a truncated file fails here, by name
     except FileNotFoundError:
         raise FileNotFoundError(f"input file not found: {path}") from None
+    except _NotReal as err:
+        raise ValueError(str(err)) from None
     except Exception as err:  # nibabel, gzip and zlib raise many types for damaged files
         raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
     shape = tuple(image.shape)
@@ -182,21 +192,9 @@ def output_complete(path: Path, reference, channels: Optional[int] = None) -> bo
         return False
 
 
-def save_json_atomic(record: dict, out_path: Path) -> None:
-    """Write ``record`` as indented JSON through a temporary file beside ``out_path`` and a rename."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(record, indent=2, default=str) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+def save_json_atomic(record: dict, out_path: Path, overwrite: bool = False) -> None:
+    """Write ``record`` as indented JSON through :func:`trmcore.fileio.atomic_write_text`."""
+    atomic_write_text(Path(out_path), json.dumps(record, indent=2, default=str) + "\n", overwrite=overwrite)
 
 
 def image_like(data: np.ndarray, reference, dtype: np.dtype):
@@ -214,20 +212,11 @@ def image_like(data: np.ndarray, reference, dtype: np.dtype):
     return image
 
 
-def save_atomic(image, out_path: Path) -> None:
-    """Write to a temporary file beside ``out_path``, then rename: no half-written outputs."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out_path.name.endswith(".nii.gz") else ".nii"
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{nifti_stem(out_path)}.", suffix=suffix, dir=out_path.parent)
-    os.close(handle)
-    try:
-        nib.save(image, tmp_name)
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+def save_atomic(image, out_path: Path, overwrite: bool = False) -> None:
+    """Write through :func:`trmcore.fileio.save_image`: same-folder temporary file, fsync, rename; never
+    through a symbolic link; with ``overwrite`` False an existing file (or one another run wrote
+    meanwhile) is refused, so two runs into one folder cannot both write a case."""
+    save_image(image, Path(out_path), overwrite=overwrite)
 
 
 def probabilities_path(label_path: Path) -> Path:
@@ -270,14 +259,12 @@ def plan_outputs(cases: Sequence[CaseFiles], input_path: Path, output: Path, pro
         for path in (label_path, prob_path):
             if path is None:
                 continue
-            if path.resolve() in inputs:
-                raise ValueError(f"output {path} is an input file; choose another output")
+            check_output_file(path, overwrite=overwrite or resume, inputs=inputs)  # links, inputs: always refused
             if path.exists() and not (overwrite or resume):
                 raise FileExistsError(f"output {path} exists; pass --overwrite to replace it "
                                       "(or --continue to keep complete outputs)")
     record = provenance_path(input_path, output)
-    if record.resolve() in inputs:
-        raise ValueError(f"output {record} is an input file; choose another output")
+    check_output_file(record, overwrite=overwrite or resume, inputs=inputs)
     if record.exists() and not (overwrite or resume):
         raise FileExistsError(f"output {record} exists; pass --overwrite to replace it "
                               "(or --continue to keep complete outputs)")

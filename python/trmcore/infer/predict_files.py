@@ -139,8 +139,9 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
             labels = values[probs.argmax(axis=0)]
             if prob_path is not None:
                 # [X, Y, Z, C]: NIfTI keeps the 4th axis last
-                save_atomic(image_like(np.moveaxis(probs, 0, -1), images[0], np.dtype(np.float32)), prob_path)
-            save_atomic(image_like(labels, images[0], dtype), labels_path)
+                save_atomic(image_like(np.moveaxis(probs, 0, -1), images[0], np.dtype(np.float32)), prob_path,
+                            overwrite or resume)
+            save_atomic(image_like(labels, images[0], dtype), labels_path, overwrite or resume)
             found, counts = np.unique(labels, return_counts=True)
             results.append(PredictedCase(case.case_id, labels_path, prob_path,
                                          {int(v): int(c) for v, c in zip(found, counts)}))
@@ -149,7 +150,7 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
     if bar is not None:
         bar.close()
     save_json_atomic(provenance(segmenters, geometries, cases, results, arguments, mirror),
-                     provenance_path(input_path, output))
+                     provenance_path(input_path, output), overwrite or resume)
     return results
 
 

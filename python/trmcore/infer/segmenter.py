@@ -18,7 +18,7 @@ import numpy as np
 
 from trmcore.data.preprocess import apply_pad, normalize, unpad
 from trmcore.infer.crop import CropPlan, crop_margin_or_none, outside_logits, plan_crop, plan_full, volume_foreground
-from trmcore.infer.metadata import ModelMetadata
+from trmcore.infer.metadata import ModelMetadata, check_graph_shapes
 from trmcore.infer.runtime import ProviderSpec, active_provider, create_session
 
 VolumeInput = Union[np.ndarray, "nibabel.spatialimages.SpatialImage", Sequence]  # noqa: F821
@@ -67,6 +67,7 @@ class Segmenter:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(f"{self.model_path}: expected one input and one output, "
                              f"got {len(inputs)} and {len(outputs)}")
+        check_graph_shapes(self.metadata, inputs[0].shape, outputs[0].shape, str(self.model_path))
         self._input_name = inputs[0].name
         self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
 
@@ -269,6 +270,9 @@ def _slice_selector(axis: int, index: np.ndarray, plan: CropPlan) -> tuple:
 def _as_3d_array(volume, what: str) -> np.ndarray:
     """A 3D float32 array from an array or nibabel image; a trailing axis of length 1 is dropped."""
     if hasattr(volume, "get_fdata"):
+        if hasattr(volume, "get_data_dtype") and np.dtype(volume.get_data_dtype()).kind not in "biuf":
+            raise ValueError(f"{what} has data type {np.dtype(volume.get_data_dtype())}; intensities must be real "
+                             "numbers (a complex image would lose its imaginary part)")
         shape = tuple(volume.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
@@ -279,6 +283,8 @@ def _as_3d_array(volume, what: str) -> np.ndarray:
     if isinstance(volume, np.ndarray):
         if volume.ndim != 3:
             raise ValueError(f"{what} must be a 3D volume, got shape {volume.shape}")
+        if volume.dtype.kind not in "biuf":
+            raise ValueError(f"{what} has data type {volume.dtype}; intensities must be real numbers")
         return volume.astype(np.float32, copy=False)
     raise TypeError(f"{what} must be a numpy array or a nibabel image, got {type(volume).__name__}")
 

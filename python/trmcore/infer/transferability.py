@@ -25,6 +25,7 @@ padding is never counted):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, List, Optional, Sequence
 
@@ -67,6 +68,7 @@ class TransferReport:
     risk_base: float
     cases: List[CaseTransfer] = field(default_factory=list)
     conditional: List[List[float]] = field(default_factory=list)  # P(y | z), [C][Z]
+    skipped_cases: List[str] = field(default_factory=list)  # cases without any slice with tissue
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +89,8 @@ class TransferReport:
             risk = "-" if case.mean_risk is None else f"{case.mean_risk:.3f}"
             lines.append(f"{case.case_id:<24} {case.site or '-':<10} {case.leep:>9.4f} {fg:>9} {risk:>10}  "
                          f"{'yes' if case.at_risk else ''}")
+        if self.skipped_cases:
+            lines.append(f"skipped (no slice with tissue): {', '.join(self.skipped_cases)}")
         return "\n".join(lines)
 
 
@@ -123,8 +127,15 @@ def assess_transferability(segmenter: Segmenter, volumes: Sequence, target_label
     joint = None
     cache: List[Optional[np.ndarray]] = []
     cached = 0
+    scored, skipped = [], []
     for vol in _bar(volumes, progress, "source logits"):
         logits, labels = _case_slices(segmenter, vol, axis)
+        if labels.size == 0:  # all-zero or constant image: nothing to score, and one case must not stop the rest
+            warnings.warn(f"case {vol.case_id!r} skipped: its image has no slice with tissue "
+                          "(all zero or constant)", RuntimeWarning, stacklevel=2)
+            skipped.append(vol.case_id)
+            continue
+        scored.append(vol)
         part = ops.leep_joint(logits, labels, num_classes)
         joint = part if joint is None else joint + part
         if cached + logits.size * 2 <= cache_bytes:
@@ -132,8 +143,9 @@ def assess_transferability(segmenter: Segmenter, volumes: Sequence, target_label
             cached += logits.size * 2
         else:
             cache.append(None)
-    if joint.count == 0:
-        raise ValueError("the target volumes hold no slices with tissue (all images are zero)")
+    if joint is None or joint.count == 0:
+        raise ValueError("the target volumes hold no slices with tissue (all images are zero or constant)")
+    volumes = scored
 
     cases = []
     total = 0.0
@@ -151,7 +163,7 @@ def assess_transferability(segmenter: Segmenter, volumes: Sequence, target_label
         data_channels=list(data_channels) if data_channels is not None else segmenter.channels,
         source_labels=segmenter.label_names, target_labels=list(target_labels),
         leep=total / joint.count, voxels=int(joint.count), risk_base=float(base), cases=cases,
-        conditional=np.asarray(joint.conditional()).tolist())
+        conditional=np.asarray(joint.conditional()).tolist(), skipped_cases=skipped)
 
 
 def _case_slices(segmenter: Segmenter, vol, axis: int, labels_only: bool = False):

@@ -75,8 +75,8 @@ def leep_joint(logits: Any, labels: Any, num_classes: int, ignore_index: int = -
         :class:`LeepJoint` with float64 ``sums [C, Z]`` (same library and device
         as the input) and ``count`` = M valid pixels. Joints add across batches.
     """
-    V.check_num_classes(num_classes)
-    V.check_ignore_index(ignore_index)
+    num_classes = V.check_num_classes(num_classes)
+    ignore_index = V.check_ignore_index(ignore_index)
     return _backend(logits=logits, labels=labels).leep_joint(logits, labels, num_classes, ignore_index)
 
 
@@ -89,13 +89,32 @@ def pixel_leep(logits: Any, labels: Any, joint: LeepJoint) -> Any:
     """
     if not isinstance(joint, LeepJoint):
         raise TypeError(f"joint must be a LeepJoint (from leep_joint or LeepAccumulator), got {type(joint).__name__}")
-    if len(getattr(logits, "shape", ())) == 4 and logits.shape[1] != joint.num_source_classes:
-        raise ValueError(f"logits have {logits.shape[1]} source classes but the joint was built with "
-                         f"{joint.num_source_classes}")
-    if joint.count == 0:
+    if not hasattr(joint.sums, "shape"):
+        raise TypeError(f"joint.sums must be a NumPy array or torch tensor, got {type(joint.sums).__name__}")
+    logits_classes = logits.shape[1] if len(getattr(logits, "shape", ())) == 4 else None
+    count = V.check_joint(tuple(joint.sums.shape), joint.count, logits_classes)
+    ignore_index = V.check_ignore_index(joint.ignore_index)
+    if count == 0:
         raise ValueError("the joint holds no valid pixels")
     backend = _backend(logits=logits, labels=labels, joint=joint.sums)
-    return backend.pixel_leep(logits, labels, joint.conditional(), joint.ignore_index)
+    _check_joint_values(joint.sums)
+    return backend.pixel_leep(logits, labels, joint.conditional(), ignore_index)
+
+
+def _check_joint_values(sums: Any) -> None:
+    """A hand-made or damaged joint: NaN/inf or negative sums would give a NaN map, not an error."""
+    if _is_torch_tensor(sums):
+        import torch
+
+        bad = bool((~torch.isfinite(sums)).any() or (sums < 0).any())
+    else:
+        sums = np.asarray(sums)
+        if sums.dtype.kind not in "fiu":
+            raise TypeError(f"joint.sums must be a real floating-point array, got dtype {sums.dtype}")
+        bad = bool((~np.isfinite(sums)).any() or (sums < 0).any())
+    if bad:
+        raise ValueError("joint.sums holds NaN, infinite or negative values; build the joint with leep_joint "
+                         "or LeepAccumulator")
 
 
 def leep(logits: Any, labels: Any, num_classes: int, ignore_index: int = -100) -> float:
@@ -119,7 +138,7 @@ def risk_map(leep_map: Any, labels: Any, base: float = RISK_BASE, scope: str = "
     """
     base = V.check_base(base)
     V.check_choice("scope", scope, V.SCOPES)
-    V.check_ignore_index(ignore_index)
+    ignore_index = V.check_ignore_index(ignore_index)
     backend = _backend(leep_map=leep_map, labels=labels)
     return backend.risk_map(leep_map, labels, base, scope == "image", ignore_index)
 
@@ -146,7 +165,7 @@ def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int =
         NumPy float64 for NumPy input.
     """
     V.check_choice("normalize", normalize, V.NORMALIZATIONS)
-    V.check_ignore_index(ignore_index)
+    ignore_index = V.check_ignore_index(ignore_index)
     min_foreground = V.check_min_foreground(min_foreground)
     backend = _backend(logits=logits, labels=labels, weights=weights)
     return backend.risk_weighted_ce(logits, labels, weights, ignore_index, normalize, min_foreground)

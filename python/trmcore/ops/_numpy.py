@@ -21,6 +21,9 @@ def _logits_array(logits: np.ndarray, name: str = "logits") -> np.ndarray:
 def _labels_array(labels: np.ndarray) -> np.ndarray:
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.dtype.kind == "u" and labels.dtype.itemsize == 8 and labels.size and labels.max() > V.INT64_MAX:
+        # int64 would wrap such a value to a negative one, possibly ignore_index: refuse instead.
+        raise ValueError(f"labels: values up to {int(labels.max())} do not fit in int64")
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 

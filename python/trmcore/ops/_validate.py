@@ -8,7 +8,9 @@ the kernels themselves in a status array and raised by :func:`raise_for_status`
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import numbers
+import operator
+from typing import Optional, Sequence, Tuple
 
 # Layout of the kernels' status counters (trmcore/include/trmcore/ops.h).
 STATUS_VALID, STATUS_BAD_LABELS, STATUS_NONFINITE = 0, 1, 2
@@ -20,17 +22,33 @@ RISK_BASE = 10.0
 NORMALIZATIONS = ("batch", "image", "valid")
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _as_int(name: str, value: object) -> int:
+    """``value`` as a Python int: ints and NumPy integer scalars (anything with ``__index__``), not bools."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
 def check_num_classes(num_classes: object) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    num_classes = _as_int("num_classes", num_classes)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if num_classes > INT64_MAX:
+        raise ValueError(f"num_classes must fit in int64, got {num_classes}")
     return num_classes
 
 
 def check_ignore_index(ignore_index: object) -> int:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    ignore_index = _as_int("ignore_index", ignore_index)
+    if not INT64_MIN <= ignore_index <= INT64_MAX:
+        raise ValueError(f"ignore_index must fit in int64 [-2**63, 2**63), got {ignore_index}")
     return ignore_index
 
 
@@ -73,11 +91,28 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 
 
 def check_base(base: object) -> float:
-    if isinstance(base, bool) or not isinstance(base, (int, float)):
+    # numbers.Real: Python and NumPy ints and floats (not bool, str or complex).
+    if isinstance(base, bool) or type(base).__name__ == "bool_" or not isinstance(base, numbers.Real):
         raise TypeError(f"base must be a number, got {type(base).__name__}")
-    if not (base >= 1.0) or base == float("inf"):
-        raise ValueError(f"base must be a finite number >= 1, got {base}")
-    return float(base)
+    value = float(base)
+    if not (value >= 1.0) or value > FLOAT32_MAX:
+        raise ValueError(f"base must be a finite number >= 1 and <= {FLOAT32_MAX:.4g} (risk maps are float32), got {base}")
+    return value
+
+
+def check_joint(sums_shape: Sequence[int], count: object, num_source_classes: Optional[int] = None) -> int:
+    """Check a LeepJoint's ``sums`` shape ``[C, Z]`` and ``count``; returns ``count`` as int."""
+    if len(sums_shape) != 2:
+        raise ValueError(f"joint.sums must have shape [C, Z] (2 dims), got {len(sums_shape)} dims {tuple(sums_shape)}")
+    if sums_shape[0] < 1 or sums_shape[1] < 1:
+        raise ValueError(f"joint.sums must have at least one class each way, got shape {tuple(sums_shape)}")
+    count = _as_int("joint.count", count)
+    if count < 0:
+        raise ValueError(f"joint.count must be >= 0, got {count}")
+    if num_source_classes is not None and sums_shape[1] != num_source_classes:
+        raise ValueError(f"logits have {num_source_classes} source classes but the joint was built with "
+                         f"{sums_shape[1]}")
+    return count
 
 
 def check_min_foreground(value: object) -> float:

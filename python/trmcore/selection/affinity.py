@@ -25,6 +25,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from trmcore.fileio import atomic_write_json, atomic_write_text
 from trmcore.selection._blas import cpu_count, single_threaded_blas
 from trmcore.selection.similarity import (
     PCA_OUTPUTS, SSIM_C, global_ssim, image_signature, label_intensity, resize_labels, ssim_from_moments, wasserstein_1d,
@@ -191,7 +192,7 @@ class AffinityResult:
             "config": self.config,
         }
         path = out_dir / "affinity.json"
-        path.write_text(json.dumps(payload, indent=1))
+        atomic_write_json(path, payload, overwrite=True, indent=1)
         written.append(path)
         return written
 
@@ -216,7 +217,7 @@ def task_distance(W: np.ndarray, S: np.ndarray, alpha: float = DEFAULT_ALPHA, be
 def _write_matrix_csv(path: Path, names: Sequence[str], matrix: np.ndarray) -> None:
     lines = ["task," + ",".join(names)]
     lines += [name + "," + ",".join(f"{v:.10g}" for v in row) for name, row in zip(names, matrix)]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n", overwrite=True)
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:

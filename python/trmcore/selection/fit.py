@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from trmcore.fileio import atomic_write_json
 from trmcore.selection.affinity import AffinityResult
 
 GRID_POINTS = 2001
@@ -148,7 +149,7 @@ def fit_weights(affinity: AffinityResult, results: Sequence[MeasuredPath]) -> We
 
 def save_fit(fit: WeightFit, directory: Path) -> Path:
     path = Path(directory) / "fit.json"
-    path.write_text(json.dumps(fit.to_json(), indent=1))
+    atomic_write_json(path, fit.to_json(), overwrite=True, indent=1)
     return path
 
 

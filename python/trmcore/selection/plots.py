@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from trmcore.fileio import save_figure
+
 
 
 def _pyplot():
@@ -32,7 +34,7 @@ def plot_affinity(affinity, path: Path) -> Path:
         ax.set_xticks(range(n), names, rotation=90, fontsize=7)
         ax.set_yticks(range(n), names, fontsize=7)
         fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, overwrite=True, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -70,6 +72,6 @@ def plot_task_graph(graph, selection, path: Path) -> Path:
     nx.draw_networkx_labels(graph, layout, ax=ax, font_size=7)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, overwrite=True, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -11,11 +11,11 @@ Dice compare like for like.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from trmcore.fileio import atomic_write_json
 from trmcore.selection.fit import split_path
 from trmcore.selection.tasks import parse_task_name
 from trmcore.training.methods import DEFAULT_METHOD
@@ -132,5 +132,5 @@ def transfer_along_path(data: PathLike, path: Union[str, Sequence[str]], source_
         report.direct = HopResult(tasks[-1].name, str(run_dir), direct_info.val_dice)
     elif config.direct:
         report.direct = report.hops[-1]  # a one-hop path is the direct transfer
-    (out / "transfer_path.json").write_text(json.dumps(report.to_json(), indent=1))
+    atomic_write_json(out / "transfer_path.json", report.to_json(), overwrite=True, indent=1)
     return report

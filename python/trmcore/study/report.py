@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
+from trmcore.fileio import atomic_write_text
 from trmcore.study.figures import collect_fig2, few_shot_plot, gain_heatmap
 from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, study_columns, task_slug
 from trmcore.study.profiles import StudyProfile
@@ -213,6 +214,6 @@ def write_outputs(out: Path, profile: StudyProfile, grid: StudyGrid, results: Di
         sections += [f"- `{key}`: {error}" for key, error in summary.failed.items()]
         sections.append("")
     path = out / "results.md"
-    path.write_text("\n".join(sections) + "\n")
+    atomic_write_text(path, "\n".join(sections) + "\n", overwrite=True)
     report.files.append(path)
     return report.files

@@ -18,8 +18,6 @@ jobs that need it are skipped, the rest go on.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -27,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from trmcore.fileio import atomic_write_json, remove_output_folder
 from trmcore.study.grid import TUMOUR, Job, StudyGrid
 from trmcore.study.profiles import StudyProfile
 
@@ -87,10 +86,8 @@ def read_cached(ctx: StudyContext, job: Job) -> Optional[Dict[str, Any]]:
 def write_cached(ctx: StudyContext, job: Job, result: Dict[str, Any]) -> Path:
     path = ctx.cache_file(job.key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "key": job.key, "job": asdict(job), "result": result},
-                              indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, {"version": CACHE_VERSION, "key": job.key, "job": asdict(job), "result": result},
+                      overwrite=True, indent=1)
     return path
 
 
@@ -136,11 +133,11 @@ def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
         out = Path(ctx.out_dir) / "figures" / "fig2" / job.key
         written = write_risk_maps(data, ctx.run_dir(job.parent), out, ",".join(spec.channels), ",".join(spec.labels),
                                   spec.site, after_run=tuned, cases=held_out or None, device=ctx.device,
-                                  progress=False)
+                                  progress=False, overwrite=True)
         pngs = [str(p.relative_to(ctx.out_dir)) for p in written if p.suffix == ".png"]
         return {"png": pngs, "cases": held_out, "wall_s": time.perf_counter() - started}
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # a half-written run of an interrupted study
+        remove_output_folder(run_dir, "train")  # a half-written run of an interrupted study (only a trm run)
     config = _train_config(ctx, job)
     p = ctx.profile
     if job.kind == "source":

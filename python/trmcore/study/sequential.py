@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import List, Sequence, Union
 
+from trmcore.fileio import atomic_write_json
 from trmcore.study.grid import SeqPlan
 from trmcore.study.profiles import StudyProfile
 
@@ -61,8 +62,8 @@ def plan_paths(data_root: PathLike, profile: StudyProfile, out_dir: PathLike, pr
     for target_name in targets:
         target = canonical[target_name]
         selection = select_paths(affinity, target, num_communities=min(profile.seq_communities, len(spelled) - 1))
-        (Path(out_dir) / f"path_{target.replace('/', '_').replace('*', 'all')}.json").write_text(
-            json.dumps(selection.to_json(), indent=1))
+        atomic_write_json(Path(out_dir) / f"path_{target.replace('/', '_').replace('*', 'all')}.json",
+                          selection.to_json(), overwrite=True, indent=1)
         direct = [c for c in selection.candidates if c.hops == 1]
         plans.append(SeqPlan(
             target=target_name,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from trmcore.fileio import atomic_write_json
 from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
 from trmcore.study.profiles import StudyProfile, get_profile
 from trmcore.study.runner import RunSummary, StudyContext, load_results, run_grid
@@ -98,7 +99,7 @@ def _check_study_folder(out: Path, profile: StudyProfile, datasets: Dict[str, Op
                              f"{previous.get('profile', {}).get('name')!r}; differing: {', '.join(differing)}); "
                              "choose another -o")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(record, indent=1))
+    atomic_write_json(marker, record, overwrite=True, indent=1)
 
 
 def _phantom(out: Path, spec, progress: bool) -> Path:

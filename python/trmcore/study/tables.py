@@ -12,6 +12,7 @@ by the task distance, and along the path of ``trm path``.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from trmcore.fileio import atomic_write_text
 from trmcore.study.grid import SeqPlan, StudyGrid
 
 GAIN = "trm - vanilla"
@@ -103,16 +105,14 @@ def source_rows(grid: StudyGrid, results: Dict[str, dict], dataset: str) -> List
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        if not rows:
-            handle.write("")
-            return path
+    handle = io.StringIO(newline="")
+    if rows:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
                              for k, v in row.items()})
+    atomic_write_text(path, handle.getvalue(), overwrite=True)
     return path
 
 

@@ -2,18 +2,23 @@
 
 The resumable training state (optimizer, RNG states, iteration, metric
 history) lives next to them in RUN/train_state.pt so ``--resume`` continues a
-run exactly.
+run exactly. It holds only tensors and plain values (NumPy arrays are stored
+as tensors) and is read with ``torch.load(weights_only=True)``: a file planted
+in a run folder cannot run code.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Tuple, Union
 
+import numpy as np
 import torch
 
+from trmcore.errors import UnsafeFileError
 from trmcore.models.unet import UNet
 from trmcore.training.runinfo import (RUN_INFO_FILE, WEIGHTS_FILE, RunInfo, atomic_write_bytes, read_run_info,
                                       write_run_info)
@@ -51,7 +56,6 @@ def save_run(run_dir: Union[str, Path], model: UNet, info: RunInfo) -> Path:
 
 def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Tuple[UNet, RunInfo]:
     """Load ``(model, info)`` from a run folder; the model is in eval mode on ``device``."""
-    from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
@@ -59,7 +63,7 @@ def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu"
     if not weights.is_file():
         raise FileNotFoundError(f"{run_dir}: run folder has no {WEIGHTS_FILE}")
     model = UNet(info.model)
-    state = load_file(str(weights), device="cpu")
+    state = load_weights(weights)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -67,20 +71,73 @@ def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu"
     return model.to(device).eval(), info
 
 
+def load_weights(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; UnsafeFileError naming it when it is not one (e.g. a renamed pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeFileError(f"{path}: not a readable safetensors file ({detail})") from None
+
+
+_NDARRAY = "__ndarray__"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy arrays and scalars turned into tensors / Python numbers (weights_only-loadable)."""
+    if isinstance(value, np.ndarray):
+        return {_NDARRAY: torch.from_numpy(value.astype(np.int64) if value.dtype.kind in "iu" else value.copy()),
+                "dtype": value.dtype.str}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _from_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        if _NDARRAY in value and set(value) == {_NDARRAY, "dtype"}:
+            return value[_NDARRAY].numpy().astype(np.dtype(value["dtype"]))
+        return {k: _from_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_from_plain(v) for v in value)
+    return value
+
+
 def save_train_state(run_dir: Union[str, Path], state: dict[str, Any]) -> Path:
-    """Atomically write the resumable training state (any torch.save-able dict)."""
+    """Atomically write the resumable training state (tensors, NumPy arrays and plain values)."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(_plain(state), buffer)
     path = Path(run_dir) / TRAIN_STATE_FILE
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def load_train_state(run_dir: Union[str, Path]) -> dict[str, Any]:
+    """The state :func:`save_train_state` wrote, loaded without running code (``weights_only=True``).
+
+    UnsafeFileError naming the file when it holds anything but tensors and plain values, or is damaged.
+    """
     path = Path(run_dir) / TRAIN_STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: nothing to resume (no {TRAIN_STATE_FILE})")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeFileError(f"{path}: refused: it holds objects other than tensors and plain values "
+                              "(loading it could run code); it was not written by trmcore") from None
+    except Exception as err:  # torch raises many types for damaged files
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UnsafeFileError(f"{path}: cannot read the resume state ({type(err).__name__}: {detail})") from None
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise UnsafeFileError(f"{path}: not a trmcore resume state")
+    return _from_plain(state)
 
 
 def remove_train_state(run_dir: Union[str, Path]) -> None:

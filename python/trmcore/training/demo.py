@@ -15,15 +15,17 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
+from trmcore.fileio import atomic_write_json, prepare_output_folder
 from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
+
+# What a demo folder holds; --overwrite removes these (and only these) of an earlier demo.
+DEMO_ENTRIES = ("data", "runs", "riskmaps", "results.json")
 
 
 def _finetune_settings() -> TrainConfig:
@@ -80,12 +82,8 @@ def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, dev
     from trmcore.training.trainer import finetune, train
 
     config = config or DemoConfig()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite or choose another -o")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # --overwrite replaces only an earlier demo's entries, never a folder the demo did not make.
+    out = prepare_output_folder(out_dir, "demo", DEMO_ENTRIES, overwrite=overwrite)
     started = time.perf_counter()
 
     _step(f"1/5 phantom: {config.cases} cases of {config.size} on 2 sites -> {out / 'data'}")
@@ -112,7 +110,7 @@ def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, dev
     train(data, target_task, runs / "scratch", config.finetune_config(None), config.model, device=device,
           progress=progress)
     write_risk_maps(data, runs / "source", out / "riskmaps", config.target_channel, config.target_labels,
-                    config.target_site, after_run=runs / "trm", device=device, progress=False)
+                    config.target_site, after_run=runs / "trm", device=device, progress=False, overwrite=True)
 
     _step("5/5 evaluation on the held-out target volumes (3D Dice)")
     from trmcore.training.runinfo import read_run_info
@@ -131,7 +129,7 @@ def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, dev
     diagnostics = read_run_info(runs / "trm").risk_diagnostics
     if diagnostics is not None:
         print("\n" + "\n".join(summary_lines(diagnostics, "trm risk maps of the target training slices")))
-    (out / "results.json").write_text(json.dumps({"config": asdict(config), "results": results,
-                                                  "risk_diagnostics": diagnostics}, indent=2) + "\n")
+    atomic_write_json(out / "results.json", {"config": asdict(config), "results": results,
+                                             "risk_diagnostics": diagnostics}, overwrite=False)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; runs in {runs}, risk maps in {out / 'riskmaps'}")
     return results

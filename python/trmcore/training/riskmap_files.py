@@ -11,12 +11,17 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
+from trmcore.fileio import check_output_file, save_figure, save_image
 from trmcore.training.risk_diagnostics import panel_caption, write_volume_diagnostics
 from trmcore.training.riskmap import RiskVolumes, risk_volumes
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Union[str, Path], header=None) -> Path:
-    """float32 NIfTI; with ``header`` (the input's) its qform/sform codes and units are kept."""
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Union[str, Path], header=None,
+               overwrite: bool = False) -> Path:
+    """float32 NIfTI; with ``header`` (the input's) its qform/sform codes and units are kept.
+
+    Written atomically, never through a link; FileExistsError if it exists without ``overwrite``.
+    """
     import nibabel as nib
 
     if header is not None:
@@ -26,9 +31,7 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Union[str, Path], he
     image.set_data_dtype(np.float32)
     if header is None:
         image.header.set_xyzt_units("mm")
-    path = Path(path)
-    nib.save(image, str(path))
-    return path
+    return save_image(image, path, overwrite=overwrite)
 
 
 def pick_slice(label: np.ndarray, axis: int) -> int:
@@ -39,7 +42,7 @@ def pick_slice(label: np.ndarray, axis: int) -> int:
 
 def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: int, slice_index: int,
                path: Union[str, Path], base: float = 10.0, titles: Sequence[str] = ("source", "fine-tuned"),
-               diagnostics: Sequence[Optional[dict]] = ()) -> Path:
+               diagnostics: Sequence[Optional[dict]] = (), overwrite: bool = False) -> Path:
     """PNG: image | label | transferability | risk, one row for the source model, one after fine-tuning.
 
     ``diagnostics``: per row, a risk_diagnostics summary shown under the row (per-class mean risk,
@@ -77,9 +80,10 @@ def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: 
                               color="darkred" if summary["warnings"] else "black", wrap=True)
     fig.suptitle(f"{volume.case_id}, slice {slice_index} (axis {axis})")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        path = save_figure(fig, path, overwrite=overwrite, dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -88,7 +92,7 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                     after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
                     base: float = 10.0, scope: str = "image", device: Optional[str] = None,
                     progress: bool = True, sites=None, resample: bool = True, scaling: str = "minmax",
-                    quantile: float = 0.05) -> List[Path]:
+                    quantile: float = 0.05, overwrite: bool = False) -> List[Path]:
     """Write CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case.
 
     Also risk_diagnostics.json: per target class the mean risk and the share of voxels above the
@@ -98,6 +102,8 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
 
     Volumes are loaded on the source run's grid (``resample=False``: as
     stored); the maps are written back on each case's stored grid.
+    Every file is written atomically and never through a symbolic link; existing
+    outputs are refused (before the maps are computed) unless ``overwrite``.
 
     The source model's own head defines the dummy labels (Z outputs), whatever
     the target label set; ``after_run`` (a fine-tuned run) is scored with its head.
@@ -115,6 +121,13 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     if len(task_info.channels) != source_info.model.in_channels:
         raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s), "
                          f"the task gives {task_info.channels}")
+    out_dir = Path(out_dir)
+    names = lambda case: [f"{case}_transferability.nii.gz", f"{case}_risk.nii.gz"] + (  # noqa: E731
+        [f"{case}_transferability_after.nii.gz", f"{case}_risk_after.nii.gz"] if after_run is not None else []
+    ) + [f"{case}.png"]
+    for volume in volumes:  # refuse before computing anything
+        for name in names(volume.case_id):
+            check_output_file(out_dir / name, overwrite=overwrite)
     num_classes = task_info.num_classes
     before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
                           scope, progress=progress, scaling=scaling, quantile=quantile)
@@ -137,19 +150,20 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     written.append(path)
     for volume, maps, maps_after in zip(volumes, before, after):
         # Maps are written on the case's stored grid (its own affine and header), like every output.
+        files = iter(out_dir / name for name in names(volume.case_id))
         native = volume.grid.to_native if volume.grid is not None else (lambda a, mode: a)
         affine = volume.grid.native_affine if volume.grid is not None else volume.affine
         written.append(save_nifti(native(maps.transferability, "linear"), affine,
-                                  out_dir / f"{volume.case_id}_transferability.nii.gz", volume.header))
-        written.append(save_nifti(native(maps.risk, "linear"), affine, out_dir / f"{volume.case_id}_risk.nii.gz",
-                                  volume.header))
+                                  next(files), volume.header, overwrite))
+        written.append(save_nifti(native(maps.risk, "linear"), affine, next(files), volume.header,
+                                  overwrite))
         if maps_after is not None:
             written.append(save_nifti(native(maps_after.transferability, "linear"), affine,
-                                      out_dir / f"{volume.case_id}_transferability_after.nii.gz", volume.header))
+                                      next(files), volume.header, overwrite))
             written.append(save_nifti(native(maps_after.risk, "linear"), affine,
-                                      out_dir / f"{volume.case_id}_risk_after.nii.gz", volume.header))
+                                      next(files), volume.header, overwrite))
         slice_index = pick_slice(volume.label, source_info.axis)
         written.append(plot_panel(volume, maps, maps_after, source_info.axis, slice_index,
-                                  out_dir / f"{volume.case_id}.png", base,
+                                  next(files), base, overwrite=overwrite,
                                   diagnostics=(diagnostics["before"], diagnostics["after"])))
     return written

@@ -7,14 +7,13 @@ metadata without importing torch.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from trmcore import __version__
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
+from trmcore.fileio import atomic_write_bytes as _atomic_write_bytes
 from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
 
@@ -39,6 +38,8 @@ class RunInfo:
     ``loss_normalization``: the loss denominator used (normalize, min_foreground, expected_foreground;
     see trmcore.training.normalization); ``risk_diagnostics``: per-class statistics of trm's risk maps
     and warnings (trmcore.training.risk_diagnostics).
+    ``data_fingerprint`` is a digest of the training slices and case split,
+    ``source_fingerprint`` of the source weights: ``--resume`` checks both.
     """
 
     model: UNetConfig
@@ -62,6 +63,8 @@ class RunInfo:
     val_dice: Optional[float] = None
     loss_normalization: Optional[dict] = None
     risk_diagnostics: Optional[dict] = None
+    data_fingerprint: Optional[str] = None
+    source_fingerprint: Optional[str] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.
@@ -118,19 +121,8 @@ class RunInfo:
 
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` with ``data`` atomically (:func:`trmcore.fileio.atomic_write_bytes`, overwrite=True)."""
+    _atomic_write_bytes(path, data, overwrite=True)
 
 
 def write_run_info(run_dir: Union[str, Path], info: RunInfo) -> Path:
@@ -148,3 +140,32 @@ def read_run_info(run_dir: Union[str, Path]) -> RunInfo:
         return RunInfo.from_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, TypeError, KeyError) as err:
         raise ValueError(f"{path}: malformed run info ({err})") from err
+
+
+# What defines a run: a --resume must match all of these (the training settings are checked separately,
+# some of them may change on resume).
+RUN_IDENTITY_FIELDS = ("model", "channels", "label_names", "label_values", "site", "axis", "divisor",
+                       "normalization", "orientation", "spacing", "method", "source_fingerprint",
+                       "data_fingerprint")
+# Fields older run.json files lack (None there): not compared.
+_RECORDED_LATER = ("orientation", "spacing", "source_fingerprint", "data_fingerprint")
+
+
+def resume_differences(saved: RunInfo, new: RunInfo) -> List[str]:
+    """``"field saved -> new"`` for every identity field in which ``new`` differs from the interrupted run.
+
+    A field the saved run.json lacks (an older trmcore) is not compared.
+    """
+    old_dict, new_dict = saved.to_dict(), new.to_dict()
+    differing = []
+    for name in RUN_IDENTITY_FIELDS:
+        before, after = old_dict.get(name), new_dict.get(name)
+        if before is None and name in _RECORDED_LATER:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            for key in sorted(set(before) | set(after)):
+                if before.get(key) != after.get(key):
+                    differing.append(f"{name}.{key} {before.get(key)!r} -> {after.get(key)!r}")
+        elif before != after:
+            differing.append(f"{name} {before!r} -> {after!r}")
+    return differing

@@ -14,6 +14,7 @@ curves.png and, while a run is unfinished, train_state.pt for ``resume=True``.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from trmcore import ops
+from trmcore.fileio import ALL_ENTRIES, prepare_output_folder, visible_entries
 from trmcore.data import TaskSpec, few_shot, load_task_volumes, split_cases, volumes_to_slices
 from trmcore.data.geometry import native_geometry
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
@@ -38,7 +40,7 @@ from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, s
 from trmcore.training.metrics import MetricsLog
 from trmcore.training.normalization import foreground_per_slice, loss_normalization
 from trmcore.training.risk_diagnostics import report as report_risk, weighting_diagnostics
-from trmcore.training.runinfo import RunInfo
+from trmcore.training.runinfo import RunInfo, read_run_info, resume_differences
 from trmcore.training.precision import autocast_for, needs_loss_scaling
 from trmcore.training.sampling import SliceSampler
 from trmcore.training.shards import TrainingSlices, shard_indices
@@ -329,8 +331,42 @@ def _prepare_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Optional[
     if ctx.is_main:
         if (run_dir / "run.json").exists():
             raise FileExistsError(f"{run_dir} already holds a run; choose another -o or pass --resume")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if visible_entries(run_dir):
+            raise FileExistsError(f"{run_dir} is not empty and holds no run (no run.json); "
+                                  "choose a new or empty folder for -o")
+        # The marker lets a study (or a later tool) remove this run folder, and nothing else.
+        prepare_output_folder(run_dir, "train", [ALL_ENTRIES])
     return None
+
+
+def _check_same_run(run_dir: Path, info: RunInfo) -> None:
+    """Refuse a --resume whose task, data, source or model differ from the interrupted run's run.json."""
+    try:
+        saved = read_run_info(run_dir)
+    except FileNotFoundError:
+        raise ValueError(f"cannot resume {run_dir}: it has no run.json") from None
+    differing = resume_differences(saved, info)
+    if differing:
+        raise ValueError(f"cannot resume {run_dir}: not the same run: " + "; ".join(differing))
+
+
+def _digest_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _data_fingerprint(data: PreparedData) -> str:
+    """Digest of exactly what is trained and validated on: slices, labels and the case split."""
+    digest = hashlib.sha256()
+    for tensor in (data.slices.images, data.slices.labels):
+        array = np.ascontiguousarray(tensor.numpy())
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(memoryview(array).cast("B"))
+    digest.update(repr((data.train_cases, data.val_cases)).encode())
+    return digest.hexdigest()[:16]
 
 
 def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Optional[TrainConfig] = None,
@@ -365,6 +401,8 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
         model_config = replace(model_config, in_channels=len(data.task_info.channels))
         network = UNet(model_config).to(ctx.device)
         info = _run_info(network, data, config, task, data_root, method=config.method, source=None)
+        if state is not None:
+            _check_same_run(run_dir, info)
         weighting = create_weighting(config, network.config, data.slices, data.task_info.num_classes, ctx)
         return fit(network, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
@@ -417,6 +455,9 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         info.risk_diagnostics = weighting_diagnostics(weighting, data.slices, info.label_names, ctx, config.risk_base)
         if info.risk_diagnostics is not None and ctx.is_main and (progress or info.risk_diagnostics["warnings"]):
             report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
+        info.source_fingerprint = _digest_file(Path(source_run) / "model.safetensors")
+        if state is not None:
+            _check_same_run(run_dir, info)
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
         ctx.close()
@@ -428,7 +469,8 @@ def _run_info(model: UNet, data: PreparedData, config: TrainConfig, task: TaskSp
                    label_names=list(data.task_info.label_names), label_values=list(data.task_info.label_values),
                    axis=config.axis, divisor=model.config.divisor, method=method, source=source,
                    site=task.site, data=str(Path(data_root).resolve()), training=config,
-                   train_cases=data.train_cases, val_cases=data.val_cases, **_preprocessing_record(data.task_info))
+                   train_cases=data.train_cases, val_cases=data.val_cases, data_fingerprint=_data_fingerprint(data),
+                   **_preprocessing_record(data.task_info))
 
 
 def _preprocessing_record(task_info) -> Dict[str, Any]:

@@ -1,0 +1,344 @@
+"""One atomic writer and one output-folder guard for every file trmcore writes.
+
+Writer (:func:`atomic_write_bytes`, :func:`atomic_write_text`,
+:func:`atomic_write_json`, and :func:`atomic_path` for libraries that want a
+file name: nibabel, matplotlib): the data goes to a hidden temporary file in
+the target's folder (``.trm-tmp-<pid>-<random>-<name>``), is fsync'ed, gets
+the mode a plain ``open()`` would give (``0o666`` minus the umask, not
+``mkstemp``'s 0600) and is renamed onto the target. A reader never sees a
+half-written file and a kill leaves no partial file under the final name.
+The target is never written through a symbolic link. With
+``overwrite=False`` the final step is a hard link, which fails if the name
+appeared meanwhile: of two processes writing the same output, the second
+refuses. Temporary files left by a killed process (its pid no longer runs)
+are removed the next time this process writes into that folder.
+
+Guard (:func:`prepare_output_folder`, :func:`remove_output_folder`): a
+command that creates an output folder writes a marker ``.trm-output.json``
+naming the command and the entries it made. ``overwrite=True`` removes only
+those entries, and only when the marker names the same command; a folder
+without the marker, or an input of the command inside the folder, is refused.
+
+Torch-free and NumPy-free so that ``trmcore.infer`` can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence, Set, Union
+
+from trmcore.errors import UnsafeOutputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+TEMP_PREFIX = ".trm-tmp-"
+MARKER_FILE = ".trm-output.json"
+ALL_ENTRIES = "*"  # owned entry meaning: the command made the whole folder
+
+__all__ = ["TEMP_PREFIX", "MARKER_FILE", "ALL_ENTRIES", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+           "atomic_write_json", "check_output_file", "clean_stale_temps", "prepare_output_folder",
+           "remove_output_folder", "read_marker", "refuse_inputs", "visible_entries", "save_figure", "save_image"]
+
+_cleaned_folders: Set[str] = set()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask swaps it, racing threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temp_name(target: Path) -> Path:
+    # The final name's ending is kept so that writers that pick the format from it (nibabel, matplotlib) work;
+    # the pid lets a later run tell a dead process's leftovers from a live writer's file.
+    name = target.name[-180:]
+    return target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{name}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temps(folder: PathLike) -> int:
+    """Remove this writer's temporary files in ``folder`` whose process has ended; returns how many.
+
+    Only names ``.trm-tmp-<pid>-...`` are touched, never any other file.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(TEMP_PREFIX):
+            continue
+        pid_text = entry.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed += 1
+    return removed
+
+
+def _clean_once(folder: Path) -> None:
+    key = os.path.abspath(folder)
+    if key not in _cleaned_folders:
+        _cleaned_folders.add(key)
+        clean_stale_temps(folder)
+
+
+def check_output_file(path: PathLike, *, overwrite: bool, inputs: Iterable[PathLike] = ()) -> Path:
+    """Refuse to write ``path`` when it is a symbolic link, one of ``inputs`` (or an existing file inside an
+    input folder), not a file, or exists without ``overwrite``. Returns ``Path(path)``."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UnsafeOutputError(f"output {path} is a symbolic link; trmcore never writes through one "
+                                "(remove the link or choose another output)")
+    target = _resolved(path)
+    for item in inputs:
+        if item is None:
+            continue
+        source = _resolved(Path(item))
+        if source == target:
+            raise UnsafeOutputError(f"output {path} is an input file of this command; choose another output")
+        if source.is_dir() and source in target.parents and os.path.lexists(path):
+            # An existing file inside an input folder (dataset.json, a label file, ...) may be read by this command.
+            raise UnsafeOutputError(f"output {path} is an existing file inside the input folder {item}; "
+                                    "choose another output")
+    if path.exists():
+        if not path.is_file():
+            raise FileExistsError(f"output {path} exists and is not a file")
+        if not overwrite:
+            raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
+    return path
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
+    handle = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+    if path.is_symlink():  # planted while we wrote
+        raise UnsafeOutputError(f"output {path} became a symbolic link while writing; not written")
+    if overwrite:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)  # atomic create-if-absent: a concurrent writer of the same name loses here
+        except FileExistsError:
+            raise FileExistsError(f"output {path} exists (another process wrote it meanwhile?); "
+                                  "pass --overwrite to replace it") from None
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            # A file system without hard links: check, then rename (a small race remains there).
+            if os.path.lexists(path):
+                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it") from None
+            os.replace(tmp, path)
+        else:
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, overwrite: bool, inputs: Iterable[PathLike] = ()) -> Iterator[str]:
+    """Yield a temporary file name beside ``path``; on normal exit it becomes ``path`` atomically.
+
+    For writers that need a file name (``nib.save``, ``fig.savefig``): the name
+    keeps ``path``'s ending so the format is chosen from it. On an exception
+    the temporary file is removed and ``path`` is untouched.
+
+    Example:
+        >>> with atomic_path(out / "case.nii.gz", overwrite=False) as tmp:  # doctest: +SKIP
+        ...     nib.save(image, tmp)
+    """
+    path = check_output_file(path, overwrite=overwrite, inputs=inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_once(path.parent)
+    tmp = _temp_name(path)
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    os.close(handle)
+    try:
+        yield str(tmp)
+        _commit(tmp, path, overwrite)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool, inputs: Iterable[PathLike] = ()) -> Path:
+    """Write ``data`` to ``path`` atomically (see the module docstring); returns ``Path(path)``."""
+    with atomic_path(path, overwrite=overwrite, inputs=inputs) as tmp:
+        with open(tmp, "wb") as out:
+            out.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str, *, overwrite: bool, inputs: Iterable[PathLike] = (),
+                      encoding: str = "utf-8") -> Path:
+    return atomic_write_bytes(path, text.encode(encoding), overwrite=overwrite, inputs=inputs)
+
+
+def atomic_write_json(path: PathLike, payload: Any, *, overwrite: bool, inputs: Iterable[PathLike] = (),
+                      indent: Optional[int] = 2) -> Path:
+    """``json.dumps(payload, indent=indent)`` plus a newline, written atomically."""
+    return atomic_write_text(path, json.dumps(payload, indent=indent) + "\n", overwrite=overwrite, inputs=inputs)
+
+
+# ------------------------------------------------------------------ output folders
+def visible_entries(folder: PathLike) -> list:
+    """Entries of ``folder`` other than the marker and this writer's temporary files (sorted names)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n != MARKER_FILE and not n.startswith(TEMP_PREFIX))
+
+
+def read_marker(folder: PathLike) -> Optional[dict]:
+    """The marker a trmcore command wrote into ``folder``, or None (absent, a link, or unreadable)."""
+    path = Path(folder) / MARKER_FILE
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("command"), str):
+        return None
+    return record
+
+
+def refuse_inputs(root: PathLike, inputs: Iterable[PathLike], what: str = "output folder") -> None:
+    """UnsafeOutputError when an input is ``root`` or lies inside it (replacing ``root`` could delete it)."""
+    root_path = _resolved(Path(root))
+    for item in inputs:
+        if item is None:
+            continue
+        source = _resolved(Path(item))
+        if source == root_path or root_path in source.parents:
+            raise UnsafeOutputError(f"{what} {root} holds the input {item}; choose an output outside the inputs")
+
+
+def prepare_output_folder(root: PathLike, command: str, owned: Sequence[str], *, overwrite: bool = False,
+                          inputs: Iterable[PathLike] = ()) -> Path:
+    """Make ``root`` ready for ``command`` to write ``owned`` entries into, and mark it as its output.
+
+    * ``root`` absent or empty: created, marker written.
+    * not empty, ``overwrite`` False: FileExistsError.
+    * not empty, ``overwrite`` True: only if ``root`` holds a marker of the same
+      ``command``; then the entries that marker lists are removed (the
+      command's earlier output), anything else in the folder is kept.
+    Inputs inside ``root`` (or ``root`` inside an input) are always refused.
+    ``owned`` lists top-level names, or ``[ALL_ENTRIES]`` when the command owns the whole folder.
+    """
+    root = Path(root)
+    inputs = [i for i in inputs if i is not None]
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"output folder {root} exists and is not a folder")
+    refuse_inputs(root, inputs)
+    existing = visible_entries(root)
+    if existing:
+        if not overwrite:
+            raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to replace an earlier "
+                                  f"`trm {command}` output there, or choose another folder")
+        _remove_marked(root, command)
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_once(root)
+    record = {"command": command, "owned": list(owned), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "note": "written by trmcore; `--overwrite` replaces only the entries listed here"}
+    atomic_write_json(root / MARKER_FILE, record, overwrite=True)
+    return root
+
+
+def remove_output_folder(root: PathLike, command: str) -> None:
+    """Remove what ``command`` made in ``root`` (by its marker), and ``root`` itself if that leaves it empty.
+
+    UnsafeOutputError when ``root`` is not empty and was not made by ``command``.
+    """
+    root = Path(root)
+    if not root.exists():
+        return
+    _remove_marked(root, command)
+    with contextlib.suppress(OSError):
+        root.rmdir()
+
+
+def _remove_marked(root: Path, command: str) -> None:
+    marker = read_marker(root)
+    if marker is None:
+        raise UnsafeOutputError(f"{root} was not made by `trm {command}` (no {MARKER_FILE} marker); "
+                                "refusing to replace it: remove it yourself or choose another folder")
+    if marker["command"] != command:
+        raise UnsafeOutputError(f"{root} was made by `trm {marker['command']}`, not `trm {command}`; "
+                                "refusing to replace it")
+    owned = [str(n) for n in marker.get("owned", [])]
+    names = visible_entries(root) if ALL_ENTRIES in owned else owned
+    for name in names:
+        if name in ("", ".", "..") or "/" in name or os.sep in name:
+            continue  # a hand-edited marker cannot reach outside the folder
+        entry = root / name
+        if entry.is_symlink() or entry.is_file():
+            entry.unlink()
+        elif entry.is_dir():
+            shutil.rmtree(entry)
+    (root / MARKER_FILE).unlink()
+
+
+def save_figure(fig: Any, path: PathLike, *, overwrite: bool, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` through the atomic writer (the format comes from ``path``'s ending)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return Path(path)
+
+
+def save_image(image: Any, path: PathLike, *, overwrite: bool, inputs: Iterable[PathLike] = ()) -> Path:
+    """A nibabel image's ``to_filename`` through the atomic writer (``.nii.gz`` / ``.nii`` from ``path``)."""
+    with atomic_path(path, overwrite=overwrite, inputs=inputs) as tmp:
+        image.to_filename(tmp)
+    return Path(path)
