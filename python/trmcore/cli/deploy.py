@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, command
@@ -217,8 +218,12 @@ def _run_transferability(args: argparse.Namespace) -> int:
     if [c.lower() for c in task.channels] != [c.lower() for c in segmenter.channels]:
         print(f"note: the model was trained on {','.join(segmenter.channels)}, the data is "
               f"{','.join(task.channels)} (cross-modality transfer)", file=sys.stderr)
-    report = assess_transferability(segmenter, volumes, info.label_names, data_channels=task.channels,
-                                    base=args.risk_base, progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:  # one line per skipped case, not a source listing
+        warnings.simplefilter("always", RuntimeWarning)
+        report = assess_transferability(segmenter, volumes, info.label_names, data_channels=task.channels,
+                                        base=args.risk_base, progress=not args.quiet)
+    for warning in caught:
+        print(f"trm transferability: warning: {warning.message}", file=sys.stderr)
     print(report.format_table())
     if args.output is not None:
         atomic_write_json(args.output, report.to_dict(), overwrite=args.overwrite, inputs=inputs)
