@@ -304,7 +304,12 @@ def remove_output_folder(root: PathLike, command: str) -> None:
     root = Path(root)
     if not root.exists():
         return
-    _remove_marked(root, command)
+    if visible_entries(root):
+        _remove_marked(root, command)
+    else:  # empty but for a marker or a killed run's temporary files (cut short while being created)
+        clean_stale_temps(root)
+        with contextlib.suppress(FileNotFoundError):
+            (root / MARKER_FILE).unlink()
     with contextlib.suppress(OSError):
         root.rmdir()
 

@@ -121,3 +121,28 @@ def test_gzip_helper_is_really_truncated(tmp_path):
     _truncate(path)
     with pytest.raises(EOFError):
         gzip.decompress(path.read_bytes())
+
+
+def test_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import trmcore.fileio as fileio
+
+    def full(tmp, path, overwrite):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(fileio, "_commit", full)
+    out = tmp_path / "ph"
+    assert main(["phantom", str(out), "--cases", "1", "--shape", "16", "16", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and str(out) in err
+    assert not [p for p in out.rglob("*") if p.name.startswith(fileio.TEMP_PREFIX)]
+
+
+def test_empty_half_created_folder_is_removable(tmp_path):
+    from trmcore.fileio import remove_output_folder
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    remove_output_folder(folder, "train")
+    assert not folder.exists()

@@ -32,7 +32,7 @@ from trmcore.infer.metadata import ModelMetadata, Provenance
 from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, check_precision, reduce_precision
 from trmcore.infer.runtime import create_session
 from trmcore.training.checkpoint import load_run
-from trmcore.training.runinfo import RunInfo
+from trmcore.training.runinfo import RUN_INFO_FILE, WEIGHTS_FILE, RunInfo
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -131,7 +131,8 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         raise ValueError(f"tolerance must be positive, got {tolerance!r}")
     if out_path.suffix != ".onnx":
         raise ValueError(f"output must be an .onnx file, got {out_path}")
-    check_output_file(out_path, overwrite=overwrite, inputs=[run_dir])
+    inputs = [Path(run_dir) / RUN_INFO_FILE, Path(run_dir) / WEIGHTS_FILE]
+    check_output_file(out_path, overwrite=overwrite, inputs=inputs)
     model, info = load_run(run_dir, device="cpu")
     model.eval()
     divisor = info.divisor
@@ -166,7 +167,7 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
             quantized = onnx.load_from_string(reduced)
             _label(quantized, metadata)
             data = quantized.SerializeToString()
-    atomic_write_bytes(out_path, data, overwrite=overwrite, inputs=[run_dir])
+    atomic_write_bytes(out_path, data, overwrite=overwrite, inputs=inputs)
     return ExportResult(out_path, metadata, exporter, opset, max_diff, allowed, shapes, precision, agreement)
 
 

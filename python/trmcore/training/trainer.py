@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from trmcore import ops
-from trmcore.fileio import ALL_ENTRIES, prepare_output_folder, visible_entries
 from trmcore.data import TaskSpec, few_shot, load_task_volumes, split_cases, volumes_to_slices
 from trmcore.data.geometry import native_geometry
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
+from trmcore.fileio import ALL_ENTRIES, prepare_output_folder, visible_entries
 from trmcore.models import UNet, UNetConfig
 from trmcore.training.checkpoint import (load_run, load_train_state, remove_train_state, save_run,
                                          save_train_state)
@@ -448,8 +448,6 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             model.reset_head(num_classes)
         if config.freeze == "encoder":
             model.freeze_encoder()
-        weighting = create_weighting(config, model.config, data.slices, num_classes, ctx, source)
-        del source
         info = _run_info(model, data, config, task, data_root, method=config.method,
                          source=str(Path(source_run).resolve()))
         info.risk_diagnostics = weighting_diagnostics(weighting, data.slices, info.label_names, ctx, config.risk_base)
@@ -458,6 +456,8 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         info.source_fingerprint = _digest_file(Path(source_run) / "model.safetensors")
         if state is not None:
             _check_same_run(run_dir, info)
+        weighting = create_weighting(config, model.config, data.slices, num_classes, ctx, source)
+        del source
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
         ctx.close()
