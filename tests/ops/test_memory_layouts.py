@@ -147,3 +147,11 @@ def test_hand_made_joint_of_lists_refused():
     logits, labels = _batch()
     with pytest.raises(TypeError, match="joint.sums"):
         ops.pixel_leep(logits, labels, ops.LeepJoint([[1.0, 1.0], [1.0, 1.0]], 4))
+
+
+def test_hand_made_torch_joint_refused_in_eager_mode():
+    torch = pytest.importorskip("torch")
+    logits, labels = _batch()
+    sums = torch.tensor([[1.0, float("nan")], [2.0, 3.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="NaN"):
+        ops.pixel_leep(torch.from_numpy(logits), torch.from_numpy(labels), ops.LeepJoint(sums, 9))
