@@ -146,3 +146,15 @@ def test_empty_half_created_folder_is_removable(tmp_path):
     folder.mkdir()
     remove_output_folder(folder, "train")
     assert not folder.exists()
+
+
+def test_truncated_file_in_an_import_names_the_file(tmp_path):
+    from trmcore.data import import_brats
+
+    from .test_data_importers import _write_brats
+
+    src = _write_brats(tmp_path / "fets", cases=("A_1",), unlabelled=())
+    seg = src / "A_1" / "A_1_seg.nii.gz"
+    _truncate(seg)
+    with pytest.raises(ValueError, match=r"case A_1: cannot read .*A_1_seg\.nii\.gz"):
+        import_brats(src, tmp_path / "out", progress=False)

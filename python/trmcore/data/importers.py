@@ -231,8 +231,10 @@ def _prepare(dst: Path, overwrite: bool, inputs=()) -> None:
 def _load_3d(path: Path, case: str):
     try:
         img = nib.load(str(path))
+        # Read now, once: nibabel is lazy, so a truncated file would fail later without its name.
+        img = img.__class__(np.asanyarray(img.dataobj), img.affine, img.header)
     except Exception as err:
-        raise ValueError(f"case {case}: cannot read {path}: {err}") from None
+        raise ValueError(f"case {case}: cannot read {path}: {type(err).__name__}: {err}") from None
     shape = img.shape
     squeezed = tuple(shape[:3]) if len(shape) > 3 and all(s == 1 for s in shape[3:]) else shape
     if len(squeezed) != 3:
