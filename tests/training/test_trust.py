@@ -16,8 +16,9 @@ from trmcore.cli.main import main
 from trmcore.data import parse_task
 from trmcore.errors import UnsafeFileError, UnsafeOutputError
 from trmcore.fileio import MARKER_FILE, remove_output_folder
+from trmcore.models import UNetConfig
 from trmcore.training.checkpoint import TRAIN_STATE_FILE, load_run, save_run
-from trmcore.training.riskmap import write_risk_maps
+from trmcore.training.riskmap_files import write_risk_maps
 from trmcore.training.trainer import finetune, train
 
 from .helpers import tiny_config
@@ -141,10 +142,10 @@ def test_train_resume_with_other_model_refused(phantom, tmp_path, capsys, change
     task = parse_task("T1", "CSF")
     config = tiny_config(iterations=4, checkpoint_every=1, freeze="none")
     with pytest.raises(Interrupt):
-        train(phantom, task, run, config, depth=2, width=4, progress=False, on_iteration=_stop_at(2))
+        train(phantom, task, run, config, UNetConfig(depth=2, width=4), progress=False, on_iteration=_stop_at(2))
     settings = {**dict(depth=2, width=4), **change}
     with pytest.raises(ValueError, match=match):
-        train(phantom, task, run, config, progress=False, resume=True, **settings)
+        train(phantom, task, run, config, UNetConfig(**settings), progress=False, resume=True)
     flags = [f"--{k}={v}" for k, v in settings.items()]
     code = main(["train", str(phantom), "--channel", "T1", "--labels", "CSF", "-o", str(run), "--resume", "-q",
                  "--iterations", "4", "--batch-size", "4", "--val-every", "2", "--val-fraction", "0.25",
