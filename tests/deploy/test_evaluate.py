@@ -60,7 +60,7 @@ def test_run_scores_held_out_cases_by_default_and_all_on_request(run_dir, phanto
     assert "on 1 held-out case(s) (not used for training)" in printed
     held = json.loads(out.read_text())
     assert [v["case_id"] for v in held["volumes"]] == ["phantom_002"]
-    assert main(["evaluate", str(phantom), "-m", str(run), "-q", "--all", "-o", str(out)]) == 0
+    assert main(["evaluate", str(phantom), "-m", str(run), "-q", "--all", "-o", str(out), "--overwrite"]) == 0
     assert "all cases of the task, training cases included (--all)" in capsys.readouterr().out
     every = json.loads(out.read_text())
     assert [v["case_id"] for v in every["volumes"]] == ["phantom_000", "phantom_001", "phantom_002"]

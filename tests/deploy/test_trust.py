@@ -129,21 +129,24 @@ def test_output_file_checks(tmp_path):
 # ---------------------------------------------------------------------------------------- predict
 def test_concurrent_predict_second_refuses(phantom, onnx_model, tmp_path, monkeypatch):
     """Two runs into one folder: the other run writes the case between our check and our write."""
+    import importlib
+
     from trmcore.infer import predict_files
 
+    module = importlib.import_module("trmcore.infer.predict_files")
     folder = _copy_case(phantom, tmp_path / "in")
     out = tmp_path / "out"
     segmenter = Segmenter(onnx_model, providers="cpu")
     first = predict_files(segmenter, folder, tmp_path / "first", progress=False)
     theirs = first[0].labels_path
-    original = Segmenter.predict_volume
+    original = module.predict_case
 
-    def racing(self, images, progress=False):
+    def racing(*args, **kwargs):
         out.mkdir(exist_ok=True)
         shutil.copy(theirs, out / theirs.name)  # the other `trm predict` finished this case meanwhile
-        return original(self, images, progress=progress)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(Segmenter, "predict_volume", racing)
+    monkeypatch.setattr(module, "predict_case", racing)
     with pytest.raises(FileExistsError, match="exists"):
         predict_files(segmenter, folder, out, progress=False)
     assert file_digest(out / theirs.name) == file_digest(theirs)
