@@ -450,14 +450,14 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             model.freeze_encoder()
         info = _run_info(model, data, config, task, data_root, method=config.method,
                          source=str(Path(source_run).resolve()))
-        info.risk_diagnostics = weighting_diagnostics(weighting, data.slices, info.label_names, ctx, config.risk_base)
-        if info.risk_diagnostics is not None and ctx.is_main and (progress or info.risk_diagnostics["warnings"]):
-            report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
         info.source_fingerprint = _digest_file(Path(source_run) / "model.safetensors")
         if state is not None:
             _check_same_run(run_dir, info)
         weighting = create_weighting(config, model.config, data.slices, num_classes, ctx, source)
         del source
+        info.risk_diagnostics = weighting_diagnostics(weighting, data.slices, info.label_names, ctx, config.risk_base)
+        if info.risk_diagnostics is not None and ctx.is_main and (progress or info.risk_diagnostics["warnings"]):
+            report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
         ctx.close()
