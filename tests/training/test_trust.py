@@ -213,7 +213,8 @@ def test_riskmap_never_through_a_symlink_and_never_over_existing_maps(phantom, s
     assert main(args) == 0
     capsys.readouterr()
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["phantom_000.png", "phantom_000_risk.nii.gz", "phantom_000_transferability.nii.gz"]
+    assert written == ["phantom_000.png", "phantom_000_risk.nii.gz", "phantom_000_transferability.nii.gz",
+                       "risk_diagnostics.json"]
     digest = (out / "phantom_000_risk.nii.gz").read_bytes()
     assert main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
@@ -237,6 +238,6 @@ def test_riskmap_failure_mid_write_leaves_no_partial_map(phantom, source_run, tm
     monkeypatch.setattr(nib.Nifti1Image, "to_filename", dying)
     with pytest.raises(KeyboardInterrupt):
         write_risk_maps(phantom, source_run, out, "T2", "CSF", cases=["phantom_000"], progress=False)
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name.endswith(".nii.gz"))
     assert names == ["phantom_000_transferability.nii.gz"]  # the risk map is absent, not 2 bytes
     assert nib.load(str(out / names[0])).shape == nib.load(str(phantom / "imagesTr" / "phantom_000_0000.nii.gz")).shape

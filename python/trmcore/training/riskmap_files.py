@@ -125,7 +125,8 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     names = lambda case: [f"{case}_transferability.nii.gz", f"{case}_risk.nii.gz"] + (  # noqa: E731
         [f"{case}_transferability_after.nii.gz", f"{case}_risk_after.nii.gz"] if after_run is not None else []
     ) + [f"{case}.png"]
-    for volume in volumes:  # refuse before computing anything
+    check_output_file(out_dir / "risk_diagnostics.json", overwrite=overwrite)  # refuse before computing anything
+    for volume in volumes:
         for name in names(volume.case_id):
             check_output_file(out_dir / name, overwrite=overwrite)
     num_classes = task_info.num_classes
