@@ -14,7 +14,7 @@ from trmcore.training import METHODS
 from trmcore.training.checkpoint import TRAIN_STATE_FILE, load_run
 from trmcore.training.trainer import finetune, train
 
-from .helpers import tiny_config
+from .helpers import Interrupt, stop_at, tiny_config
 
 TARGET = parse_task("T2", "CSF")
 
@@ -88,25 +88,13 @@ def test_unfrozen_encoder_changes(phantom, source_run, tmp_path):
     assert not torch.equal(source.encoder.levels[0][1].running_mean, tuned.encoder.levels[0][1].running_mean)
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _stop_at(n):
-    def callback(done):
-        if done == n:
-            raise Interrupt
-
-    return callback
-
-
 @pytest.mark.parametrize("refresh", [0, 2])
 def test_resume_equals_uninterrupted(phantom, source_run, tmp_path, refresh):
     config = tiny_config(method="trm", iterations=6, val_every=3, checkpoint_every=2, risk_refresh=refresh,
                          freeze="none" if refresh else "encoder")
     finetune(phantom, TARGET, source_run, tmp_path / "whole", config, progress=False)
     with pytest.raises(Interrupt):
-        finetune(phantom, TARGET, source_run, tmp_path / "cut", config, progress=False, on_iteration=_stop_at(5))
+        finetune(phantom, TARGET, source_run, tmp_path / "cut", config, progress=False, on_iteration=stop_at(5))
     assert (tmp_path / "cut" / TRAIN_STATE_FILE).exists()
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["iterations_done"] == 4
     finetune(phantom, TARGET, source_run, tmp_path / "cut", config, progress=False, resume=True)
@@ -121,7 +109,7 @@ def test_resume_equals_uninterrupted(phantom, source_run, tmp_path, refresh):
 def test_resume_with_changed_method_refused(phantom, source_run, tmp_path):
     config = tiny_config(method="trm", iterations=4, checkpoint_every=1)
     with pytest.raises(Interrupt):
-        finetune(phantom, TARGET, source_run, tmp_path / "r", config, progress=False, on_iteration=_stop_at(2))
+        finetune(phantom, TARGET, source_run, tmp_path / "r", config, progress=False, on_iteration=stop_at(2))
     with pytest.raises(ValueError, match="method"):
         finetune(phantom, TARGET, source_run, tmp_path / "r", tiny_config(method="vanilla", iterations=4,
                                                                           checkpoint_every=1),

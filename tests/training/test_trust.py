@@ -21,21 +21,9 @@ from trmcore.training.checkpoint import TRAIN_STATE_FILE, load_run, save_run
 from trmcore.training.riskmap_files import write_risk_maps
 from trmcore.training.trainer import finetune, train
 
-from .helpers import tiny_config
+from .helpers import Interrupt, stop_at, tiny_config
 
 TARGET = parse_task("T2", "CSF")
-
-
-class Interrupt(Exception):
-    pass
-
-
-def _stop_at(n):
-    def callback(done):
-        if done == n:
-            raise Interrupt
-
-    return callback
 
 
 class _Payload:
@@ -85,7 +73,7 @@ def test_resume_state_holds_only_plain_values(phantom, source_run, tmp_path):
     with pytest.raises(Interrupt):
         finetune(phantom, TARGET, source_run, tmp_path / "r", tiny_config(method="trm", iterations=4,
                                                                           checkpoint_every=1),
-                 progress=False, on_iteration=_stop_at(2))
+                 progress=False, on_iteration=stop_at(2))
     state = torch.load(tmp_path / "r" / TRAIN_STATE_FILE, weights_only=True)  # loads without any allow-list
     assert state["iteration"] == 2
 
@@ -95,7 +83,7 @@ def interrupted(phantom, source_run, tmp_path):
     run = tmp_path / "cut"
     with pytest.raises(Interrupt):
         finetune(phantom, TARGET, source_run, run, tiny_config(method="trm", iterations=4, checkpoint_every=1),
-                 progress=False, on_iteration=_stop_at(2))
+                 progress=False, on_iteration=stop_at(2))
     return run
 
 
@@ -142,7 +130,7 @@ def test_train_resume_with_other_model_refused(phantom, tmp_path, capsys, change
     task = parse_task("T1", "CSF")
     config = tiny_config(iterations=4, checkpoint_every=1, freeze="none")
     with pytest.raises(Interrupt):
-        train(phantom, task, run, config, UNetConfig(depth=2, width=4), progress=False, on_iteration=_stop_at(2))
+        train(phantom, task, run, config, UNetConfig(depth=2, width=4), progress=False, on_iteration=stop_at(2))
     settings = {**dict(depth=2, width=4), **change}
     with pytest.raises(ValueError, match=match):
         train(phantom, task, run, config, UNetConfig(**settings), progress=False, resume=True)

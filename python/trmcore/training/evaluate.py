@@ -70,14 +70,14 @@ def evaluate_volumes(model: nn.Module, volumes: Sequence, label_names: Sequence[
     return summarize(results, names, scope)
 
 
-def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, labels: Optional[str] = None,
-                 site: Optional[str] = None, cases: Optional[Sequence[str]] = None, device: Optional[str] = None,
-                 batch_size: int = 16, progress: bool = True, sites=None, resample: bool = True,
-                 scope: str = "") -> EvaluationResult:
-    """Load a run and evaluate it on a dataset's task (channels/labels default to the run's own).
+def load_run_task(run_dir, data_root, channel: Optional[str] = None, labels: Optional[str] = None,
+                  site: Optional[str] = None, *, cases: Optional[Sequence[str]] = None, device: Optional[str] = None,
+                  progress: bool = True, sites=None, resample: bool = True, what: str = "run"):
+    """A run and a dataset task's volumes on that run's grid and normalisation.
 
-    Volumes are loaded on the run's recorded grid and normalisation
-    (``resample=False``: as stored); ``scope`` describes ``cases`` in the table.
+    Channels and labels default to the run's own; ``resample=False`` keeps the
+    volumes as stored. ``what`` names the run in geometry warnings ("run",
+    "source run"). Returns ``(model, info, volumes, task_info, device)``.
     """
     from trmcore.data import load_task_volumes, parse_task
     from trmcore.training.checkpoint import load_run
@@ -87,8 +87,23 @@ def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, la
     model, info = load_run(run_dir, device=resolved)
     task = parse_task(channel or info.channels, labels or info.label_names[1:], site)
     volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites,
-                                           geometry=info.geometry(f"run {run_dir}", resample),
+                                           geometry=info.geometry(f"{what} {run_dir}", resample),
                                            normalization=info.normalization)
+    return model, info, volumes, task_info, resolved
+
+
+def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, labels: Optional[str] = None,
+                 site: Optional[str] = None, cases: Optional[Sequence[str]] = None, device: Optional[str] = None,
+                 batch_size: int = 16, progress: bool = True, sites=None, resample: bool = True,
+                 scope: str = "") -> EvaluationResult:
+    """Load a run and evaluate it on a dataset's task (channels/labels default to the run's own).
+
+    Volumes are loaded on the run's recorded grid and normalisation
+    (``resample=False``: as stored); ``scope`` describes ``cases`` in the table.
+    """
+    loaded = load_run_task(run_dir, data_root, channel, labels, site, cases=cases, device=device,
+                           progress=progress, sites=sites, resample=resample, what="run")
+    model, info, volumes, task_info, resolved = loaded
     check_task_matches(info, task_info, run_dir)
     return evaluate_volumes(model, volumes, task_info.label_names, info.axis, info.divisor, resolved,
                             batch_size, progress=progress, scope=scope)

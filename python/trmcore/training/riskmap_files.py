@@ -108,16 +108,12 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     The source model's own head defines the dummy labels (Z outputs), whatever
     the target label set; ``after_run`` (a fine-tuned run) is scored with its head.
     """
-    from trmcore.data import load_task_volumes, parse_task
     from trmcore.training.checkpoint import load_run
-    from trmcore.training.distributed import resolve_device
+    from trmcore.training.evaluate import load_run_task
 
-    resolved = resolve_device(device)
-    source, source_info = load_run(source_run, device=resolved)
-    task = parse_task(channel or source_info.channels, labels or source_info.label_names[1:], site)
-    volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites,
-                                           geometry=source_info.geometry(f"source run {source_run}", resample),
-                                           normalization=source_info.normalization)
+    source, source_info, volumes, task_info, resolved = load_run_task(
+        source_run, data_root, channel, labels, site, cases=cases, device=device, progress=progress,
+        sites=sites, resample=resample, what="source run")
     if len(task_info.channels) != source_info.model.in_channels:
         raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s), "
                          f"the task gives {task_info.channels}")

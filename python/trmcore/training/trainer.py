@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from trmcore.training.checkpoint import (load_run, load_train_state, remove_trai
                                          save_train_state)
 from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import DistContext, setup_distributed
-from trmcore.training.evaluate import EvaluationResult, check_task_matches, evaluate_volumes
+from trmcore.training.evaluate import EvaluationResult, evaluate_volumes
 from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
 from trmcore.training.metrics import MetricsLog
 from trmcore.training.normalization import foreground_per_slice, loss_normalization
