@@ -68,6 +68,19 @@ def test_rank_cli_sorts_and_writes_json(phantom, tmp_path, capsys):
     assert "LEEP" in capsys.readouterr().out
 
 
+
+def test_rank_cli_refuses_existing_output_without_overwrite(phantom, tmp_path, capsys):
+    a = make_source(tmp_path / "a", seed=1)
+    out = tmp_path / "rank.json"
+    out.write_text("mine\n")
+    args = ["rank", str(phantom), "--channel", "T1", "--labels", "CSF", "--sources", str(a), "-o", str(out)]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "mine\n"
+    assert main([*args[:-2], "-o", str(phantom / "dataset.json"), "--overwrite"]) == 2  # an input, even so
+    assert "input" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads(out.read_text())["ranking"][0]["source"] == str(a)
+
 def test_rank_bad_sources(phantom, tmp_path, capsys):
     assert main(["rank", str(phantom), "--channel", "T1", "--labels", "CSF", "--sources", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
-from trmcore.fileio import atomic_write_json
+from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.selection.affinity import AffinityConfig
 from trmcore.selection.rank import RankConfig
 from trmcore.selection.similarity import PCA_OUTPUTS
@@ -239,6 +239,7 @@ def _register_rank(subparsers: argparse._SubParsersAction) -> None:
                         help="fine-tuning method for --validate (default %(default)s)")
     parser.add_argument("--work-dir", type=Path, help="where --validate writes its runs (default: temporary)")
     add_output(parser, help="write the ranking as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
     parser.set_defaults(func=_run_rank)
 
 
@@ -248,6 +249,9 @@ def _run_rank(args: argparse.Namespace) -> int:
     config = RankConfig(channel=args.channel, labels=args.labels, site=args.site, val_fraction=args.val_fraction,
                         shots=args.shots, axis=args.axis, divisor=args.divisor, batch_size=args.batch_size,
                         device=args.device, seed=args.seed, resample=not args.no_resample)
+    inputs = [args.data, *args.sources]
+    if args.output:  # refuse before scoring every source
+        check_output_file(args.output, overwrite=args.overwrite, inputs=inputs)
     ranking = rank_sources(args.data, args.sources, config)
     payload = {"target": {"data": str(args.data), "channel": args.channel, "labels": args.labels, "site": args.site},
                "ranking": [r.to_json() for r in ranking]}
@@ -264,7 +268,7 @@ def _run_rank(args: argparse.Namespace) -> int:
         print(f"Kendall tau(LEEP, Dice) = {validation.tau:+.3f} (p = {validation.p_value:.3g}, n = {len(ranking)})")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.output, payload, overwrite=True, indent=1, inputs=[args.data])
+        atomic_write_json(args.output, payload, overwrite=args.overwrite, indent=1, inputs=inputs)
         print(f"wrote {args.output}")
     return 0
 
