@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 
-from trmcore.fileio import atomic_write_text, check_output_file, save_image
+from trmcore.fileio import check_output_file
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii\.gz|\.nii)$")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -192,11 +192,6 @@ def output_complete(path: Path, reference, channels: Optional[int] = None) -> bo
         return False
 
 
-def save_json_atomic(record: dict, out_path: Path, overwrite: bool = False) -> None:
-    """Write ``record`` as indented JSON through :func:`trmcore.fileio.atomic_write_text`."""
-    atomic_write_text(Path(out_path), json.dumps(record, indent=2, default=str) + "\n", overwrite=overwrite)
-
-
 def image_like(data: np.ndarray, reference, dtype: np.dtype):
     """A NIfTI image of ``data`` with ``reference``'s affine and header (dtype and scaling reset)."""
     header = reference.header.copy()
@@ -210,13 +205,6 @@ def image_like(data: np.ndarray, reference, dtype: np.dtype):
     image.header["cal_min"] = 0
     image.header["cal_max"] = 0
     return image
-
-
-def save_atomic(image, out_path: Path, overwrite: bool = False) -> None:
-    """Write through :func:`trmcore.fileio.save_image`: same-folder temporary file, fsync, rename; never
-    through a symbolic link; with ``overwrite`` False an existing file (or one another run wrote
-    meanwhile) is refused, so two runs into one folder cannot both write a case."""
-    save_image(image, Path(out_path), overwrite=overwrite)
 
 
 def probabilities_path(label_path: Path) -> Path:

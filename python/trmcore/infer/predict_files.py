@@ -12,6 +12,7 @@ written with the input's affine and header.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from trmcore.data.geometry import Geometry, plan_grid
+from trmcore.fileio import atomic_write_text, save_image
 from trmcore.infer.nifti_files import (declared_channel_names, find_cases, image_like, load_case, output_complete,
-                                       plan_outputs, provenance_path, save_atomic, save_json_atomic)
+                                       plan_outputs, provenance_path)
 from trmcore.infer.segmenter import Segmenter, label_dtype, softmax
 
 
@@ -139,9 +141,11 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
             labels = values[probs.argmax(axis=0)]
             if prob_path is not None:
                 # [X, Y, Z, C]: NIfTI keeps the 4th axis last
-                save_atomic(image_like(np.moveaxis(probs, 0, -1), images[0], np.dtype(np.float32)), prob_path,
-                            overwrite or resume)
-            save_atomic(image_like(labels, images[0], dtype), labels_path, overwrite or resume)
+                save_image(image_like(np.moveaxis(probs, 0, -1), images[0], np.dtype(np.float32)), prob_path,
+                           overwrite=overwrite or resume)
+            # Without overwrite an existing file (or one another run wrote meanwhile) is refused,
+            # so two runs into one folder cannot both write a case.
+            save_image(image_like(labels, images[0], dtype), labels_path, overwrite=overwrite or resume)
             found, counts = np.unique(labels, return_counts=True)
             results.append(PredictedCase(case.case_id, labels_path, prob_path,
                                          {int(v): int(c) for v, c in zip(found, counts)}))
@@ -149,8 +153,9 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
             bar.update(1)
     if bar is not None:
         bar.close()
-    save_json_atomic(provenance(segmenters, geometries, cases, results, arguments, mirror),
-                     provenance_path(input_path, output), overwrite or resume)
+    record = provenance(segmenters, geometries, cases, results, arguments, mirror)
+    atomic_write_text(provenance_path(input_path, output), json.dumps(record, indent=2, default=str) + "\n",
+                      overwrite=overwrite or resume)
     return results
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from trmcore.errors import UnsafeFileError
+from trmcore.fileio import atomic_write_bytes
 from trmcore.models.unet import UNet
-from trmcore.training.runinfo import (RUN_INFO_FILE, WEIGHTS_FILE, RunInfo, atomic_write_bytes, read_run_info,
-                                      write_run_info)
+from trmcore.training.runinfo import RUN_INFO_FILE, WEIGHTS_FILE, RunInfo, read_run_info, write_run_info
 
 TRAIN_STATE_FILE = "train_state.pt"
 
@@ -49,7 +49,7 @@ def save_run(run_dir: Union[str, Path], model: UNet, info: RunInfo) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = save(_state_dict_cpu(model), metadata={"format": "pt", "trmcore_version": info.trmcore_version})
-    atomic_write_bytes(run_dir / WEIGHTS_FILE, data)
+    atomic_write_bytes(run_dir / WEIGHTS_FILE, data, overwrite=True)
     write_run_info(run_dir, info)
     return run_dir
 
@@ -115,7 +115,7 @@ def save_train_state(run_dir: Union[str, Path], state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save(_plain(state), buffer)
     path = Path(run_dir) / TRAIN_STATE_FILE
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), overwrite=True)
     return path
 
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from trmcore.training.runinfo import atomic_write_bytes
+from trmcore.fileio import atomic_write_bytes
 
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
@@ -43,7 +43,7 @@ class MetricsLog:
         for row in self.rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in self.columns})
         path = Path(run_dir) / METRICS_FILE
-        atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+        atomic_write_bytes(path, buffer.getvalue().encode("utf-8"), overwrite=True)
         return path
 
     def plot(self, run_dir: Union[str, Path], title: str = "") -> Optional[Path]:
@@ -81,5 +81,5 @@ class MetricsLog:
         fig.savefig(buffer, format="png", dpi=100)
         plt.close(fig)
         path = Path(run_dir) / CURVES_FILE
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue(), overwrite=True)
         return path

@@ -173,10 +173,9 @@ def write_volume_diagnostics(out_dir: Any, before: Sequence[Any], after: Optiona
 
     Printed when ``show`` or when a map is flagged. Returns (path, {"before", "after", **settings}).
     """
-    import json
     from pathlib import Path
 
-    from trmcore.training.runinfo import atomic_write_bytes
+    from trmcore.fileio import atomic_write_json
 
     diagnostics = {"before": volume_diagnostics(before, labels, class_names, base),
                    "after": None if after is None else volume_diagnostics(after, labels, class_names, base),
@@ -185,7 +184,7 @@ def write_volume_diagnostics(out_dir: Any, before: Sequence[Any], after: Optiona
         if summary is not None and (show or summary["warnings"]):
             report(summary, title)
     path = Path(out_dir) / "risk_diagnostics.json"
-    atomic_write_bytes(path, (json.dumps(diagnostics, indent=2) + "\n").encode())
+    atomic_write_json(path, diagnostics, overwrite=True)
     return path, diagnostics
 
 

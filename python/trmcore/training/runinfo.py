@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Union
 
 from trmcore import __version__
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
-from trmcore.fileio import atomic_write_bytes as _atomic_write_bytes
+from trmcore.fileio import atomic_write_bytes
 from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
 
@@ -120,14 +120,9 @@ class RunInfo:
         return cls.from_dict(json.loads(text))
 
 
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (:func:`trmcore.fileio.atomic_write_bytes`, overwrite=True)."""
-    _atomic_write_bytes(path, data, overwrite=True)
-
-
 def write_run_info(run_dir: Union[str, Path], info: RunInfo) -> Path:
     path = Path(run_dir) / RUN_INFO_FILE
-    atomic_write_bytes(path, (info.to_json() + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (info.to_json() + "\n").encode("utf-8"), overwrite=True)
     return path
 
 
