@@ -65,8 +65,14 @@ def test_path_writes_choice_and_plot(affinity_dir, tmp_path, capsys):
     assert f"cost {direct['cost']:.4f}" in out and f"cost {payload['chosen']['cost']:.4f}" in out
     assert "chosen - best direct" in out and "W compares PCA scores" in out
 
+    # An existing path.json is an earlier output: refused before any work, replaced with --overwrite.
+    before = (tmp_path / "path.json").read_bytes()
     assert main(["path", str(affinity_dir), "--target", "site-C/T1/CSF", "--communities", "3", "--allow-direct",
-                 "-o", str(tmp_path)]) == 0
+                 "-o", str(tmp_path)]) == 2
+    assert "path.json exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "path.json").read_bytes() == before
+    assert main(["path", str(affinity_dir), "--target", "site-C/T1/CSF", "--communities", "3", "--allow-direct",
+                 "-o", str(tmp_path), "--overwrite"]) == 0
     literal = json.loads((tmp_path / "path.json").read_text())
     assert literal["allow_direct"] is True and literal["chosen"] == literal["best_direct"] == direct
     assert "direct paths included" in capsys.readouterr().out
@@ -141,3 +147,35 @@ def test_all_tasks_enumerates_site_channel_label_sets(phantom):
     # 3 sites x 3 channels x (6 single labels + all 6 together)
     assert len(names) == 63 and len(set(names)) == 63
     assert "site-B/FLAIR/CSF+GM+WM+NCR+ED+ET" in names
+
+
+def test_existing_outputs_need_overwrite(phantom, tmp_path, capsys):
+    """affinity, affinity fit and path refuse to replace an earlier output (or an input) without --overwrite."""
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("site-A/T1/CSF\nsite-B/T1/CSF\nsite-A/T2/CSF\n")
+    out = tmp_path / "aff"
+    args = ["affinity", str(phantom), "--tasks", str(tasks), "-o", str(out), "--size", "8", "--samples", "2", "-q"]
+    assert main(args) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(args) == 2
+    assert "W.csv exists; pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    assert main(args + ["--overwrite"]) == 0
+    assert all((out / n).stat().st_mtime_ns > stamps[n] for n in ("W.csv", "affinity.json", "affinity.png"))
+    # The tasks file is an input: never an output, even with --overwrite.
+    tasks_in_out = out / "d.csv"
+    assert main(["affinity", str(phantom), "--tasks", str(tasks_in_out), "-o", str(out), "--overwrite", "-q"]) == 2
+    assert "is an input file" in capsys.readouterr().err
+
+    results = tmp_path / "results.csv"
+    results.write_text("path,dice\n\"site-A/T1/CSF,site-B/T1/CSF\",0.8\n\"site-A/T2/CSF,site-B/T1/CSF\",0.7\n"
+                       "\"site-A/T2/CSF,site-A/T1/CSF,site-B/T1/CSF\",0.75\n")
+    assert main(["affinity", "fit", str(out), "--results", str(results)]) == 0
+    assert main(["affinity", "fit", str(out), "--results", str(results)]) == 2
+    assert "fit.json exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["affinity", "fit", str(out), "--results", str(results), "--overwrite"]) == 0
+
+    assert main(["path", str(out), "--target", "site-B/T1/CSF"]) == 0
+    assert main(["path", str(out), "--target", "site-B/T1/CSF"]) == 2
+    assert "path.json exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["path", str(out), "--target", "site-B/T1/CSF", "--overwrite"]) == 0

@@ -33,6 +33,33 @@ def test_transfer_path_runs_each_hop_and_direct(phantom, tmp_path, capsys):
     assert hop2["source"].endswith("hop1-site-A_T2_GM")
     assert "sequential - direct" in capsys.readouterr().out or report["direct"]["val_dice"] is None
 
+    # The folder is this command's output: a second run needs --overwrite, which replaces only that output.
+    args = ["transfer-path", str(phantom), "--path", "site-A/T1/CSF,site-B/T2/CSF", "--source", str(src),
+            "-o", str(out), "--method", "vanilla", "--iterations", "2", "--device", "cpu"]
+    assert main(args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (out / "hop2-site-B_T2_CSF" / "run.json").is_file()
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "hop2-site-B_T2_CSF").exists() and (out / "hop1-site-B_T2_CSF" / "run.json").is_file()
+    assert [h["task"] for h in json.loads((out / "transfer_path.json").read_text())["hops"]] == ["site-B/T2/CSF"]
+
+
+def test_transfer_path_never_replaces_a_foreign_folder(phantom, tmp_path, capsys):
+    src = make_source(tmp_path / "src", seed=0, num_classes=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = ["transfer-path", str(phantom), "--path", "site-A/T1/CSF,site-B/T2/CSF", "--source", str(src),
+            "-o", str(mine), "--iterations", "2", "--device", "cpu"]
+    assert main(args) == 2
+    assert main(args + ["--overwrite"]) == 2
+    assert "not made by `trm transfer-path`" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+    # The source run is an input: never the output folder.
+    assert main(["transfer-path", str(phantom), "--path", "site-A/T1/CSF,site-B/T2/CSF", "--source", str(src),
+                 "-o", str(src), "--overwrite"]) == 2
+    assert (src / "model.safetensors").is_file()
+
 
 def test_transfer_path_bad_input(phantom, tmp_path, capsys):
     src = make_source(tmp_path / "src", seed=0, num_classes=2)

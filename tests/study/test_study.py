@@ -220,6 +220,13 @@ def test_bad_input_is_refused(tmp_path, capsys):
     assert main(["reproduce", "-o", str(tmp_path / "x"), "--profile", "tiny", "--data", str(tmp_path / "none")]) == 2
     assert "no dataset.json" in capsys.readouterr().err
     assert not (tmp_path / "x" / "runs").exists()
+    # A non-empty folder that holds no study is not the study's to write into (nothing is added to it).
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["reproduce", "-o", str(mine), "--profile", "tiny", "--tables", "fig2"]) == 2
+    assert "holds no study (no study.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
 def test_study_folder_refuses_other_settings(tmp_path):

@@ -72,8 +72,20 @@ def _register_affinity(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-resample", action="store_true",
                         help="use volumes as stored (default: every task's volumes reoriented to RAS)")
     parser.add_argument("--results", type=Path, help="with 'fit': CSV with columns path,dice")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing W/S/d/affinity outputs (or fit.json with 'fit'); never an input")
     add_quiet(parser)
     parser.set_defaults(func=_run_affinity)
+
+
+AFFINITY_OUTPUTS = ("W.csv", "S.csv", "d.csv", "affinity.json", "affinity.png")
+PATH_OUTPUTS = ("path.json", "path.png")
+
+
+def _check_outputs(folder: Path, names, overwrite: bool, inputs) -> None:
+    """Refuse before any work: an existing output without --overwrite, an input, a symbolic link."""
+    for name in names:
+        check_output_file(folder / name, overwrite=overwrite, inputs=inputs)
 
 
 def _run_affinity(args: argparse.Namespace) -> int:
@@ -93,12 +105,14 @@ def _run_affinity(args: argparse.Namespace) -> int:
     config = AffinityConfig(size=args.size, samples=args.samples, variance=args.variance, pca_output=args.pca_output,
                             seed=args.seed, alpha=args.alpha, beta=args.beta, workers=args.workers,
                             progress=not args.quiet, resample=not args.no_resample)
+    inputs = [args.data, args.sites_csv] + ([args.tasks] if args.tasks != "all" else [])
+    _check_outputs(args.output, AFFINITY_OUTPUTS, args.overwrite, inputs)
     layout = DatasetLayout.read(args.data, sites=args.sites_csv)
     tasks = resolve_tasks(args.tasks, layout)
     print(f"{len(tasks)} tasks, up to {config.samples} volumes each, resized to {config.size}^3")
     result = affinity_from_dataset(args.data, tasks, config, sites=layout.sites)
-    written = result.save(args.output)
-    written.append(plot_affinity(result, args.output / "affinity.png"))
+    written = result.save(args.output, overwrite=args.overwrite)
+    written.append(plot_affinity(result, args.output / "affinity.png", overwrite=args.overwrite))
     _print_matrix("d", result.names, result.d)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -119,9 +133,10 @@ def _run_fit(args: argparse.Namespace) -> int:
         raise ValueError("usage: trm affinity fit DIR --results CSV")
     if args.results is None:
         raise ValueError("--results CSV (columns path,dice) is required for `trm affinity fit`")
+    _check_outputs(args.dir, ("fit.json",), args.overwrite, [args.results, args.dir / "affinity.json"])
     affinity = AffinityResult.load(args.dir)
     fit = fit_weights(affinity, read_results(args.results))
-    path = save_fit(fit, args.dir)
+    path = save_fit(fit, args.dir, overwrite=args.overwrite)
     print(f"fitted on {fit.n_results} paths: alpha = {fit.alpha:.6g}, beta = {fit.beta:.6g} "
           f"(scale fixed at beta = 1; ratio alpha/beta is what counts)")
     print(f"corr(cost, dice): {fit.correlation:+.4f} fitted, {fit.default_correlation:+.4f} with "
@@ -158,6 +173,7 @@ def _register_path(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fit", action="store_true", help="use alpha, beta from DIR/fit.json")
     parser.add_argument("--top", type=int, default=10, help="candidates to print (default %(default)s)")
     add_output(parser, help="output folder (default: DIR)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing path.json / path.png")
     parser.set_defaults(func=_run_path)
 
 
@@ -167,6 +183,8 @@ def _run_path(args: argparse.Namespace) -> int:
     from trmcore.selection.path import select_paths
     from trmcore.selection.plots import plot_task_graph
 
+    out = args.output or args.dir
+    _check_outputs(out, PATH_OUTPUTS, args.overwrite, [args.dir / "affinity.json", args.dir / "fit.json"])
     affinity = AffinityResult.load(args.dir)
     alpha, beta = affinity.alpha, affinity.beta
     if args.fit:
@@ -181,11 +199,10 @@ def _run_path(args: argparse.Namespace) -> int:
                              sources=args.sources, allow_direct=args.allow_direct)
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
-    out = args.output or args.dir
     out.mkdir(parents=True, exist_ok=True)
     payload = dict(selection.to_json(), alpha=alpha, beta=beta)
-    atomic_write_json(out / "path.json", payload, overwrite=True, indent=1)
-    plot_task_graph(selection.graph, selection, out / "path.png")
+    atomic_write_json(out / "path.json", payload, overwrite=args.overwrite, indent=1)
+    plot_task_graph(selection.graph, selection, out / "path.png", overwrite=args.overwrite)
     print(f"d = {alpha:g} W + {beta:g} (1 - S); {len(selection.communities)} communities, "
           f"landmarks: {', '.join(selection.landmarks) or '-'}")
     image_term = affinity.config.get("pca_output")
@@ -296,13 +313,19 @@ def _register_transfer_path(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     parser.add_argument("--seed", type=int, default=TransferPathConfig.seed, help="seed (default %(default)s)")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-transfer comparison")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier `trm transfer-path` output in -o (never another folder)")
     add_quiet(parser)
     parser.set_defaults(func=_run_transfer_path)
 
 
 def _run_transfer_path(args: argparse.Namespace) -> int:
+    from trmcore.fileio import ALL_ENTRIES, prepare_output_folder
     from trmcore.selection.transfer import transfer_along_path
 
+    # The folder holds one run per hop: it belongs to this command, so --overwrite may clear only its own output.
+    prepare_output_folder(args.output, "transfer-path", [ALL_ENTRIES], overwrite=args.overwrite,
+                          inputs=[args.data, args.source])
     config = TransferPathConfig(method=args.method, iterations=args.iterations, shots=args.shots,
                                 device=args.device, seed=args.seed, direct=not args.no_direct,
                                 progress=not args.quiet)

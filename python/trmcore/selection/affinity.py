@@ -175,14 +175,14 @@ class AffinityResult:
     def with_weights(self, alpha: float, beta: float) -> "AffinityResult":
         return AffinityResult(self.tasks, self.n_cases, self.n_sampled, self.W, self.S, alpha, beta, self.config)
 
-    def save(self, out_dir: Path) -> List[Path]:
-        """Write W/S/d as CSV and ``affinity.json``; returns the written paths."""
+    def save(self, out_dir: Path, overwrite: bool = True) -> List[Path]:
+        """Write W/S/d as CSV and ``affinity.json`` (an existing file only with ``overwrite``); the written paths."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for key, matrix in (("W", self.W), ("S", self.S), ("d", self.d)):
             path = out_dir / f"{key}.csv"
-            _write_matrix_csv(path, self.names, matrix)
+            _write_matrix_csv(path, self.names, matrix, overwrite)
             written.append(path)
         payload = {
             "tasks": [dict(task.to_json(), n_cases=n, n_sampled=k)
@@ -192,7 +192,7 @@ class AffinityResult:
             "config": self.config,
         }
         path = out_dir / "affinity.json"
-        atomic_write_json(path, payload, overwrite=True, indent=1)
+        atomic_write_json(path, payload, overwrite=overwrite, indent=1)
         written.append(path)
         return written
 
@@ -214,10 +214,10 @@ def task_distance(W: np.ndarray, S: np.ndarray, alpha: float = DEFAULT_ALPHA, be
     return alpha * np.asarray(W) + beta * (1.0 - np.asarray(S))
 
 
-def _write_matrix_csv(path: Path, names: Sequence[str], matrix: np.ndarray) -> None:
+def _write_matrix_csv(path: Path, names: Sequence[str], matrix: np.ndarray, overwrite: bool) -> None:
     lines = ["task," + ",".join(names)]
     lines += [name + "," + ",".join(f"{v:.10g}" for v in row) for name, row in zip(names, matrix)]
-    atomic_write_text(path, "\n".join(lines) + "\n", overwrite=True)
+    atomic_write_text(path, "\n".join(lines) + "\n", overwrite=overwrite)
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:

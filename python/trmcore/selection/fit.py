@@ -147,9 +147,10 @@ def fit_weights(affinity: AffinityResult, results: Sequence[MeasuredPath]) -> We
     return WeightFit(alpha, beta, objective(theta), default, len(results))
 
 
-def save_fit(fit: WeightFit, directory: Path) -> Path:
+def save_fit(fit: WeightFit, directory: Path, overwrite: bool = True) -> Path:
+    """Write ``DIR/fit.json`` (an existing one only with ``overwrite``)."""
     path = Path(directory) / "fit.json"
-    atomic_write_json(path, fit.to_json(), overwrite=True, indent=1)
+    atomic_write_json(path, fit.to_json(), overwrite=overwrite, indent=1)
     return path
 
 

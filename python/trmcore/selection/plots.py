@@ -18,7 +18,7 @@ def _pyplot():
     return plt
 
 
-def plot_affinity(affinity, path: Path) -> Path:
+def plot_affinity(affinity, path: Path, overwrite: bool = True) -> Path:
     """Heatmaps of W, S and d side by side, task names on the axes; writes a PNG."""
     plt = _pyplot()
     names = affinity.names
@@ -34,12 +34,12 @@ def plot_affinity(affinity, path: Path) -> Path:
         ax.set_xticks(range(n), names, rotation=90, fontsize=7)
         ax.set_yticks(range(n), names, fontsize=7)
         fig.colorbar(image, ax=ax, shrink=0.8)
-    save_figure(fig, path, overwrite=True, dpi=110)
+    save_figure(fig, path, overwrite=overwrite, dpi=110)
     plt.close(fig)
     return Path(path)
 
 
-def plot_task_graph(graph, selection, path: Path) -> Path:
+def plot_task_graph(graph, selection, path: Path, overwrite: bool = True) -> Path:
     """The task graph: communities coloured, landmarks as squares, the chosen path in red, the best direct path dashed."""
     import networkx as nx
 
@@ -72,6 +72,6 @@ def plot_task_graph(graph, selection, path: Path) -> Path:
     nx.draw_networkx_labels(graph, layout, ax=ax, font_size=7)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-    save_figure(fig, path, overwrite=True, dpi=110)
+    save_figure(fig, path, overwrite=overwrite, dpi=110)
     plt.close(fig)
     return Path(path)

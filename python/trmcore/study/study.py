@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from trmcore.fileio import atomic_write_json
+from trmcore.fileio import atomic_write_json, visible_entries
 from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
 from trmcore.study.profiles import StudyProfile, get_profile
 from trmcore.study.runner import RunSummary, StudyContext, load_results, run_grid
@@ -85,6 +85,10 @@ def _check_study_folder(out: Path, profile: StudyProfile, datasets: Dict[str, Op
     """
     record = {"profile": profile.to_dict(), "datasets": datasets}
     marker = out / "study.json"
+    if not marker.is_file() and visible_entries(out):
+        # A study resumes in its own folder; any other non-empty folder is not ours to write into.
+        raise FileExistsError(f"{out} exists, is not empty and holds no study (no study.json); "
+                              "choose a new -o, or the folder of an earlier `trm reproduce` to resume it")
     if marker.is_file():
         try:
             previous = json.loads(marker.read_text())
