@@ -50,6 +50,9 @@ def test_tiny_study_writes_tables_and_figures(tiny_study):
     sources = _csv(out / "tables" / "table2_sources.csv")
     assert sorted(r["task"] for r in sources) == ["site-A/T1/NCR+ED+ET", "site-B/T2/NCR+ED+ET"]
     assert all(r["dice"] != "" for r in sources)
+    for r in sources:  # per class: the last validation of the source run, as in its metrics.csv
+        last = [m for m in _csv(out / "runs" / r["job"] / "metrics.csv") if m["val_dice"]][-1]
+        assert r["per_class"] == "; ".join(f"{c} {float(last['val_dice_' + c]):.3f}" for c in ("NCR", "ED", "ET"))
     seq = _csv(out / "tables" / "sequential_summary.csv")
     assert [r["target"] for r in seq] == ["*/T2/CSF"] and seq[0]["path_dice"] != ""
     summary = _csv(out / "tables" / "table1_summary.csv")
@@ -62,6 +65,8 @@ def test_tiny_study_writes_tables_and_figures(tiny_study):
         assert heading in text
     assert "| T1/CSF | T2/CSF |" in text and "| **Average** | 2 pairs |" in text
     assert "| trm uniform eq7 | 2 |" in text  # the collapse counts
+    assert "| source task | models | Dice (mean) | range | per class (mean) |" in text
+    assert "| site-A/T1/NCR+ED+ET | 1 |" in text
     assert "Failed jobs" not in text
 
 

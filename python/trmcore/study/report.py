@@ -20,7 +20,7 @@ from trmcore.study.profiles import StudyProfile
 from trmcore.study.runner import RunSummary
 from trmcore.study.tables import (GAIN, cell_rows, collapse_markdown, collapse_rows, few_shot_markdown, gain_counts,
                                   pair_summary_rows, pair_table, pair_table_markdown, per_seed_markdown,
-                                  sequential_markdown, sequential_rows, source_rows, write_csv)
+                                  sequential_markdown, sequential_rows, source_markdown, source_rows, write_csv)
 
 
 def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
@@ -80,7 +80,7 @@ def _settings_lines(report: _Report, name: str, stem: str, rows: List[dict], met
                               {k: r.get("risk_warnings", []) for k, r in report.results.items()})
     report.csv(collapses, f"{stem}_collapses.csv")
     dataset = TUMOUR if name == "II" else TISSUE
-    sources = source_rows(report.grid, report.results, dataset)
+    sources = source_rows(report.grid, report.results, dataset, runs_dir=report.out / "runs")
     report.csv(sources, f"{stem}_sources.csv")
     lines = ["Columns: the method with the default settings (foreground-aware batches, bounded Eq. 7); "
              "`uniform` = uniform batches; `eq7` = TRM Eq. 7 as published (so `trm uniform eq7` is the "
@@ -89,7 +89,7 @@ def _settings_lines(report: _Report, name: str, stem: str, rows: List[dict], met
     if dice:
         lines += [f"Source models ({dataset} dataset, every table): held-out Dice min {dice[0]:.3f}, median "
                   f"{dice[len(dice) // 2]:.3f}, max {dice[-1]:.3f} over {len(dice)} models "
-                  f"(`tables/{stem}_sources.csv`).", ""]
+                  f"(`tables/{stem}_sources.csv`):", "", source_markdown(sources), ""]
     return lines
 
 

@@ -142,23 +142,26 @@ def execute_job(job: Job, ctx: StudyContext) -> Dict[str, Any]:
     p = ctx.profile
     if job.kind == "source":
         info = train(data, spec, run_dir, config, p.model, device=ctx.device, progress=False)
-        return {"dice": info.val_dice, "val_cases": info.val_cases, "wall_s": time.perf_counter() - started}
+        return {"dice": info.val_dice, "per_class": final_class_dice(run_dir, info.label_names[1:]),
+                "val_cases": info.val_cases, "wall_s": time.perf_counter() - started}
     info = finetune(data, spec, ctx.run_dir(job.parent), run_dir, config, device=ctx.device, progress=False,
                     reset_head=job.reset_head)
     if info.val_dice is None:
         raise ValueError(f"{job.target}: no held-out case to measure Dice on (val_fraction {p.training.val_fraction})")
     # The Dice fine-tuning measured at its last iteration on the held-out volumes (mean over volumes of the
     # per-volume mean over foreground classes), as `trm evaluate` would print it.
-    return {"dice": info.val_dice, "per_class": _final_class_dice(run_dir, info.label_names[1:]),
+    return {"dice": info.val_dice, "per_class": final_class_dice(run_dir, info.label_names[1:]),
             "val_cases": info.val_cases, "train_cases": info.train_cases,
             "risk_warnings": [w.split(":")[0] for w in (info.risk_diagnostics or {}).get("warnings", [])],
             "wall_s": time.perf_counter() - started}
 
 
-def _final_class_dice(run_dir: Path, class_names: Sequence[str]) -> Dict[str, Optional[float]]:
-    """Per-class held-out Dice of the last validation, from the run's metrics.csv."""
+def final_class_dice(run_dir: Path, class_names: Sequence[str]) -> Dict[str, Optional[float]]:
+    """Per-class held-out Dice of the last validation, from the run's metrics.csv ({} when it has none)."""
     import csv
 
+    if not (run_dir / "metrics.csv").is_file():
+        return {}
     with (run_dir / "metrics.csv").open() as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("val_dice")]
     last = rows[-1] if rows else {}
