@@ -181,9 +181,12 @@ def test_collapse_counts_by_hand():
             row(0, "trm uniform eq7", 0.049)]
     out = collapse_rows(rows, {"trm": "vanilla", "trm uniform eq7": "vanilla uniform"}, {"j0": ["class weight"]})
     # seed 1 is no collapse: vanilla itself stayed below 0.1
-    assert out == [{"column": "trm", "reference": "vanilla", "runs": 3, "collapses": 1, "risk_map_warnings": 1},
-                   {"column": "trm uniform eq7", "reference": "vanilla uniform", "runs": 1, "collapses": 1,
-                    "risk_map_warnings": 0}]
+    assert out == [{"column": "trm", "reference": "vanilla", "runs": 3, "eligible": 2, "collapses": 1,
+                    "lowest_eligible": 0.01, "risk_map_warnings": 1},
+                   {"column": "trm uniform eq7", "reference": "vanilla uniform", "runs": 1, "eligible": 1,
+                    "collapses": 1, "lowest_eligible": 0.049, "risk_map_warnings": 0}]
+    none = collapse_rows([row(0, "vanilla", 0.08), row(0, "trm", 0.0)], {"trm": "vanilla"})
+    assert none[0]["eligible"] == 0 and none[0]["collapses"] == 0 and none[0]["lowest_eligible"] is None
 
 
 def test_pair_table_statistics():

@@ -67,6 +67,10 @@ def collapse_rows(rows: Sequence[dict], references: Dict[str, str], warnings: Op
                   ) -> List[dict]:
     """Per column: runs compared, collapses (Dice < COLLAPSE_LOW where its vanilla reference > COLLAPSE_HIGH).
 
+    ``eligible`` counts the runs whose reference is above COLLAPSE_HIGH (only those can collapse) and
+    ``lowest_eligible`` is the lowest Dice among them (None when there is none): how close the column
+    came to a collapse.
+
     Args:
         rows: long-format rows of a table (method = column label).
         references: column label -> the vanilla column with the same sampling.
@@ -76,24 +80,30 @@ def collapse_rows(rows: Sequence[dict], references: Dict[str, str], warnings: Op
     out = []
     for column, reference in references.items():
         compared = collapsed = warned = 0
+        eligible: List[float] = []
         runs = [r for r in rows if r["method"] == column and r["dice"] is not None]
         for r in runs:
             base = dice.get((r["seed"], r["target"], r["source"], r["shots"], reference))
             if base is None:
                 continue
             compared += 1
+            if base > COLLAPSE_HIGH:
+                eligible.append(r["dice"])
             collapsed += int(r["dice"] < COLLAPSE_LOW and base > COLLAPSE_HIGH)
             warned += int(bool((warnings or {}).get(r["job"])))
-        out.append({"column": column, "reference": reference, "runs": compared, "collapses": collapsed,
+        out.append({"column": column, "reference": reference, "runs": compared, "eligible": len(eligible),
+                    "collapses": collapsed, "lowest_eligible": min(eligible) if eligible else None,
                     "risk_map_warnings": warned})
     return out
 
 
 def collapse_markdown(collapses: Sequence[dict]) -> str:
-    lines = [f"| column | runs | collapses (Dice < {COLLAPSE_LOW} where its vanilla > {COLLAPSE_HIGH}) "
-             "| runs with risk-map warnings |", "|---|---|---|---|"]
+    lines = [f"| column | runs | of which its vanilla > {COLLAPSE_HIGH} | collapses (Dice < {COLLAPSE_LOW} there) "
+             "| lowest Dice there | runs with risk-map warnings |", "|---|---|---|---|---|---|"]
     for c in collapses:
-        lines.append(f"| {c['column']} | {c['runs']} | {c['collapses']} | {c['risk_map_warnings']} |")
+        lowest = "-" if c["lowest_eligible"] is None else f"{c['lowest_eligible']:.3f}"
+        lines.append(f"| {c['column']} | {c['runs']} | {c['eligible']} | {c['collapses']} | {lowest} "
+                     f"| {c['risk_map_warnings']} |")
     return "\n".join(lines)
 
 
