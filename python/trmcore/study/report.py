@@ -20,7 +20,8 @@ from trmcore.study.profiles import StudyProfile
 from trmcore.study.runner import RunSummary
 from trmcore.study.tables import (GAIN, cell_rows, collapse_markdown, collapse_rows, few_shot_markdown, gain_counts,
                                   pair_summary_rows, pair_table, pair_table_markdown, per_seed_markdown,
-                                  sequential_markdown, sequential_rows, source_markdown, source_rows, write_csv)
+                                  sequential_markdown, sequential_rows, source_csv_rows, source_markdown, source_rows,
+                                  write_csv)
 
 
 def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
@@ -81,7 +82,7 @@ def _settings_lines(report: _Report, name: str, stem: str, rows: List[dict], met
     report.csv(collapses, f"{stem}_collapses.csv")
     dataset = TUMOUR if name == "II" else TISSUE
     sources = source_rows(report.grid, report.results, dataset, runs_dir=report.out / "runs")
-    report.csv(sources, f"{stem}_sources.csv")
+    report.csv(source_csv_rows(sources), f"{stem}_sources.csv")
     lines = ["Columns: the method with the default settings (foreground-aware batches, bounded Eq. 7); "
              "`uniform` = uniform batches; `eq7` = TRM Eq. 7 as published (so `trm uniform eq7` is the "
              "paper-literal trm).", "", collapse_markdown(collapses), ""]

@@ -111,8 +111,8 @@ def source_rows(grid: StudyGrid, results: Dict[str, dict], dataset: str,
                 runs_dir: Optional[Path] = None) -> List[dict]:
     """The source models of ``dataset``: task, seed, held-out Dice (None when not run) and per class.
 
-    ``per_class`` is "NAME DICE; ..." from the cached result or, for results cached before it was
-    recorded, from the run's metrics.csv under ``runs_dir``.
+    ``per_class`` ({class: Dice or None}) comes from the cached result or, for results cached before
+    it was recorded, from the run's metrics.csv under ``runs_dir``.
     """
     from trmcore.selection.tasks import parse_task_name
     from trmcore.study.runner import final_class_dice
@@ -126,23 +126,27 @@ def source_rows(grid: StudyGrid, results: Dict[str, dict], dataset: str,
         if per_class is None and result and runs_dir is not None:
             per_class = final_class_dice(Path(runs_dir) / job.key, parse_task_name(job.target).labels)
         rows.append({"dataset": dataset, "task": job.target, "seed": job.seed, "dice": result.get("dice"),
-                     "per_class": "; ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
-                                            for k, v in (per_class or {}).items()),
-                     "job": job.key})
+                     "per_class": per_class or {}, "job": job.key})
     return rows
 
 
+def source_csv_rows(rows: Sequence[dict]) -> List[dict]:
+    """:func:`source_rows` for a CSV: ``per_class`` as "NAME DICE; ..." ('-' for None)."""
+    return [dict(r, per_class="; ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in r["per_class"].items()))
+            for r in rows]
+
+
 def source_markdown(rows: Sequence[dict]) -> str:
-    """One line per source task: mean held-out Dice over seeds, its range, and the per-class means."""
+    """One line per source task (rows of :func:`source_rows`): mean held-out Dice over seeds, its range,
+    and the per-class means."""
     lines = ["| source task | models | Dice (mean) | range | per class (mean) |", "|---|---|---|---|---|"]
     for (task,), group in sorted(_by([r for r in rows if r["dice"] is not None], "task").items()):
         dice = [r["dice"] for r in group]
         classes: Dict[str, List[float]] = {}
         for r in group:
-            for item in filter(None, r["per_class"].split("; ")):
-                name, value = item.rsplit(" ", 1)
-                if value != "-":
-                    classes.setdefault(name, []).append(float(value))
+            for name, value in r["per_class"].items():
+                if value is not None:
+                    classes.setdefault(name, []).append(value)
         per_class = ", ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in classes.items())
         lines.append(f"| {_short(task)} | {len(dice)} | {sum(dice) / len(dice):.3f} | "
                      f"{min(dice):.3f}-{max(dice):.3f} | {per_class or '-'} |")
