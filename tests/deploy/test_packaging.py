@@ -181,3 +181,14 @@ def test_parser_and_infer_import_no_optional_dependency():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_infer_names_load_lazily_and_stay_functions():
+    # The package attribute predict_files stays the function once its submodule of the same name is imported.
+    code = ("import sys, inspect, trmcore.infer as infer; assert 'onnxruntime' not in sys.modules; "
+            "import trmcore.infer.predict_files; from trmcore.infer import predict_files, Segmenter; "
+            "assert inspect.isfunction(predict_files) and inspect.isfunction(infer.predict_files); "
+            "assert inspect.isclass(Segmenter) and 'onnxruntime' in sys.modules; print(sorted(dir(infer))[:3])")
+    env = dict(os.environ, PYTHONPATH=str(Path(extras.__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr

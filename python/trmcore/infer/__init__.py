@@ -18,6 +18,8 @@ need it.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # public name -> the module of this package that defines it
@@ -31,6 +33,22 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+
+
+# Names that are both a function and the submodule defining it. Importing a submodule sets the package's
+# attribute of that name to the module; the package keeps the function there instead, as the eager
+# `from .predict_files import predict_files` of earlier versions did.
+_SHADOWED = {"predict_files"}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
