@@ -73,7 +73,8 @@ def _requirements(extras: Sequence[str]) -> List[str]:
     for requirement in requirements:
         name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
         try:  # the version tested here; it is on this machine, and an unpinned torch would pull CUDA
-            pinned.append(f"{name}=={importlib.metadata.version(name)}")
+            # without a local label (2.13.0, not 2.13.0+cpu): `==2.13.0` still takes a local +cpu build first
+            pinned.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
         except importlib.metadata.PackageNotFoundError:
             pinned.append(requirement)
     return sorted(pinned)
@@ -92,7 +93,7 @@ def _make_venv(requirements: List[str]) -> Path:
     marker = venv / "trmcore-test-requirements.txt"
     with open(root / f"{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file():
+        if marker.is_file() and subprocess.run([str(venv / "bin" / "python"), "-c", "pass"]).returncode == 0:
             return venv
         shutil.rmtree(venv, ignore_errors=True)  # an interrupted build
         building = root / f"{venv.name}.building"
