@@ -23,14 +23,15 @@
 # OUT receives at most 8 files (what the device tool brings back): summary.md,
 # summary.json, env.log, build.log, tests.log, bench.log, train.log.
 # Exit status: 0 when no step failed (also on a machine without a GPU, which
-# builds what it can and prints "no GPU: skipped ..."), 1 when a step failed,
+# builds what it can, says what it could not prepare - no wheels folder, no
+# torch, no pybind11 - and prints "no GPU: skipped ..."), 1 when a step failed,
 # 2 on bad usage.
 set -uo pipefail  # no -e: a failed step is recorded and the next one runs
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo" || exit 2
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 dry=0 rehearse=0 build=1 overwrite=0 out=""
 for arg in "$@"; do
   case "$arg" in
@@ -111,10 +112,14 @@ run_step() {
   cat "$work/step.out" >> "$out/$log"
   if (( rc == 0 )); then status="ok"
   else
-    if (( rc == 124 || rc == 137 )); then status="TIMEOUT after ${limit}s"; else status="FAILED (exit $rc)"; fi
-    step_failed
     # The last line of its output usually names the cause (an exception, a compiler error, pytest's tally).
     note="$(grep -v '^[[:space:]]*$' "$work/step.out" | tail -n 1 | cut -c 1-240)"
+    if [[ -n "${PREPARE_STEP:-}" ]]; then
+      status="not prepared (exit $rc)"; unprepared+=("$name: $note")  # no GPU: said, not a failure
+    else
+      if (( rc == 124 || rc == 137 )); then status="TIMEOUT after ${limit}s"; else status="FAILED (exit $rc)"; fi
+      step_failed
+    fi
   fi
   printf '===== %s: %s in %ss\n' "$name" "$status" "$seconds" >> "$out/$log"
   if (( rc == 0 )); then say "<< $name: ok (${seconds}s, log: $log)"
@@ -125,6 +130,14 @@ run_step() {
 skip_step() {  # skip_step NAME REASON
   say "-- $1: skipped ($2)"
   record "$1" "skipped ($2)" 0 ""
+}
+# What a machine without a GPU lacks to build or test (no pybind11, no torch, no wheels folder) is said and
+# listed at the end, not counted as a failure: the check's promise there is "no GPU: skipped", exit 0.
+unprepared=()
+not_prepared() {  # not_prepared NAME REASON
+  say "-- $1: not prepared ($2)"
+  record "$1" "not prepared" 0 "$2"
+  unprepared+=("$1: $2")
 }
 
 # ---------------------------------------------------------------- environment
@@ -216,7 +229,11 @@ while read -r module requirement _; do
   if (( dry )) || ! "$PY" -c "import $module" >/dev/null 2>&1; then needed+=("$requirement"); fi
 done < "$repo/scripts/gpu_wheels.txt"
 meta wheels "$wheels"
-if (( ${#needed[@]} )); then
+no_gpu=0
+if (( ! have_gpu && ! dry && ! rehearse )); then no_gpu=1; fi
+if (( ${#needed[@]} )) && (( ! dry )) && [[ ! -d "$wheels" ]]; then
+  not_prepared wheels "no wheels folder $wheels (bash scripts/gpu_wheels.sh $wheels makes it): ${needed[*]} not installed"
+elif (( ${#needed[@]} )); then
   STEP_NOTE="installed from $wheels: ${needed[*]}" run_step wheels 120 env.log \
     "$PY" -m pip install --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
     --find-links "$wheels" --target "$site" "${needed[@]}"
@@ -225,12 +242,28 @@ else
 fi
 # What the package, its tests and the training import (pyproject's train, cpu and dev extras).
 modules=(numpy torch nibabel tqdm safetensors matplotlib scipy networkx onnx onnxscript onnxruntime pytest hypothesis)
-STEP_NOTE="${modules[*]}" run_step imports 60 env.log \
-  "$PY" -c 'import sys; [__import__(name) for name in sys.argv[1:]]; print("all importable")' "${modules[@]}"
+prepare=""; (( no_gpu )) && prepare=1  # without a GPU a missing package only limits what can be checked
+PREPARE_STEP="$prepare" STEP_NOTE="${modules[*]}" run_step imports 60 env.log \
+  "$PY" -c '
+import sys
+missing = []
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except Exception as err:  # absent or broken: name them all, not only the first
+        missing.append(name if isinstance(err, ModuleNotFoundError) else f"{name} ({type(err).__name__})")
+print("not importable: " + ", ".join(missing) if missing else "all importable")
+sys.exit(1 if missing else 0)' "${modules[@]}"
 
 # ----------------------------------------------------------- no GPU: build only
-if (( ! have_gpu && ! dry && ! rehearse )); then
-  if (( build )); then
+if (( no_gpu )); then
+  build_tools=""  # what a build needs that this machine lacks
+  command -v cmake >/dev/null 2>&1 || build_tools="cmake"
+  "$PY" -c "import pybind11" >/dev/null 2>&1 || build_tools="${build_tools:+$build_tools, }pybind11 for $PY"
+  if (( build )) && [[ -n "$build_tools" ]]; then
+    not_prepared build-cpu "no $build_tools"
+    if [[ -n "$nvcc_version" ]]; then not_prepared nvcc-compile "no $build_tools"; else skip_step nvcc-compile "no nvcc"; fi
+  elif (( build )); then
     run_step build-cpu 600 build.log env PYTHON="$PY" JOBS="$(nproc)" bash scripts/build_inplace.sh
     if [[ -n "$nvcc_version" ]]; then
       # The CUDA kernels compiled for one architecture into build/, not installed.
@@ -249,9 +282,12 @@ if (( ! have_gpu && ! dry && ! rehearse )); then
   fi
   for name in build-cuda tests_cuda bench_ops training tests_all; do record "$name" "skipped (no GPU)" 0 ""; done
   meta finished "$(date -u +%FT%TZ)"
+  prepared="the builds passed"
+  (( ${#unprepared[@]} )) && prepared="could not prepare ${#unprepared[@]} step(s)"
   if (( failures )); then meta verdict "no GPU: skipped the GPU steps; $failures step(s) FAILED"
-  else meta verdict "no GPU: skipped the GPU steps; the builds passed"; fi
+  else meta verdict "no GPU: skipped the GPU steps; $prepared"; fi
   summarize
+  for line in "${unprepared[@]}"; do say "could not prepare: $line"; done
   say "no GPU: skipped CUDA tests, bench_ops --device cuda and the AMP training (torch sees no CUDA device)"
   say "summary: $out/summary.md; $failures failed step(s)"
   (( failures )) && exit 1

@@ -162,3 +162,28 @@ def test_summary_rate_without_the_logged_window(tmp_path):
     assert gpu_summary.steady_rate(rows) == pytest.approx(2.5)  # short runs: the whole run's rate
     assert gpu_summary.steady_rate([]) is None
     assert gpu_summary.junit_counts(tmp_path / "absent.xml") is None
+
+
+def test_plain_cpu_machine_says_what_it_could_not_prepare_and_exits_0(tmp_path):
+    """A system Python without torch, numpy or pybind11 and no wheels folder: no step fails, each is said."""
+    plain = tmp_path / "plain"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(plain)], check=True, timeout=120)
+    probe = subprocess.run([str(plain / "bin" / "python"), "-c", "import torch"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("torch leaks into a bare venv here")
+    out = tmp_path / "out"
+    result = _run([str(out)], tmp_path, PYTHON=str(plain / "bin" / "python"), TRM_WHEELS=str(tmp_path / "none"))
+    if "mode: no GPU" not in result.stdout:
+        pytest.skip("this machine has a GPU: the no-GPU path does not apply")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no GPU: skipped" in result.stdout
+    text = result.stdout
+    assert "could not prepare: wheels: no wheels folder" in text
+    assert "could not prepare: imports: not importable: numpy, torch" in text
+    assert f"could not prepare: build-cpu: no pybind11 for {plain / 'bin' / 'python'}" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == []
+    statuses = {s["name"]: s["status"] for s in summary["steps"]}
+    assert statuses["wheels"] == statuses["build-cpu"] == "not prepared"
+    assert statuses["imports"].startswith("not prepared")
+    assert "could not prepare 4 step(s)" in (out / "summary.md").read_text() or not shutil.which("nvcc")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 # Import names each extra provides (pyproject.toml [project.optional-dependencies]);
 # `gpu` provides the same module as `cpu` (onnxruntime-gpu installs `onnxruntime`).
@@ -21,14 +22,45 @@ EXTRA_MODULES: Dict[str, Tuple[str, ...]] = {
     "select": ("scipy", "networkx", "matplotlib"),
 }
 
-# Extras each `trm` command needs (commands not listed need only the base install).
-COMMAND_EXTRAS: Dict[str, Tuple[str, ...]] = {
+
+
+def evaluate_source(model: Optional[Path], predictions: Optional[Path]) -> str:
+    """What `trm evaluate` scores: ``"predictions"`` (a folder of label files), ``"onnx"`` or ``"run"``.
+
+    The one rule, used by the CLI to dispatch and here to name the extra: an
+    ``.onnx`` path that is not a folder is an exported model, anything else a
+    run folder.
+    """
+    if predictions is not None:
+        return "predictions"
+    if model is not None and Path(model).suffix.lower() == ".onnx" and not Path(model).is_dir():
+        return "onnx"
+    return "run"
+
+
+def _evaluate_extras(args: Any) -> Tuple[str, ...]:
+    # NumPy + nibabel score a folder of predictions; an ONNX model adds onnxruntime; only a run needs torch.
+    source = evaluate_source(getattr(args, "model", None), getattr(args, "predictions", None))
+    return {"predictions": (), "onnx": ("cpu",), "run": ("train",)}[source]
+
+
+def _export_extras(args: Any) -> Tuple[str, ...]:
+    # A float32 export without onnxruntime is written unverified (with a note); a reduced precision is
+    # quantised (int8) or checked for label agreement by onnxruntime, so it needs it.
+    precision = getattr(args, "precision", None) or ("fp16" if getattr(args, "fp16", False) else "fp32")
+    return ("train",) if precision == "fp32" else ("train", "cpu")
+
+
+# Extras each `trm` command needs (commands not listed need only the base install): a tuple, or a
+# function of the parsed arguments where the extras depend on them.
+CommandExtras = Union[Tuple[str, ...], Callable[[Any], Tuple[str, ...]]]
+COMMAND_EXTRAS: Dict[str, CommandExtras] = {
     "train": ("train",),
     "finetune": ("train",),
-    "evaluate": ("train",),
+    "evaluate": _evaluate_extras,
     "riskmap": ("train",),
     "demo": ("train",),
-    "export": ("train", "cpu"),  # the export is checked against onnxruntime
+    "export": _export_extras,
     "rank": ("train", "select"),
     "transfer-path": ("train",),
     "reproduce": ("train", "select"),
@@ -37,6 +69,12 @@ COMMAND_EXTRAS: Dict[str, Tuple[str, ...]] = {
     "affinity": ("select",),
     "path": ("select",),
 }
+
+
+def command_extras(command: Optional[str], args: Any = None) -> Tuple[str, ...]:
+    """The extras `trm COMMAND` needs with the parsed arguments ``args``."""
+    entry = COMMAND_EXTRAS.get(command or "", ())
+    return entry(args) if callable(entry) else entry
 
 
 def install_hint(extra: str) -> str:
@@ -68,10 +106,9 @@ def require_extras(extras: Sequence[str], what: str = "") -> None:
             raise MissingExtraError(missing_message(extra, missing, what))
 
 
-def require_command(command: Optional[str]) -> None:
-    """Check, before it runs, that `trm COMMAND` has its optional dependencies."""
-    if command in COMMAND_EXTRAS:
-        require_extras(COMMAND_EXTRAS[command])  # the CLI prefixes "trm COMMAND: error: "
+def require_command(command: Optional[str], args: Any = None) -> None:
+    """Check, before it runs, that `trm COMMAND` (with arguments ``args``) has its optional dependencies."""
+    require_extras(command_extras(command, args))  # the CLI prefixes "trm COMMAND: error: "
 
 
 def extra_for_module(module: Optional[str]) -> Optional[str]:

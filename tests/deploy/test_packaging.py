@@ -145,3 +145,50 @@ def test_doctor_shows_the_forced_baseline_variant():
                             env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "baseline variant" in result.stdout and "3 threads by default" in result.stdout
+
+
+@pytest.mark.parametrize("argv, needed", [
+    (["evaluate", "DATA", "--labels", "CSF", "--predictions", "pred"], ()),  # NumPy + nibabel only
+    (["evaluate", "DATA", "-m", "model.onnx"], ("cpu",)),
+    (["evaluate", "DATA", "-m", "MODEL.ONNX"], ("cpu",)),
+    (["evaluate", "DATA", "-m", "runs/trm"], ("train",)),
+    (["export", "RUN", "-o", "m.onnx"], ("train",)),  # written unverified without onnxruntime
+    (["export", "RUN", "-o", "m.onnx", "--precision", "int8"], ("train", "cpu")),
+    (["export", "RUN", "-o", "m.onnx", "--fp16"], ("train", "cpu")),
+    (["predict", "-m", "m.onnx", "-i", "x", "-o", "y"], ("cpu",)),
+    (["phantom", "out"], ()),
+])
+def test_extras_follow_the_arguments(argv, needed):
+    from trmcore.cli.main import build_parser
+
+    assert extras.command_extras(argv[0], build_parser().parse_args(argv)) == needed
+
+
+def test_an_onnx_folder_is_a_run(tmp_path):
+    (tmp_path / "odd.onnx").mkdir()
+    assert extras.evaluate_source(tmp_path / "odd.onnx", None) == "run"
+    assert extras.evaluate_source(tmp_path / "model.onnx", None) == "onnx"
+    assert extras.evaluate_source(tmp_path / "model.onnx", tmp_path) == "predictions"
+
+
+def test_parser_and_infer_import_no_optional_dependency():
+    # `trm` builds its parser on the base install: nothing of torch, onnxruntime, scipy, networkx, matplotlib.
+    code = ("import sys; import trmcore.infer; from trmcore.cli.main import build_parser; build_parser(); "
+            "import trmcore.infer.evaluate_files; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnxruntime', 'onnx', 'networkx', "
+            "'matplotlib', 'safetensors'}))")
+    env = dict(os.environ, PYTHONPATH=str(Path(extras.__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_infer_names_load_lazily_and_stay_functions():
+    # The package attribute predict_files stays the function once its submodule of the same name is imported.
+    code = ("import sys, inspect, trmcore.infer as infer; assert 'onnxruntime' not in sys.modules; "
+            "import trmcore.infer.predict_files; from trmcore.infer import predict_files, Segmenter; "
+            "assert inspect.isfunction(predict_files) and inspect.isfunction(infer.predict_files); "
+            "assert inspect.isclass(Segmenter) and 'onnxruntime' in sys.modules; print(sorted(dir(infer))[:3])")
+    env = dict(os.environ, PYTHONPATH=str(Path(extras.__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, command
+from trmcore.extras import install_hint
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.ops import RISK_BASE
 
@@ -76,9 +77,13 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"  channels {','.join(meta.channels)}; labels "
           + ", ".join(f"{n}={v}" for n, v in zip(meta.label_names, meta.label_values))
           + f"; slice axis {meta.axis}; size divisor {meta.divisor}; {meta.normalization}")
-    shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
-    print(f"  verified against torch on {shapes}: max |logit difference| = {result.max_abs_diff:.3g} "
-          f"(allowed {result.tolerance:.3g})")
+    if not result.verified:
+        print("  not verified against torch: onnxruntime is not installed (the graph passed onnx's checker); "
+              f"to check it: {install_hint('cpu')}, then export again")
+    else:
+        shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
+        print(f"  verified against torch on {shapes}: max |logit difference| = {result.max_abs_diff:.3g} "
+              f"(allowed {result.tolerance:.3g})")
     if result.agreement is not None:
         print(f"  {meta.precision} {result.agreement.describe()} (required {args.min_dice})")
     return 0

@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if conflict and args.command != "doctor":  # doctor reports it itself
         print(f"trm: warning: {conflict}", file=sys.stderr)
     try:
-        require_command(args.command)  # optional dependencies, before any work is done
+        require_command(args.command, args)  # optional dependencies, before any work is done
         return int(args.func(args) or 0)
     except MissingExtraError as err:
         print(f"trm {args.command}: error: {err}", file=sys.stderr)

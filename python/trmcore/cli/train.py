@@ -22,6 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
+from trmcore.extras import evaluate_source
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
@@ -260,7 +261,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         result = _evaluate_predictions(args)
         source = str(args.predictions)
-    elif args.model.is_file() and args.model.suffix == ".onnx":
+    elif evaluate_source(args.model, None) == "onnx":  # the rule trm's extras check uses
         result = _evaluate_onnx(args)
         source = str(args.model)
     else:
@@ -320,8 +321,8 @@ def _held_out_cases(args: argparse.Namespace, info, layout_class):
 
 def _evaluate_onnx(args: argparse.Namespace):
     from trmcore.data import parse_task
-    from trmcore.data.scoring import evaluate_model
-    from trmcore.infer import Segmenter
+    from trmcore.infer.evaluate_files import evaluate_model
+    from trmcore.infer.segmenter import Segmenter
 
     segmenter = Segmenter(args.model, providers="auto")
     meta = segmenter.metadata
@@ -334,10 +335,8 @@ def _evaluate_onnx(args: argparse.Namespace):
 
 
 def _evaluate_predictions(args: argparse.Namespace):
-    from trmcore.data import parse_task
-    from trmcore.data.scoring import evaluate_folder
-
-    from trmcore.data import DatasetLayout
+    from trmcore.data import DatasetLayout, parse_task
+    from trmcore.infer.evaluate_files import evaluate_folder
 
     if not args.labels:
         raise ValueError("scoring a --predictions folder needs the task's labels: --labels")

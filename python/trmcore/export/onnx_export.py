@@ -27,10 +27,10 @@ import onnx
 import torch
 
 from trmcore import __version__
+from trmcore.extras import MissingExtraError, missing_message, missing_modules
 from trmcore.fileio import atomic_write_bytes, check_output_file
 from trmcore.infer.metadata import ModelMetadata, Provenance
 from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, check_precision, reduce_precision
-from trmcore.infer.runtime import create_session
 from trmcore.training.checkpoint import load_run
 from trmcore.training.runinfo import RUN_INFO_FILE, WEIGHTS_FILE, RunInfo
 
@@ -63,6 +63,9 @@ class ExportResult:
     checked_shapes: List[Tuple[int, int, int, int]]
     precision: str = "fp32"
     agreement: Optional[Agreement] = None  # labels against float32 (reduced precisions only)
+    # False when onnxruntime is not installed (a float32 export from `trmcore[train]` alone): the graph passed
+    # onnx's checker but its logits were not compared with torch's (max_abs_diff and tolerance are NaN then).
+    verified: bool = True
 
 
 def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, fp16: bool,
@@ -108,9 +111,14 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
             relative to max(1, max |logit|); default 1e-4 (float32), 2e-2 (float16).
         seed: seed of the random verification inputs.
 
+    Without onnxruntime (``trmcore[train]`` alone) a float32 export is
+    written unverified (``ExportResult.verified`` False; the graph still
+    passes onnx's checker); a reduced precision needs onnxruntime.
+
     Raises:
         ExportVerificationError: onnxruntime and torch disagree beyond the tolerance
             (nothing is written then).
+        MissingExtraError: a reduced precision without onnxruntime (before any work).
         PrecisionAgreementError: the reduced-precision labels disagree with
             float32 below ``min_dice`` (nothing is written then).
 
@@ -131,6 +139,9 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         raise ValueError(f"tolerance must be positive, got {tolerance!r}")
     if out_path.suffix != ".onnx":
         raise ValueError(f"output must be an .onnx file, got {out_path}")
+    no_runtime = missing_modules("cpu")  # onnxruntime: verifies the export, quantises and checks reduced precisions
+    if no_runtime and precision != "fp32":
+        raise MissingExtraError(missing_message("cpu", no_runtime, f"precision {precision}"))
     inputs = [Path(run_dir) / RUN_INFO_FILE, Path(run_dir) / WEIGHTS_FILE]
     check_output_file(out_path, overwrite=overwrite, inputs=inputs)
     model, info = load_run(run_dir, device="cpu")
@@ -148,6 +159,10 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
     shapes = [(3, info.model.in_channels, 5 * divisor, 2 * divisor), (1, info.model.in_channels, 2 * divisor, 7 * divisor)]
     data = proto.SerializeToString()
+    if no_runtime:  # nothing to run the graph with: write it unverified, the caller says so
+        atomic_write_bytes(out_path, data, overwrite=overwrite, inputs=inputs)
+        return ExportResult(out_path, metadata, exporter, opset, float("nan"), float("nan"), [], precision,
+                            verified=False)
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / "model.onnx"
         candidate.write_bytes(data)
@@ -243,6 +258,8 @@ def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
 def _compare_with_torch(model: torch.nn.Module, onnx_path: Path, shapes: Sequence[Tuple[int, int, int, int]],
                         fp16: bool, seed: int) -> Tuple[float, float]:
     """(max |onnxruntime - torch float32| over ``shapes``, max |torch logit|)."""
+    from trmcore.infer.runtime import create_session  # onnxruntime: only when it is installed
+
     session = create_session(onnx_path, providers="cpu")
     input_dtype = np.float16 if fp16 else np.float32
     max_diff, scale = 0.0, 0.0

@@ -23,7 +23,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from trmcore.infer.metadata import DEFAULT_MIN_DICE, PRECISIONS
-from trmcore.infer.runtime import create_session
 
 __all__ = ["DEFAULT_MIN_DICE", "Agreement", "PrecisionAgreementError", "reduce_precision", "quantize_int8",
            "label_agreement"]
@@ -142,6 +141,7 @@ def label_agreement(reference: bytes, candidate: bytes, volumes, label_names: Se
                     divisor: int, on_validation: bool = True) -> Agreement:
     """Compare the argmax labels of two ONNX models (bytes) on the non-empty slices of ``volumes``."""
     from trmcore.data import unpad, volumes_to_slices
+    from trmcore.infer.runtime import create_session  # onnxruntime, imported only by reduced precisions
 
     num_classes = len(label_names)
     confusion = np.zeros((num_classes, num_classes), np.int64)

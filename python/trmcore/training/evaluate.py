@@ -16,8 +16,8 @@ from torch import nn
 
 from trmcore.data import volumes_to_slices
 from trmcore.data.preprocess import unpad
-from trmcore.data.scoring import (EvaluationResult, VolumeDice, dice_per_class, summarize,  # noqa: F401
-                                  volume_dice)
+from trmcore.data.scoring import (EvaluationResult, VolumeDice, dice_per_class, score_case,  # noqa: F401
+                                  summarize, volume_dice)
 from trmcore.training.precision import autocast_for
 
 
@@ -66,7 +66,7 @@ def evaluate_volumes(model: nn.Module, volumes: Sequence, label_names: Sequence[
         if volume.grid is not None and not volume.grid.identity:
             predicted = volume.grid.to_native(predicted, "label")
             truth = volume.label_on_native_grid()
-        results.append(volume_dice(volume.case_id, predicted, truth, names))
+        results.append(score_case(volume.case_id, predicted, truth, names))
     return summarize(results, names, scope)
 
 
