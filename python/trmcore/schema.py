@@ -343,24 +343,20 @@ class List(Schema):
 
     def __init__(self, items: Schema, min_len: int = 0, max_len: Optional[int] = None) -> None:
         self.items, self.min_len, self.max_len = items, min_len, max_len
-        size = (f"exactly {min_len}" if max_len == min_len else
-                f"{min_len} to {max_len}" if max_len is not None and min_len else
-                f"at most {max_len}" if max_len is not None else f"at least {min_len}" if min_len else "")
-        self.expected = f"a list of {size + ' ' if size else ''}{_plural(items.expected)}"
+        if max_len == min_len:
+            shape = f"a list of exactly {min_len} entries"
+        elif max_len is not None:
+            shape = f"a list of {min_len} to {max_len} entries"
+        else:
+            shape = {0: "a list", 1: "a non-empty list"}.get(min_len, f"a list of at least {min_len} entries")
+        self.expected = f"{shape}, each {items.expected}"
 
     def check(self, value: Any, where: str) -> list:
         if not isinstance(value, list):
             self.fail(value, where)
         if len(value) < self.min_len or (self.max_len is not None and len(value) > self.max_len):
-            raise _Invalid(where, f"expected {self.expected}, got {len(value)} entries")
+            raise _Invalid(where, f"expected {self.expected}, got {len(value)} entr{'y' if len(value) == 1 else 'ies'}")
         return [self.items.check(item, _join(where, k)) for k, item in enumerate(value)]
-
-
-def _plural(expected: str) -> str:
-    for article in ("an ", "a "):
-        if expected.startswith(article):
-            return "values: " + expected
-    return expected
 
 
 def _check_duplicates(value: dict, where: str) -> None:
