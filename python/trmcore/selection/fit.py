@@ -19,7 +19,6 @@ on that scale.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from trmcore.fileio import atomic_write_json
+from trmcore.schema import Float, Int, Object, read_json
 from trmcore.selection.affinity import AffinityResult
 
 GRID_POINTS = 2001
@@ -156,8 +156,14 @@ def save_fit(fit: WeightFit, directory: Path, overwrite: bool = True) -> Path:
 
 def load_fit(directory: Path) -> WeightFit:
     path = Path(directory) / "fit.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (run `trm affinity fit {directory} --results CSV` first)")
-    obj = json.loads(path.read_text())
-    return WeightFit(float(obj["alpha"]), float(obj["beta"]), float(obj["correlation"]),
-                     float(obj["default_correlation"]), int(obj["n_results"]))
+    try:
+        obj = read_json(path, FIT_JSON)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found (run `trm affinity fit {directory} --results CSV` first)") from None
+    return WeightFit(obj["alpha"], obj["beta"], obj["correlation"], obj["default_correlation"], obj["n_results"])
+
+
+#: The schema of fit.json (trmcore.schema); a correlation is NaN when the measured Dice do not vary.
+FIT_JSON = Object({"alpha": Float(minimum=0), "beta": Float(minimum=0), "correlation": Float(-1, 1, allow_nan=True),
+                   "default_correlation": Float(-1, 1, allow_nan=True), "n_results": Int(minimum=0)},
+                  required=("alpha", "beta", "correlation", "default_correlation", "n_results"))
