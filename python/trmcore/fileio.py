@@ -242,16 +242,15 @@ def visible_entries(folder: PathLike) -> list:
 
 def read_marker(folder: PathLike) -> Optional[dict]:
     """The marker a trmcore command wrote into ``folder``, or None (absent, a link, or unreadable)."""
+    from trmcore.schema import List, Object, Str, read_json  # schema imports errors only; lazily all the same
+
     path = Path(folder) / MARKER_FILE
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path, Object({"command": Str(), "owned": List(Str())}, required=("command",), extra="keep"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("command"), str):
-        return None
-    return record
 
 
 def refuse_inputs(root: PathLike, inputs: Iterable[PathLike], what: str = "output folder") -> None:
