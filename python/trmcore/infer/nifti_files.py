@@ -163,7 +163,9 @@ def load_case(case: CaseFiles) -> List["nib.spatialimages.SpatialImage"]:
     """The case's channel images, checked to share one shape and affine (as training checks)."""
     from trmcore.data.nifti import AFFINE_ATOL
 
-    images = [load_image(p) for p in case.channel_paths]
+    from trmcore.fileio import check_readable
+
+    images = [load_image(check_readable(p)) for p in case.channel_paths]  # a permission problem named as such
     shapes = {tuple(img.shape[:3]) for img in images}
     if len(shapes) != 1:
         detail = ", ".join(f"{p.name} {tuple(img.shape)}" for p, img in zip(case.channel_paths, images))

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from trmcore.fileio import atomic_write_json, atomic_write_text
+from trmcore.fileio import atomic_write_json, atomic_write_text, make_folder
 from trmcore.selection._blas import cpu_count, single_threaded_blas
 from trmcore.selection.similarity import (
     PCA_OUTPUTS, SSIM_C, global_ssim, image_signature, label_intensity, resize_labels, ssim_from_moments, wasserstein_1d,
@@ -178,7 +178,7 @@ class AffinityResult:
     def save(self, out_dir: Path, overwrite: bool = True) -> List[Path]:
         """Write W/S/d as CSV and ``affinity.json`` (an existing file only with ``overwrite``); the written paths."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
         written = []
         for key, matrix in (("W", self.W), ("S", self.S), ("d", self.d)):
             path = out_dir / f"{key}.csv"

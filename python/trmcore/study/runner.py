@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from trmcore.fileio import atomic_write_json, remove_output_folder
+from trmcore.fileio import atomic_write_json, make_folder, remove_output_folder
 from trmcore.schema import AnyJson, Int, Map, Object, Str, read_json
 from trmcore.study.grid import TUMOUR, Job, StudyGrid
 from trmcore.study.profiles import StudyProfile
@@ -88,7 +88,7 @@ def read_cached(ctx: StudyContext, job: Job) -> Optional[Dict[str, Any]]:
 
 def write_cached(ctx: StudyContext, job: Job, result: Dict[str, Any]) -> Path:
     path = ctx.cache_file(job.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_write_json(path, {"version": CACHE_VERSION, "key": job.key, "job": asdict(job), "result": result},
                       overwrite=True, indent=1)
     return path

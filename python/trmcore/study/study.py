@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from trmcore.fileio import atomic_write_json, visible_entries
+from trmcore.fileio import atomic_write_json, make_folder, visible_entries
 from trmcore.schema import AnyJson, Map, Maybe, Object, Str, read_json
 from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
 from trmcore.study.profiles import StudyProfile, get_profile
@@ -116,7 +116,7 @@ def _check_study_folder(out: Path, profile: StudyProfile, datasets: Dict[str, Op
             raise ValueError(f"{out} holds a study with other settings (profile "
                              f"{previous.get('profile', {}).get('name')!r}; differing: {', '.join(differing)}); "
                              "choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write_json(marker, record, overwrite=True, indent=1)
 
 
