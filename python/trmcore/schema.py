@@ -98,28 +98,25 @@ _INNERMOST = re.compile(r"\[\]|\{\}")
 
 
 def _check_depth(text: str, limit: int) -> Optional[str]:
-    """None when objects and lists nest at most ``limit`` deep; else the problem, worded for the user.
+    """The problem when objects and lists nest more than ``limit`` deep, worded for the user; else None.
 
     Works on the text without recursion (json.loads recurses once per level and a file of 100000
     ``[`` exhausts Python's stack): strings are blanked, the brackets kept, and each pass removes the
-    innermost ``[]`` / ``{}`` pairs, i.e. one level. Anything left after ``limit`` passes is deeper (or
-    does not match, which json.loads would refuse anyway).
+    innermost ``[]`` / ``{}`` pairs, i.e. one level. Brackets that do not match are left to json.loads,
+    whose message says where (it recurses at most ``limit`` levels before meeting them, or reaches
+    Python's recursion limit, which :func:`parse_json` reports as too deep).
     """
     if "[" not in text and "{" not in text:
         return None
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
     for _ in range(limit):
-        if not brackets:
-            return None
         shorter = _INNERMOST.sub("", brackets)
         if shorter == brackets:
-            return "not valid JSON: its brackets do not match"
+            return None  # all removed, or brackets that do not match
         brackets = shorter
-    if not brackets:
-        return None
     if _INNERMOST.search(brackets):
         return f"objects and lists nest more than {limit} levels deep; trmcore's files nest a few levels"
-    return "not valid JSON: its brackets do not match"
+    return None
 
 
 def parse_json(text: Union[str, bytes], source: str, schema: Optional["Schema"] = None, *,
@@ -152,8 +149,8 @@ def parse_json(text: Union[str, bytes], source: str, schema: Optional["Schema"] 
         raise JsonFileError(f"{source}: not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
     except ValueError as err:  # an integer literal beyond Python's 4300 digits
         raise JsonFileError(f"{source}: not valid JSON: {str(err).split(';')[0]}") from None
-    except RecursionError:  # not reached after _check_depth; kept so that no stack overflow becomes a traceback
-        raise JsonFileError(f"{source}: nests too deeply") from None
+    except RecursionError:  # unmatched brackets nested beyond Python's recursion limit (see _check_depth)
+        raise JsonFileError(f"{source}: not valid JSON: objects and lists nest more than {max_depth} levels deep") from None
     return validate(value, schema or AnyJson(), source)
 
 
