@@ -57,7 +57,7 @@ MAX_TEXT_BYTES = 16 << 20
 PathLike = Union[str, Path]
 
 __all__ = ["MAX_JSON_BYTES", "MAX_DEPTH", "MAX_TEXT_BYTES", "JsonFileError", "read_json",
-           "parse_json", "validate", "read_text_file", "Schema", "Int", "Float", "Str", "Bool", "Maybe", "List", "Map",
+           "parse_json", "validate", "read_text_file", "read_csv_rows", "Schema", "Int", "Float", "Str", "Bool", "Maybe", "List", "Map",
            "Object", "OneOf", "AnyJson", "Build", "dataclass_schema"]
 
 
@@ -190,6 +190,19 @@ def read_text_file(path: PathLike, *, max_bytes: int = MAX_TEXT_BYTES, what: str
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise JsonFileError(f"{what} {path}: not UTF-8 text (byte {err.start}); not a {what}?") from None
+
+
+def read_csv_rows(path: PathLike, *, what: str = "CSV file", max_bytes: int = MAX_TEXT_BYTES) -> list:
+    """The rows of a CSV file (lists of strings) through :func:`read_text_file`; JsonFileError naming the file
+    when it is too big, not UTF-8, or not CSV (a field beyond the csv module's limit, a stray NUL)."""
+    import csv
+    import io
+
+    text = read_text_file(path, max_bytes=max_bytes, what=what)
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise JsonFileError(f"{what} {path}: not a readable CSV table ({err})") from None
 
 
 # ---------------------------------------------------------------------------------------------- schemas

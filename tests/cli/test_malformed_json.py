@@ -165,10 +165,16 @@ TASKS_FILE_CASES = [
     Case("not a task", "site-A/T1\n", ["not-a-task.txt:1", "SITE/CHANNELS/LABELS"]),  # a guard
 ]
 
-#: Every crafted JSON (or tasks) file the suite tries, by reader.
+CSV_CASES = [  # sites CSV (trm affinity --sites-csv) and results CSV (trm affinity fit --results)
+    Case("not UTF-8", b"case,site\nphantom_000,\xff\xfe\n", ["not UTF-8"]),
+    Case("a field beyond the csv limit", "case,site\nphantom_000," + "x" * 200_000 + "\n", ["not a readable CSV table"]),
+]
+
+#: Every crafted JSON (or tasks / CSV) file the suite tries, by reader.
 BAD_JSON_CASES = ([("dataset.json", c) for c in DATASET_CASES] + [("run.json", c) for c in RUN_CASES]
                   + [("onnx metadata", c) for c in METADATA_CASES] + [("affinity.json", c) for c in AFFINITY_CASES]
-                  + [("fit.json", c) for c in FIT_CASES] + [("tasks file", c) for c in TASKS_FILE_CASES])
+                  + [("fit.json", c) for c in FIT_CASES] + [("tasks file", c) for c in TASKS_FILE_CASES]
+                  + [("sites CSV", c) for c in CSV_CASES] + [("results CSV", c) for c in CSV_CASES])
 
 
 def _crafted(valid: Any, case: Case) -> bytes:
@@ -348,6 +354,20 @@ def test_bad_tasks_file(phantom, tmp_path, capsys, case):
     tasks.write_bytes(_crafted(None, case))
     _one_line_error(capsys, ["affinity", phantom, "--tasks", tasks, "-o", tmp_path / "out", "-q"],
                     [str(tasks), *case.expect])
+
+
+@pytest.mark.parametrize("reader", ["sites", "results"])
+@pytest.mark.parametrize("case", CSV_CASES, ids=lambda c: c.name)
+def test_bad_csv_file(phantom, tmp_path, capsys, case, reader):
+    table = tmp_path / "table.csv"
+    table.write_bytes(_crafted(None, case))
+    if reader == "sites":
+        argv = ["affinity", phantom, "--tasks", "all", "--sites-csv", table, "-o", tmp_path / "out", "-q"]
+    else:
+        (tmp_path / "aff").mkdir()
+        (tmp_path / "aff" / "affinity.json").write_text(json.dumps(VALID_AFFINITY))
+        argv = ["affinity", "fit", tmp_path / "aff", "--results", table]
+    _one_line_error(capsys, argv, [str(table), *case.expect])
 
 
 def test_a_deeply_nested_output_marker_is_refused_in_one_line(tmp_path, capsys):

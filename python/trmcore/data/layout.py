@@ -22,13 +22,12 @@ and scores (``trmcore.data.tasks.IGNORE_INDEX``), never counted as background.
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
-from trmcore.schema import Int, List as JsonList, Map, Maybe, Object, OneOf, Str, read_json
+from trmcore.schema import Int, List as JsonList, Map, Maybe, Object, OneOf, Str, read_csv_rows, read_json
 
 LabelValue = Union[int, Tuple[int, ...]]
 
@@ -162,10 +161,10 @@ def read_sites_csv(path: Union[str, Path]) -> Dict[str, str]:
     two columns case,site.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sites CSV not found: {path}")
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in read_csv_rows(path, what="sites CSV") if row and any(cell.strip() for cell in row)]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sites CSV not found: {path}") from None
     if not rows:
         raise ValueError(f"sites CSV {path} is empty")
     header = [cell.strip().lower() for cell in rows[0]]

@@ -18,7 +18,6 @@ on that scale.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from trmcore.fileio import atomic_write_json
-from trmcore.schema import Float, Int, Object, read_json
+from trmcore.schema import Float, Int, Object, read_csv_rows, read_json
 from trmcore.selection.affinity import AffinityResult
 
 GRID_POINTS = 2001
@@ -77,21 +76,26 @@ def split_path(text: str) -> Tuple[str, ...]:
 def read_results(path: Path) -> List[MeasuredPath]:
     """CSV with header columns ``path`` and ``dice`` (other columns ignored)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "path" not in reader.fieldnames or "dice" not in reader.fieldnames:
-            raise ValueError(f"{path}: needs a header with columns 'path' and 'dice', got {reader.fieldnames}")
-        results = []
-        for row_number, row in enumerate(reader, start=2):
-            try:
-                dice = float(row["dice"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}:{row_number}: dice {row['dice']!r} is not a number") from None
-            if not math.isfinite(dice):
-                raise ValueError(f"{path}:{row_number}: dice is not finite")
-            results.append(MeasuredPath(split_path(row["path"] or ""), dice))
+    try:
+        rows = read_csv_rows(path, what="results CSV")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"results file not found: {path}") from None
+    header = rows[0] if rows else None
+    if not header or "path" not in header or "dice" not in header:
+        raise ValueError(f"{path}: needs a header with columns 'path' and 'dice', got {header}")
+    column = {name: header.index(name) for name in ("path", "dice")}
+    results = []
+    for row_number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        cells = {name: row[k] if k < len(row) else None for name, k in column.items()}
+        try:
+            dice = float(cells["dice"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{row_number}: dice {cells['dice']!r} is not a number") from None
+        if not math.isfinite(dice):
+            raise ValueError(f"{path}:{row_number}: dice is not finite")
+        results.append(MeasuredPath(split_path(cells["path"] or ""), dice))
     return results
 
 
