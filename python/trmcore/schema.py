@@ -68,9 +68,9 @@ class JsonFileError(TrmError):
 class _Invalid(Exception):
     """Raised inside a schema check; becomes a JsonFileError naming the file in read_json/parse_json."""
 
-    def __init__(self, where: str, problem: str) -> None:
+    def __init__(self, where: str, problem: str, kind: Optional[type] = None) -> None:
         super().__init__(problem)
-        self.where, self.problem = where, problem
+        self.where, self.problem, self.kind = where, problem, kind
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -159,8 +159,14 @@ def validate(value: Any, schema: "Schema", source: str) -> Any:
     try:
         return schema.check(value, "")
     except _Invalid as err:
-        raise JsonFileError(f"{source}: {err.where}: {err.problem}" if err.where
-                            else f"{source}: {err.problem}") from None
+        message = f"{source}: {err.where}: {err.problem}" if err.where else f"{source}: {err.problem}"
+        error: Exception = JsonFileError(message)
+        if err.kind is not None:  # a dataclass's own error type (e.g. a resource limit) is kept, with the file named
+            try:
+                error = err.kind(message)
+            except Exception:  # noqa: BLE001 - an exception type that takes other arguments
+                pass
+        raise error from None
 
 
 def read_json(path: PathLike, schema: Optional["Schema"] = None, *, max_bytes: int = MAX_JSON_BYTES,
@@ -496,7 +502,8 @@ class Build(Schema):
         try:
             return self.factory(checked)
         except (ValueError, TypeError) as err:
-            raise _Invalid(where, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+            kind = None if type(err) in (ValueError, TypeError) else type(err)
+            raise _Invalid(where, str(err).splitlines()[0] if str(err) else type(err).__name__, kind) from None
 
 
 _SIMPLE = {int: Int, float: Float, str: Str, bool: Bool}
