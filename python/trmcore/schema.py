@@ -228,10 +228,18 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\- ]{1,64}")
+
+
 def _join(where: str, key: Union[str, int]) -> str:
+    """``model.depth``, ``tasks[0]``; an unusual key (a newline, a dot ...) is quoted so that the message
+    stays one unambiguous line: ``labels['C\\nSF']``."""
     if isinstance(key, int):
         return f"{where}[{key}]"
-    return f"{where}.{key}" if where else str(key)
+    if not _PLAIN_KEY.fullmatch(key):
+        shown = repr(key) if len(key) <= 40 else repr(key[:37]) + "..."
+        return f"{where}[{shown}]"
+    return f"{where}.{key}" if where else key
 
 
 def _range_text(minimum, maximum, exclusive_min: bool = False) -> str:

@@ -76,6 +76,8 @@ DATASET_CASES = [
     Case("label a huge integer", _set("labels.CSF", 10 ** 30), ["labels.CSF", "31 digits"]),
     Case("label a string", _set("labels.CSF", "1"), ["labels.CSF", "'1'"]),
     Case("label a float", _set("labels.WM", 3.5), ["labels.WM", "3.5"]),
+    Case("label name with a newline", _set("labels", {"background": 0, "C\nSF\nX": "x"}),
+         ["labels['C\\nSF\\nX']"]),  # still one line
     Case("region with a negative value", _set("labels.WM", [3, -1]), ["labels.WM"]),
     # a guard: the meaning checks after the schema (predict needs no labels)
     Case("labels missing", _drop("labels"), ["'labels' must be a non-empty object"], readers=("affinity",)),
