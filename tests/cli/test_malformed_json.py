@@ -490,8 +490,9 @@ def _unprivileged_prefix(probe: Path) -> Optional[list]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         return None
-    done = subprocess.run([setpriv, *_DROP, "cat", str(probe)], capture_output=True)
-    return [setpriv, *_DROP] if done.returncode != 0 else None
+    works = subprocess.run([setpriv, *_DROP, "true"], capture_output=True).returncode == 0
+    denied = subprocess.run([setpriv, *_DROP, "cat", str(probe)], capture_output=True).returncode != 0
+    return [setpriv, *_DROP] if works and denied else None
 
 
 _DRIVER = """
