@@ -39,22 +39,6 @@ _SITE_COLUMNS = ("partition_id", "site", "partition", "center", "centre", "insti
 # What `trm phantom` / `trm import` write into a dataset folder; their --overwrite removes only these.
 DATASET_ENTRIES = ("dataset.json", "imagesTr", "labelsTr", "imagesTs")
 
-_CHANNEL_NAMES = Map(Str(nonempty=True), keys=Str(pattern=r"\d{1,4}", expected="a channel index such as \"0\""),
-                     nonempty=True, expected='a non-empty object like {"0": "T1"}')
-#: The schema of dataset.json (trmcore.schema): the keys trmcore reads; other keys (nnU-Net's
-#: numTraining, a phantom's settings ...) are left to their readers. What the keys must mean
-#: together (background 0, distinct values ...) is checked by DatasetLayout.read.
-DATASET_JSON = Object({
-    "channel_names": _CHANNEL_NAMES,
-    "modality": _CHANNEL_NAMES,  # the nnU-Net v1 spelling
-    "labels": Map(OneOf(Int(minimum=0), JsonList(Int(minimum=0), min_len=1),
-                        expected="an integer >= 0 or a non-empty list of them"),
-                  nonempty=True, expected='a non-empty object like {"background": 0, "CSF": 1}'),
-    "file_ending": Str(pattern=r"\.[^/\\]+", expected="a file ending such as '.nii.gz'"),
-    "sites": Map(OneOf(Str(nonempty=True), Int(), expected="a site name"), expected="an object {case: site}"),
-    "name": Maybe(Str()),
-})
-
 
 @dataclass
 class DatasetLayout:
@@ -85,6 +69,8 @@ class DatasetLayout:
             raise FileNotFoundError(f"dataset folder not found: {root}")
         meta_path = root / "dataset.json"
         meta = read_dataset_json(meta_path)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path} must hold a JSON object")
         channels = _parse_channel_names(meta.get("channel_names", meta.get("modality")), meta_path)
         labels = _parse_labels(meta.get("labels"), meta_path)
         file_ending = meta.get("file_ending", ".nii.gz")
@@ -139,18 +125,6 @@ class DatasetLayout:
 
     def site_of(self, case: str) -> Optional[str]:
         return self.sites.get(case)
-
-
-def read_dataset_json(path: Union[str, Path]) -> dict:
-    """``path`` (a dataset.json) checked against :data:`DATASET_JSON`: the keys it declares, typed.
-
-    FileNotFoundError when absent; other OSErrors (permission denied ...) name the file and the cause;
-    a malformed file is one ValueError naming the file and the key.
-    """
-    try:
-        return read_json(path, DATASET_JSON)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: a dataset in the standard layout needs a dataset.json") from None
 
 
 def read_sites_csv(path: Union[str, Path]) -> Dict[str, str]:
@@ -255,3 +229,33 @@ def _match_name(name: str, names: List[str], kind: str, root: Path) -> str:
     if len(folded) == 1:
         return folded[0]
     raise ValueError(f"{kind} {name!r} not in dataset {root} (its {kind}s: {', '.join(names)})")
+
+
+# ------------------------------------------------------------------ the file's schema
+_CHANNEL_NAMES = Map(Str(nonempty=True), keys=Str(pattern=r"[0-9]{1,4}", expected="a channel index such as \"0\""),
+                     nonempty=True, expected='a non-empty object like {"0": "T1"}')
+#: The schema of dataset.json (trmcore.schema): the keys trmcore reads; other keys (nnU-Net's
+#: numTraining, a phantom's settings ...) are left to their readers. What the keys must mean
+#: together (background 0, distinct values ...) is checked by DatasetLayout.read.
+DATASET_JSON = Object({
+    "channel_names": _CHANNEL_NAMES,
+    "modality": _CHANNEL_NAMES,  # the nnU-Net v1 spelling
+    "labels": Map(OneOf(Int(minimum=0), JsonList(Int(minimum=0), min_len=1),
+                        expected="an integer >= 0 or a non-empty list of them"),
+                  nonempty=True, expected='a non-empty object like {"background": 0, "CSF": 1}'),
+    "file_ending": Str(pattern=r"\.[^/\\]+", expected="a file ending such as '.nii.gz'"),
+    "sites": Map(OneOf(Str(nonempty=True), Int(), expected="a site name"), expected="an object {case: site}"),
+    "name": Maybe(Str()),
+})
+
+
+def read_dataset_json(path: Union[str, Path]) -> dict:
+    """``path`` (a dataset.json) checked against :data:`DATASET_JSON`: the keys it declares, typed.
+
+    FileNotFoundError when absent; other OSErrors (permission denied ...) name the file and the cause;
+    a malformed file is one ValueError naming the file and the key.
+    """
+    try:
+        return read_json(path, DATASET_JSON)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: a dataset in the standard layout needs a dataset.json") from None
