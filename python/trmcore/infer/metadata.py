@@ -16,8 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from trmcore.data.preprocess import NORMALIZATIONS
 from trmcore.schema import Float, Int, List as JsonList, Maybe, Object, Str, dataclass_schema, parse_json, validate
+from trmcore.data.preprocess import NORMALIZATIONS
 
 METADATA_KEY = "trmcore"
 # 2: orientation and spacing (version 1 records have neither and are read as "use volumes as stored").
