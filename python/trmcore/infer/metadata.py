@@ -162,8 +162,8 @@ class ModelMetadata:
             record["precision"] = "fp16" if record.get("dtype") == "float16" else "fp32"
         try:
             return cls(provenance=provenance, **record)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+        except ValueError as err:  # its own type kept (a resource limit stays one), the model named
+            raise type(err)(f"{source}: {err}") from None
 
     def to_props(self) -> Dict[str, str]:
         """The ONNX ``metadata_props``: the JSON record plus readable copies."""
