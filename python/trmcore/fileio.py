@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Set, Union
@@ -117,6 +118,7 @@ def check_output_file(path: PathLike, *, overwrite: bool, inputs: Iterable[PathL
     """Refuse to write ``path`` when it is a symbolic link, one of ``inputs`` (or an existing file inside an
     input folder), not a file, or exists without ``overwrite``. Returns ``Path(path)``."""
     path = Path(path)
+    _refuse_file_in_the_way(path.parent, f"cannot write {path}")
     if path.is_symlink():
         raise UnsafeOutputError(f"output {path} is a symbolic link; trmcore never writes through one "
                                 "(remove the link or choose another output)")
@@ -144,6 +146,48 @@ def _resolved(path: Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):
         return path.absolute()
+
+
+def _refuse_file_in_the_way(folder: Path, doing: str) -> None:
+    """NotADirectoryError naming the file when ``folder`` or the nearest existing folder above it is a file.
+
+    ``mkdir(parents=True, exist_ok=True)`` reports that as "File exists" (``folder`` itself a file) or
+    "Not a directory" naming ``folder``, not the file that is in the way.
+    """
+    for candidate in (folder, *folder.parents):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(candidate).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # absent (to be created), or below a file: look further up
+        except OSError:
+            return  # permission denied ...: the operation itself reports it, naming the path
+        if not is_dir:
+            raise NotADirectoryError(f"{doing}: {candidate} is a file, not a folder")
+        return
+
+
+def make_folder(path: PathLike) -> Path:
+    """``mkdir -p path`` whose error names the real cause (a file in the way, permission denied on a parent)."""
+    path = Path(path)
+    _refuse_file_in_the_way(path, f"cannot create the folder {path}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_readable(path: PathLike) -> Path:
+    """Open ``path`` for reading and close it, so that a permission problem is reported as such.
+
+    Libraries hide the cause: nibabel says "Could not read file", safetensors "No such file or directory",
+    onnxruntime "system error number 13". An absent file is left to the caller's own message; any other
+    OSError (permission denied, too many links ...) propagates naming ``path``. Returns ``Path(path)``.
+    """
+    path = Path(path)
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # non-blocking: a FIFO must not hang
+    except FileNotFoundError:
+        return path
+    os.close(handle)
+    return path
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -197,7 +241,7 @@ def atomic_path(path: PathLike, *, overwrite: bool, inputs: Iterable[PathLike] =
         ...     nib.save(image, tmp)
     """
     path = check_output_file(path, overwrite=overwrite, inputs=inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     _clean_once(path.parent)
     tmp = _temp_name(path)
     handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -235,6 +279,9 @@ def visible_entries(folder: PathLike) -> list:
     """Entries of ``folder`` other than the marker and this writer's temporary files (sorted names)."""
     try:
         names = os.listdir(folder)
+    except NotADirectoryError:  # name the file in the way ("Not a directory" would name the folder)
+        _refuse_file_in_the_way(Path(folder), f"cannot use the folder {folder}")
+        raise
     except FileNotFoundError:
         return []
     return sorted(n for n in names if n != MARKER_FILE and not n.startswith(TEMP_PREFIX))
@@ -242,16 +289,15 @@ def visible_entries(folder: PathLike) -> list:
 
 def read_marker(folder: PathLike) -> Optional[dict]:
     """The marker a trmcore command wrote into ``folder``, or None (absent, a link, or unreadable)."""
+    from trmcore.schema import List, Object, Str, read_json  # schema imports errors only; lazily all the same
+
     path = Path(folder) / MARKER_FILE
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path, Object({"command": Str(), "owned": List(Str())}, required=("command",), extra="keep"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("command"), str):
-        return None
-    return record
 
 
 def refuse_inputs(root: PathLike, inputs: Iterable[PathLike], what: str = "output folder") -> None:
@@ -279,6 +325,7 @@ def prepare_output_folder(root: PathLike, command: str, owned: Sequence[str], *,
     """
     root = Path(root)
     inputs = [i for i in inputs if i is not None]
+    _refuse_file_in_the_way(root.parent, f"cannot create the output folder {root}")
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"output folder {root} exists and is not a folder")
     refuse_inputs(root, inputs)
@@ -288,7 +335,7 @@ def prepare_output_folder(root: PathLike, command: str, owned: Sequence[str], *,
             raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to replace an earlier "
                                   f"`trm {command}` output there, or choose another folder")
         _remove_marked(root, command)
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root)
     _clean_once(root)
     record = {"command": command, "owned": list(owned), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "note": "written by trmcore; `--overwrite` replaces only the entries listed here"}

@@ -11,7 +11,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from trmcore.cli.common import HelpFormatter, add_option, add_quiet, command, examples
@@ -84,7 +83,9 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _summary(root: Path) -> None:
-    meta = json.loads((root / "dataset.json").read_text())
+    from trmcore.schema import read_json
+
+    meta = read_json(root / "dataset.json")
     n_test = len({p.name.rsplit("_", 1)[0] for p in (root / "imagesTs").glob("*.nii.gz")}) if (root / "imagesTs").is_dir() else 0
     sites = sorted(set(meta.get("sites", {}).values()))
     print(f"wrote {root}: {meta.get('numTraining', 0)} labelled case(s)" + (f", {n_test} unlabelled" if n_test else ""))

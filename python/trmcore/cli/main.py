@@ -67,7 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Bad input is the user's to fix: say what is wrong, no traceback. trmcore reports bad input as
         # ValueError (or its subclasses) and missing / existing files; a TypeError is a programming error
         # and keeps its traceback.
-        print(f"trm {args.command}: error: {err}", file=sys.stderr)
+        print(f"trm {args.command}: error: {_os_error_text(err) if isinstance(err, OSError) else err}",
+              file=sys.stderr)
         return 2
     except OSError as err:
         # A read-only or full disk, a permission problem: one line naming the path, no traceback.
@@ -76,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _os_error_text(err: OSError) -> str:
+    """``path: cause`` for an error raised by the operating system, the message itself for trmcore's own."""
     if err.filename is not None and err.strerror:
         return f"{err.filename}: {err.strerror}"
     return str(err)

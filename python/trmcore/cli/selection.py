@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
-from trmcore.fileio import atomic_write_json, check_output_file
+from trmcore.fileio import atomic_write_json, check_output_file, make_folder
 from trmcore.selection.affinity import AffinityConfig
 from trmcore.selection.rank import RankConfig
 from trmcore.selection.similarity import PCA_OUTPUTS
@@ -199,7 +199,7 @@ def _run_path(args: argparse.Namespace) -> int:
                              sources=args.sources, allow_direct=args.allow_direct)
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     payload = dict(selection.to_json(), alpha=alpha, beta=beta)
     atomic_write_json(out / "path.json", payload, overwrite=args.overwrite, indent=1)
     plot_task_graph(selection.graph, selection, out / "path.png", overwrite=args.overwrite)
@@ -284,7 +284,7 @@ def _run_rank(args: argparse.Namespace) -> int:
             print(f"  {str(r.source):<{width}}  LEEP {r.leep:9.5f}  Dice {dice:.4f}")
         print(f"Kendall tau(LEEP, Dice) = {validation.tau:+.3f} (p = {validation.p_value:.3g}, n = {len(ranking)})")
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(args.output.parent)
         atomic_write_json(args.output, payload, overwrite=args.overwrite, indent=1, inputs=inputs)
         print(f"wrote {args.output}")
     return 0

@@ -22,12 +22,12 @@ and scores (``trmcore.data.tasks.IGNORE_INDEX``), never counted as background.
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+from trmcore.schema import Int, List as JsonList, Map, Maybe, Object, OneOf, Str, read_csv_rows, read_json
 
 LabelValue = Union[int, Tuple[int, ...]]
 
@@ -68,12 +68,7 @@ class DatasetLayout:
         if not root.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {root}")
         meta_path = root / "dataset.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: a dataset in the standard layout needs a dataset.json")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
+        meta = read_dataset_json(meta_path)
         if not isinstance(meta, dict):
             raise ValueError(f"{meta_path} must hold a JSON object")
         channels = _parse_channel_names(meta.get("channel_names", meta.get("modality")), meta_path)
@@ -140,10 +135,10 @@ def read_sites_csv(path: Union[str, Path]) -> Dict[str, str]:
     two columns case,site.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sites CSV not found: {path}")
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in read_csv_rows(path, what="sites CSV") if row and any(cell.strip() for cell in row)]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sites CSV not found: {path}") from None
     if not rows:
         raise ValueError(f"sites CSV {path} is empty")
     header = [cell.strip().lower() for cell in rows[0]]
@@ -234,3 +229,33 @@ def _match_name(name: str, names: List[str], kind: str, root: Path) -> str:
     if len(folded) == 1:
         return folded[0]
     raise ValueError(f"{kind} {name!r} not in dataset {root} (its {kind}s: {', '.join(names)})")
+
+
+# ------------------------------------------------------------------ the file's schema
+_CHANNEL_NAMES = Map(Str(nonempty=True), keys=Str(pattern=r"[0-9]{1,4}", expected="a channel index such as \"0\""),
+                     nonempty=True, expected='a non-empty object like {"0": "T1"}')
+#: The schema of dataset.json (trmcore.schema): the keys trmcore reads; other keys (nnU-Net's
+#: numTraining, a phantom's settings ...) are left to their readers. What the keys must mean
+#: together (background 0, distinct values ...) is checked by DatasetLayout.read.
+DATASET_JSON = Object({
+    "channel_names": _CHANNEL_NAMES,
+    "modality": _CHANNEL_NAMES,  # the nnU-Net v1 spelling
+    "labels": Map(OneOf(Int(minimum=0), JsonList(Int(minimum=0), min_len=1),
+                        expected="an integer >= 0 or a non-empty list of them"),
+                  nonempty=True, expected='a non-empty object like {"background": 0, "CSF": 1}'),
+    "file_ending": Str(pattern=r"\.[^/\\]+", expected="a file ending such as '.nii.gz'"),
+    "sites": Map(OneOf(Str(nonempty=True), Int(), expected="a site name"), expected="an object {case: site}"),
+    "name": Maybe(Str()),
+})
+
+
+def read_dataset_json(path: Union[str, Path]) -> dict:
+    """``path`` (a dataset.json) checked against :data:`DATASET_JSON`: the keys it declares, typed.
+
+    FileNotFoundError when absent; other OSErrors (permission denied ...) name the file and the cause;
+    a malformed file is one ValueError naming the file and the key.
+    """
+    try:
+        return read_json(path, DATASET_JSON)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: a dataset in the standard layout needs a dataset.json") from None

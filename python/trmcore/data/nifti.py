@@ -103,6 +103,9 @@ def _open(path: Path, case: str, what: str):
     try:
         return nib.load(str(path))
     except Exception as err:  # nibabel raises many types for corrupt files
+        from trmcore.fileio import check_readable
+
+        check_readable(path)  # nibabel words "permission denied" as "Could not read file": name the real cause
         raise ValueError(f"case {case}: cannot read {what} file {path}: {err}") from None
 
 

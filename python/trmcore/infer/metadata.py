@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from trmcore.schema import Float, Int, List as JsonList, Maybe, Object, Str, dataclass_schema, parse_json, validate
 from trmcore.data.preprocess import NORMALIZATIONS
 
 METADATA_KEY = "trmcore"
@@ -145,30 +146,24 @@ class ModelMetadata:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelMetadata":
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"trmcore metadata is not valid JSON: {err}") from None
-        if not isinstance(record, dict):
-            raise ValueError("trmcore metadata must be a JSON object")
+    def from_json(cls, text: str, source: str = "trmcore metadata") -> "ModelMetadata":
+        """The record from its JSON text, checked against :data:`METADATA_JSON`; ValueError
+        ``"{source}: {field}: {problem}"`` when malformed."""
+        record = parse_json(text, source, _VERSIONED)
         version = record.get("schema_version", SCHEMA_VERSION)
         if version > SCHEMA_VERSION:
             raise ValueError(
                 f"model metadata schema version {version} is newer than this trmcore understands "
                 f"({SCHEMA_VERSION}); upgrade trmcore"
             )
-        provenance = Provenance(**record.pop("provenance", {}) or {})
+        record = validate(record, METADATA_JSON, source)
+        provenance = record.pop("provenance", None) or Provenance()
         if version < 3 and "precision" not in record:
             record["precision"] = "fp16" if record.get("dtype") == "float16" else "fp32"
-        known = set(cls.__dataclass_fields__) - {"provenance"}
-        unknown = set(record) - known
-        if unknown:
-            raise ValueError(f"unknown keys in trmcore metadata: {sorted(unknown)}")
-        missing = {"channels", "label_names", "label_values"} - set(record)
-        if missing:
-            raise ValueError(f"trmcore metadata lacks {sorted(missing)}")
-        return cls(provenance=provenance, **record)
+        try:
+            return cls(provenance=provenance, **record)
+        except ValueError as err:  # its own type kept (a resource limit stays one), the model named
+            raise type(err)(f"{source}: {err}") from None
 
     def to_props(self) -> Dict[str, str]:
         """The ONNX ``metadata_props``: the JSON record plus readable copies."""
@@ -198,10 +193,24 @@ class ModelMetadata:
                 f"{model_path} has no trmcore metadata (metadata_props key {METADATA_KEY!r}); "
                 "export the model with `trm export RUN -o model.onnx`"
             )
-        try:
-            return cls.from_json(props[METADATA_KEY])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{model_path}: invalid trmcore metadata: {err}") from None
+        return cls.from_json(props[METADATA_KEY], f"{model_path}: invalid trmcore metadata")
+
+
+# The version is read first: a newer record may hold keys this trmcore does not know.
+_VERSIONED = Object({"schema_version": Int(minimum=1)}, extra="keep")
+#: The schema of the ``trmcore`` metadata record (trmcore.schema): types from the dataclasses, unknown keys
+#: refused; the rules between fields (distinct values, precision and dtype ...) are ModelMetadata.validate.
+METADATA_JSON = dataclass_schema(
+    ModelMetadata, required=("channels", "label_names", "label_values"), extra="forbid", build=False,
+    overrides={"channels": JsonList(Str(nonempty=True), min_len=1),
+               "label_names": JsonList(Str(nonempty=True), min_len=1),
+               "label_values": JsonList(Int(minimum=0), min_len=1),
+               "normalization": Str(choices=NORMALIZATIONS),
+               "orientation": Maybe(Str(nonempty=True, max_len=16)),
+               "spacing": Maybe(JsonList(Float(minimum=0, exclusive_min=True), min_len=3, max_len=3)),
+               "precision": Str(choices=PRECISIONS),
+               "dtype": Str(choices=tuple(dict.fromkeys(PRECISION_DTYPE.values()))),
+               "provenance": Maybe(dataclass_schema(Provenance))})
 
 
 def check_graph_shapes(metadata: ModelMetadata, input_shape: Sequence[Any], output_shape: Sequence[Any],

@@ -6,7 +6,6 @@ Naming follows the nnU-Net convention: channel ``k`` of case ``CASE`` is
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +120,11 @@ def declared_channel_names(input_path: Path) -> Optional[List[str]]:
     folder = Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent
     for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
         if candidate.is_file():
-            try:
-                record = json.loads(candidate.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"cannot read {candidate}: {err}") from None
+            from trmcore.data.layout import read_dataset_json  # the one dataset.json schema
+
+            record = read_dataset_json(candidate)
             names = record.get("channel_names") or record.get("modality")
-            if isinstance(names, dict):
+            if names:
                 return [str(names[k]) for k in sorted(names, key=int)]
             return None
     return None
@@ -165,7 +163,9 @@ def load_case(case: CaseFiles) -> List["nib.spatialimages.SpatialImage"]:
     """The case's channel images, checked to share one shape and affine (as training checks)."""
     from trmcore.data.nifti import AFFINE_ATOL
 
-    images = [load_image(p) for p in case.channel_paths]
+    from trmcore.fileio import check_readable
+
+    images = [load_image(check_readable(p)) for p in case.channel_paths]  # a permission problem named as such
     shapes = {tuple(img.shape[:3]) for img in images}
     if len(shapes) != 1:
         detail = ", ".join(f"{p.name} {tuple(img.shape)}" for p, img in zip(case.channel_paths, images))

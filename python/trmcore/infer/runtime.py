@@ -78,6 +78,9 @@ def create_session(model_path: Union[str, os.PathLike], providers: ProviderSpec 
     except Exception as err:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
         if isinstance(err, (ValueError, FileNotFoundError)):
             raise
+        from trmcore.fileio import check_readable
+
+        check_readable(path)  # onnxruntime words "permission denied" as "system error number 13"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot load ONNX model {path}: {first_line}") from None
 

@@ -16,7 +16,6 @@ baseline.
 
 from __future__ import annotations
 
-import json
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -25,12 +24,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from trmcore.fileio import atomic_write_json, atomic_write_text
+from trmcore.fileio import atomic_write_json, atomic_write_text, make_folder
 from trmcore.selection._blas import cpu_count, single_threaded_blas
 from trmcore.selection.similarity import (
     PCA_OUTPUTS, SSIM_C, global_ssim, image_signature, label_intensity, resize_labels, ssim_from_moments, wasserstein_1d,
 )
-from trmcore.selection.tasks import SelectionTask
+from trmcore.schema import AnyJson, Float, Int, JsonFileError, List as JsonList, Map, Object, read_json
+from trmcore.selection.tasks import TASK_JSON, SelectionTask
 
 DEFAULT_ALPHA = 0.0044
 DEFAULT_BETA = 2.4756
@@ -178,7 +178,7 @@ class AffinityResult:
     def save(self, out_dir: Path, overwrite: bool = True) -> List[Path]:
         """Write W/S/d as CSV and ``affinity.json`` (an existing file only with ``overwrite``); the written paths."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
         written = []
         for key, matrix in (("W", self.W), ("S", self.S), ("d", self.d)):
             path = out_dir / f"{key}.csv"
@@ -198,15 +198,35 @@ class AffinityResult:
 
     @classmethod
     def load(cls, directory: Path) -> "AffinityResult":
-        """Read ``DIR/affinity.json`` written by :meth:`save`."""
+        """Read ``DIR/affinity.json`` written by :meth:`save`, checked against :data:`AFFINITY_JSON`."""
         path = Path(directory) / "affinity.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (run `trm affinity DATA --tasks ... -o {directory}` first)")
-        obj = json.loads(path.read_text())
+        try:
+            obj = read_json(path, AFFINITY_JSON)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} not found (run `trm affinity DATA --tasks ... -o {directory}` first)") from None
         tasks = [SelectionTask.from_json(t) for t in obj["tasks"]]
-        return cls(tasks, [int(t["n_cases"]) for t in obj["tasks"]], [int(t["n_sampled"]) for t in obj["tasks"]],
-                   np.asarray(obj["W"], dtype=np.float64), np.asarray(obj["S"], dtype=np.float64),
-                   float(obj["alpha"]), float(obj["beta"]), obj.get("config", {}))
+        if len(set(tasks)) != len(tasks):
+            raise JsonFileError(f"{path}: tasks: a task is listed twice")
+        matrices = {}
+        for key in ("W", "S"):
+            matrix = np.asarray(obj[key], dtype=np.float64) if obj[key] else np.zeros((0, 0))
+            if matrix.shape != (len(tasks), len(tasks)):
+                rows = [len(row) for row in obj[key]]
+                raise JsonFileError(f"{path}: {key}: expected a {len(tasks)} x {len(tasks)} matrix (a row and a "
+                                    f"column per task), got {len(rows)} rows of {sorted(set(rows)) or [0]} values")
+            matrices[key] = matrix
+        return cls(tasks, [t["n_cases"] for t in obj["tasks"]], [t["n_sampled"] for t in obj["tasks"]],
+                   matrices["W"], matrices["S"], obj["alpha"], obj["beta"], obj.get("config", {}))
+
+
+#: The schema of affinity.json (trmcore.schema); ``d`` is recomputed from W, S, alpha and beta, not read.
+AFFINITY_JSON = Object({
+    "tasks": JsonList(Object({**TASK_JSON.fields, "n_cases": Int(minimum=0), "n_sampled": Int(minimum=0)},
+                             required=TASK_JSON.required + ("n_cases", "n_sampled")), min_len=1),
+    "alpha": Float(), "beta": Float(),
+    "W": JsonList(JsonList(Float())), "S": JsonList(JsonList(Float())),
+    "config": Map(AnyJson(finite=False)),
+}, required=("tasks", "alpha", "beta", "W", "S"))
 
 
 def task_distance(W: np.ndarray, S: np.ndarray, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> np.ndarray:

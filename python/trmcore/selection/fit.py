@@ -18,8 +18,6 @@ on that scale.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from trmcore.fileio import atomic_write_json
+from trmcore.schema import Float, Int, Object, read_csv_rows, read_json
 from trmcore.selection.affinity import AffinityResult
 
 GRID_POINTS = 2001
@@ -77,21 +76,26 @@ def split_path(text: str) -> Tuple[str, ...]:
 def read_results(path: Path) -> List[MeasuredPath]:
     """CSV with header columns ``path`` and ``dice`` (other columns ignored)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "path" not in reader.fieldnames or "dice" not in reader.fieldnames:
-            raise ValueError(f"{path}: needs a header with columns 'path' and 'dice', got {reader.fieldnames}")
-        results = []
-        for row_number, row in enumerate(reader, start=2):
-            try:
-                dice = float(row["dice"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}:{row_number}: dice {row['dice']!r} is not a number") from None
-            if not math.isfinite(dice):
-                raise ValueError(f"{path}:{row_number}: dice is not finite")
-            results.append(MeasuredPath(split_path(row["path"] or ""), dice))
+    try:
+        rows = read_csv_rows(path, what="results CSV")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"results file not found: {path}") from None
+    header = rows[0] if rows else None
+    if not header or "path" not in header or "dice" not in header:
+        raise ValueError(f"{path}: needs a header with columns 'path' and 'dice', got {header}")
+    column = {name: header.index(name) for name in ("path", "dice")}
+    results = []
+    for row_number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        cells = {name: row[k] if k < len(row) else None for name, k in column.items()}
+        try:
+            dice = float(cells["dice"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{row_number}: dice {cells['dice']!r} is not a number") from None
+        if not math.isfinite(dice):
+            raise ValueError(f"{path}:{row_number}: dice is not finite")
+        results.append(MeasuredPath(split_path(cells["path"] or ""), dice))
     return results
 
 
@@ -156,8 +160,14 @@ def save_fit(fit: WeightFit, directory: Path, overwrite: bool = True) -> Path:
 
 def load_fit(directory: Path) -> WeightFit:
     path = Path(directory) / "fit.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (run `trm affinity fit {directory} --results CSV` first)")
-    obj = json.loads(path.read_text())
-    return WeightFit(float(obj["alpha"]), float(obj["beta"]), float(obj["correlation"]),
-                     float(obj["default_correlation"]), int(obj["n_results"]))
+    try:
+        obj = read_json(path, FIT_JSON)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found (run `trm affinity fit {directory} --results CSV` first)") from None
+    return WeightFit(obj["alpha"], obj["beta"], obj["correlation"], obj["default_correlation"], obj["n_results"])
+
+
+#: The schema of fit.json (trmcore.schema); a correlation is NaN when the measured Dice do not vary.
+FIT_JSON = Object({"alpha": Float(minimum=0), "beta": Float(minimum=0), "correlation": Float(-1, 1, allow_nan=True),
+                   "default_correlation": Float(-1, 1, allow_nan=True), "n_results": Int(minimum=0)},
+                  required=("alpha", "beta", "correlation", "default_correlation", "n_results"))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
+from trmcore.schema import List as JsonList, Maybe, Object, Str, read_text_file
+
 if TYPE_CHECKING:
     from trmcore.data import TaskSpec
 
@@ -65,7 +67,16 @@ class SelectionTask:
 
     @classmethod
     def from_json(cls, obj: Dict[str, Any]) -> "SelectionTask":
+        """From :meth:`to_json`'s record, already checked against :data:`TASK_JSON`."""
         return cls(obj.get("site"), tuple(obj["channels"]), tuple(obj["labels"]))
+
+
+# Names of sites, channels and labels inside a task name: no "/" (it separates the fields), no "," or "+"
+# (they separate names in lists).
+_NAME = Str(nonempty=True, max_len=256, pattern=r"[^/,+]+", expected="a name without '/', ',' or '+'")
+#: The schema of one task record in affinity.json (trmcore.schema); other keys (n_cases ...) are the file's.
+TASK_JSON = Object({"name": Str(), "site": Maybe(_NAME), "channels": JsonList(_NAME, min_len=1),
+                    "labels": JsonList(_NAME, min_len=1)}, required=("channels", "labels"))
 
 
 def _split_names(text: str, what: str, source: str) -> Tuple[str, ...]:
@@ -97,10 +108,12 @@ def parse_task_name(text: str, source: str = "task") -> SelectionTask:
 def read_tasks_file(path: Path) -> List[SelectionTask]:
     """Tasks listed in a file, in order, duplicates removed."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tasks file not found: {path}")
+    try:
+        text = read_text_file(path, what="tasks file")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"tasks file not found: {path}") from None
     tasks: List[SelectionTask] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if line:
             task = parse_task_name(line, source=f"{path}:{number}")

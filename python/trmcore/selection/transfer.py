@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from trmcore.fileio import atomic_write_json
+from trmcore.fileio import atomic_write_json, make_folder
 from trmcore.selection.fit import split_path
 from trmcore.selection.tasks import parse_task_name
 from trmcore.training.methods import DEFAULT_METHOD
@@ -116,7 +116,7 @@ def transfer_along_path(data: PathLike, path: Union[str, Sequence[str]], source_
         kwargs["iterations"] = config.iterations
     train_config = TrainConfig(**kwargs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     report = TransferPathReport(names, str(source_run), config.method)
     previous = source_run
     for k, task in enumerate(tasks[1:], start=1):

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from trmcore.fileio import atomic_path, save_figure
+from trmcore.fileio import atomic_path, make_folder, save_figure
 from trmcore.study.tables import GAIN, PairTable, _short
 
 
@@ -48,7 +48,7 @@ def gain_heatmap(table: PairTable, title: str, path: Path) -> Path:
     fig.colorbar(image, ax=ax, label="Dice trm - vanilla")
     ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     save_figure(fig, path, overwrite=True, dpi=110)
     plt.close(fig)
     return path
@@ -68,7 +68,7 @@ def few_shot_plot(summary: Sequence[dict], path: Path) -> Path:
     ax.set_title("Table III: few-shot fine-tuning")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     save_figure(fig, path, overwrite=True, dpi=110)
     plt.close(fig)
     return path
@@ -81,7 +81,7 @@ def collect_fig2(out_dir: Path, panels: Dict[str, List[str]]) -> List[Path]:
         if not pngs:
             continue
         target = out_dir / "figures" / f"fig2_{name}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(target.parent)
         with atomic_path(target, overwrite=True) as tmp:
             shutil.copyfile(out_dir / pngs[0], tmp)
         copies.append(target)

@@ -7,7 +7,6 @@ rewrites it.
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ from trmcore.study.tables import (GAIN, cell_rows, collapse_markdown, collapse_r
 def _setup_lines(profile: StudyProfile, seeds: Sequence[int], tables: Sequence[str], summary: RunSummary,
                  results: Dict[str, dict], grid: StudyGrid, wall_s: float, out: Path,
                  seeded_tables: Sequence[str]) -> List[str]:
-    study = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+    from trmcore.study.study import read_study_json  # study.py imports this module
+
+    study = read_study_json(out)
     datasets = study.get("datasets", {})
     compute = sum(float(r.get("wall_s", 0.0)) for r in results.values())
     training = profile.training

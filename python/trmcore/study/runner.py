@@ -17,7 +17,6 @@ jobs that need it are skipped, the rest go on.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from trmcore.fileio import atomic_write_json, remove_output_folder
+from trmcore.fileio import atomic_write_json, make_folder, remove_output_folder
+from trmcore.schema import AnyJson, Int, Map, Object, Str, read_json
 from trmcore.study.grid import TUMOUR, Job, StudyGrid
 from trmcore.study.profiles import StudyProfile
 
@@ -65,16 +65,19 @@ class RunSummary:
     wall_s: float = 0.0
 
 
+#: The schema of a cache entry (trmcore.schema); a result may hold NaN (a class without voxels: no Dice).
+CACHE_JSON = Object({"version": Int(), "key": Str(), "job": Map(AnyJson(finite=False)),
+                     "result": Map(AnyJson(finite=False))}, required=("version", "key", "result"))
+
+
 def read_cached(ctx: StudyContext, job: Job) -> Optional[Dict[str, Any]]:
     """The cached result of ``job``, or None when there is none or it cannot be trusted."""
     path = ctx.cache_file(job.key)
     try:
-        entry = json.loads(path.read_text())
+        entry = read_json(path, CACHE_JSON)
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("key") != job.key or entry.get("version") != CACHE_VERSION:
-        return None
-    if "result" not in entry or not isinstance(entry["result"], dict):
+    if entry.get("key") != job.key or entry.get("version") != CACHE_VERSION:
         return None
     if job.kind in ("source", "finetune") and not (ctx.run_dir(job.key) / "run.json").is_file():
         return None
@@ -85,7 +88,7 @@ def read_cached(ctx: StudyContext, job: Job) -> Optional[Dict[str, Any]]:
 
 def write_cached(ctx: StudyContext, job: Job, result: Dict[str, Any]) -> Path:
     path = ctx.cache_file(job.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_write_json(path, {"version": CACHE_VERSION, "key": job.key, "job": asdict(job), "result": result},
                       overwrite=True, indent=1)
     return path

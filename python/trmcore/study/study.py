@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from trmcore.fileio import atomic_write_json, visible_entries
+from trmcore.fileio import atomic_write_json, make_folder, visible_entries
+from trmcore.schema import AnyJson, Map, Maybe, Object, Str, read_json
 from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
 from trmcore.study.profiles import StudyProfile, get_profile
 from trmcore.study.runner import RunSummary, StudyContext, load_results, run_grid
@@ -61,6 +62,19 @@ RESULT_FIELDS = ("depth", "width", "batch_size", "lr", "source_iterations", "fin
                  "tissue_data", "tumour_data", "tumour_source_iterations")
 
 
+#: The schema of OUT/study.json (trmcore.schema): the profile as written (free-form, NaN allowed) and the
+#: dataset of each kind (None: the phantom).
+STUDY_JSON = Object({"profile": Map(AnyJson(finite=False)), "datasets": Map(Maybe(Str()))}, extra="keep")
+
+
+def read_study_json(out: Path) -> dict:
+    """OUT/study.json checked against :data:`STUDY_JSON` ({} when absent); ValueError naming it when malformed."""
+    try:
+        return read_json(Path(out) / "study.json", STUDY_JSON)
+    except FileNotFoundError:
+        return {}
+
+
 def _flat_profile(profile: dict) -> dict:
     """The RESULT_FIELDS of a study.json profile, whether it nests model and training (now) or not (before)."""
     model, training = profile.get("model"), profile.get("training")
@@ -91,10 +105,10 @@ def _check_study_folder(out: Path, profile: StudyProfile, datasets: Dict[str, Op
                               "choose a new -o, or the folder of an earlier `trm reproduce` to resume it")
     if marker.is_file():
         try:
-            previous = json.loads(marker.read_text())
+            previous = read_study_json(out)
         except ValueError:
-            previous = None
-        if isinstance(previous, dict) and _fingerprint(previous) != _fingerprint(record):
+            previous = None  # unreadable: nothing to compare with; rewritten below
+        if previous and _fingerprint(previous) != _fingerprint(record):
             differing = [k for k in RESULT_FIELDS
                          if _fingerprint(previous)["profile"].get(k) != _fingerprint(record)["profile"].get(k)]
             if _fingerprint(previous)["datasets"] != _fingerprint(record)["datasets"]:
@@ -102,7 +116,7 @@ def _check_study_folder(out: Path, profile: StudyProfile, datasets: Dict[str, Op
             raise ValueError(f"{out} holds a study with other settings (profile "
                              f"{previous.get('profile', {}).get('name')!r}; differing: {', '.join(differing)}); "
                              "choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write_json(marker, record, overwrite=True, indent=1)
 
 
@@ -111,7 +125,7 @@ def _phantom(out: Path, spec, progress: bool) -> Path:
     from trmcore.data import make_phantom
 
     try:
-        meta = json.loads((out / "dataset.json").read_text())
+        meta = read_json(out / "dataset.json")
         made = meta.get("phantom", {})
         same = (made.get("size") == list(spec.size) and made.get("seed") == spec.seed
                 and [p.get("name") for p in made.get("site_profiles", [])] == list(spec.sites)

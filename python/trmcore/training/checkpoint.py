@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from trmcore.errors import UnsafeFileError
-from trmcore.fileio import atomic_write_bytes
+from trmcore.fileio import atomic_write_bytes, check_readable, make_folder
 from trmcore.models.unet import UNet
 from trmcore.training.runinfo import RUN_INFO_FILE, WEIGHTS_FILE, RunInfo, read_run_info, write_run_info
 
@@ -47,7 +47,7 @@ def save_run(run_dir: Union[str, Path], model: UNet, info: RunInfo) -> Path:
     if model.config != info.model:
         raise ValueError(f"model config {model.config} does not match run info {info.model}")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     data = save(_state_dict_cpu(model), metadata={"format": "pt", "trmcore_version": info.trmcore_version})
     atomic_write_bytes(run_dir / WEIGHTS_FILE, data, overwrite=True)
     write_run_info(run_dir, info)
@@ -63,7 +63,7 @@ def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu"
     if not weights.is_file():
         raise FileNotFoundError(f"{run_dir}: run folder has no {WEIGHTS_FILE}")
     model = UNet(info.model)
-    state = load_weights(weights)
+    state = load_weights(check_readable(weights))  # safetensors words "permission denied" as "No such file"
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from trmcore import __version__
-from trmcore.data.preprocess import DEFAULT_NORMALIZATION
+from trmcore.data.preprocess import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from trmcore.fileio import atomic_write_bytes
 from trmcore.models.config import UNetConfig
-from trmcore.training.config import TrainConfig
+from trmcore.schema import AnyJson, Float, Int, List as JsonList, Map, Maybe, OneOf, Str, dataclass_schema, \
+    parse_json, read_json, validate
+from trmcore.training.config import AXES, TrainConfig
 
 RUN_INFO_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -102,22 +104,39 @@ class RunInfo:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunInfo":
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        if "model" not in kwargs:
-            raise ValueError("run info has no 'model' section")
-        kwargs["model"] = UNetConfig.from_dict(kwargs["model"])
-        if kwargs.get("training") is not None:
-            kwargs["training"] = TrainConfig.from_dict(kwargs["training"])
-        return cls(**kwargs)
+    def from_dict(cls, data: dict[str, Any], source: str = "run info") -> "RunInfo":
+        """A RunInfo from the parsed run.json ``data``, checked against :data:`RUN_JSON`."""
+        return validate(data, RUN_JSON, source)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunInfo":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "run info") -> "RunInfo":
+        """A RunInfo from run.json's text; one ValueError ``"{source}: {field}: {problem}"`` when malformed."""
+        return parse_json(text, source, RUN_JSON)
+
+
+_LABEL_VALUE = OneOf(Int(minimum=0), JsonList(Int(minimum=0), min_len=1),
+                     expected="a label value (an integer >= 0, or a non-empty list of them for a region)")
+#: The schema of run.json (trmcore.schema). Field types come from the dataclasses; the bounds of the
+#: model and training settings are UNetConfig's and TrainConfig's own checks, quoted with the field.
+RUN_JSON = dataclass_schema(RunInfo, required=("model", "channels", "label_names", "label_values"), overrides={
+    "channels": JsonList(Str(nonempty=True), min_len=1),
+    "label_names": JsonList(Str(nonempty=True), min_len=2),
+    "label_values": JsonList(_LABEL_VALUE, min_len=2),
+    "axis": Int(min(AXES), max(AXES)),
+    "divisor": Int(minimum=1),
+    "normalization": Str(choices=NORMALIZATIONS),
+    "orientation": Maybe(Str(nonempty=True, max_len=16)),
+    "spacing": Maybe(JsonList(Float(minimum=0, exclusive_min=True), min_len=3, max_len=3)),
+    "iterations_done": Int(minimum=0),
+    "val_dice": Maybe(Float(0.0, 1.0, allow_nan=True)),  # NaN: no validation case held a class
+    "train_cases": JsonList(Str()),
+    "val_cases": JsonList(Str()),
+    "loss_normalization": Maybe(Map(AnyJson(finite=False))),
+    "risk_diagnostics": Maybe(Map(AnyJson(finite=False))),
+})
 
 
 def write_run_info(run_dir: Union[str, Path], info: RunInfo) -> Path:
@@ -127,14 +146,15 @@ def write_run_info(run_dir: Union[str, Path], info: RunInfo) -> Path:
 
 
 def read_run_info(run_dir: Union[str, Path]) -> RunInfo:
-    """RunInfo of ``run_dir`` (torch-free). FileNotFoundError when it is not a run folder."""
+    """RunInfo of ``run_dir`` (torch-free). FileNotFoundError when it is not a run folder; ValueError naming
+    run.json and the field when it is malformed; other OSErrors (permission denied ...) keep their cause."""
     path = Path(run_dir) / RUN_INFO_FILE
-    if not path.is_file():
+    if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"{run_dir}: not a trmcore run folder (no {RUN_INFO_FILE})")
     try:
-        return RunInfo.from_json(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
-        raise ValueError(f"{path}: malformed run info ({err})") from err
+        return read_json(path, RUN_JSON)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_dir}: not a trmcore run folder (no {RUN_INFO_FILE})") from None
 
 
 # What defines a run: a --resume must match all of these (the training settings are checked separately,
