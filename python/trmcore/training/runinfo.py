@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Union
 from trmcore import __version__
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
 from trmcore.fileio import atomic_write_bytes
+from trmcore.limits import check_divisor
 from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
 
@@ -81,6 +82,7 @@ class RunInfo:
                 f"{len(self.label_names)} label names for a model with {self.model.num_classes} classes")
         if len(self.channels) != self.model.in_channels:
             raise ValueError(f"{len(self.channels)} channels for a model with {self.model.in_channels} inputs")
+        self.divisor = check_divisor(self.divisor, "divisor")  # slices are padded to a multiple of it
 
     @property
     def num_classes(self) -> int:
@@ -135,6 +137,8 @@ def read_run_info(run_dir: Union[str, Path]) -> RunInfo:
         return RunInfo.from_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, TypeError, KeyError) as err:
         raise ValueError(f"{path}: malformed run info ({err})") from err
+    except ValueError as err:  # a value out of bounds (U-Net size, divisor, memory budget): name the file
+        raise type(err)(f"{path}: {err}") from None
 
 
 # What defines a run: a --resume must match all of these (the training settings are checked separately,
