@@ -27,6 +27,7 @@ BAD_INPUTS = [
     "nan-pixdim-with-sform", "zero-pixdim-qform", "negative-pixdim-qform", "zero-pixdim-no-sform",
     "nan-quaternion", "header-declares-512^3-beyond-budget", "label-declares-512^3-beyond-budget",
     "resampling-1e-6-mm-to-1-mm", "resampling-1-mm-to-1e-6-mm", "nan-affine-array", "singular-affine-array",
+    "import-iseg-nan-pixdim", "import-iseg-zero-pixdim", "import-iseg-beyond-budget",
 ]
 
 
@@ -169,3 +170,31 @@ def test_memory_limit_option_parsing(monkeypatch):
     monkeypatch.delenv(limits.MEMORY_ENV)
     total = limits.physical_memory()
     assert total and limits.memory_limit() == int(total * limits.DEFAULT_FRACTION)
+
+
+@pytest.mark.parametrize("value", [np.nan, 0.0])
+def test_import_refuses_damaged_analyze_headers(tmp_path, capsys, value):
+    from trmcore.cli.main import main
+
+    from .test_data_importers import _write_iseg
+
+    src = _write_iseg(tmp_path / "iseg", subjects=(1,), unlabelled=())
+    hdr_path = src / "subject-1-T2.hdr"
+    header = nib.AnalyzeHeader.from_fileobj(open(hdr_path, "rb"), check=False)
+    header["pixdim"][2] = value
+    hdr_path.write_bytes(header.binaryblock)
+    code = main(["import", "iseg", "-q", str(src), str(tmp_path / "out")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and str(hdr_path) in err[0] and "pixdim" in err[0], err
+    assert not (tmp_path / "out" / "imagesTr" / "subject-1_0001.nii.gz").exists()
+
+
+def test_import_refuses_a_declared_size_beyond_the_budget(tmp_path, capsys):
+    from trmcore.cli.main import main
+
+    from .test_data_importers import _write_iseg
+
+    src = _write_iseg(tmp_path / "iseg", subjects=(1,), unlabelled=())
+    code = main(["--memory-limit", "8K", "import", "iseg", "-q", str(src), str(tmp_path / "out")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "subject-1-T1.hdr" in err[0] and "8.0 KiB memory limit" in err[0], err

@@ -79,6 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # A read-only or full disk, a permission problem: one line naming the path, no traceback.
         print(f"trm {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
+    finally:
+        set_memory_limit(None)  # the option is this command's, not the process's (main() is also called in-process)
 
 
 def _os_error_text(err: OSError) -> str:

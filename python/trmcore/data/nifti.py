@@ -140,8 +140,10 @@ def check_header(img, path, prefix: str = "", copies: int = LOAD_COPIES) -> None
         if not np.isfinite(zooms).all():
             raise ValueError(f"{where}: the header's voxel sizes (pixdim) {zooms.tolist()} hold NaN or infinite "
                              "values: the header is damaged")
-        from_pixdim = "sform_code" not in raw or int(raw["sform_code"]) == 0
-        if from_pixdim and (zooms <= 0).any():
+        nifti = "qform_code" in raw
+        from_pixdim = not nifti or int(raw["sform_code"]) == 0
+        # Analyze files may store a flip as a negative size (SPM): only a zero size is meaningless there.
+        if from_pixdim and ((zooms <= 0).any() if nifti else (zooms == 0).any()):
             raise ValueError(f"{where}: the header's voxel sizes (pixdim) are {zooms.tolist()} and it has no "
                              "sform: a voxel size must be positive (nibabel would silently use 1 mm or drop the "
                              "sign); fix the header")

@@ -153,7 +153,9 @@ def run_with_deadline(session: ort.InferenceSession, feeds: dict, deadline: Opti
         timer.start()
     try:
         return session.run(None, feeds, options)
-    except Exception as err:  # onnxruntime raises its own types (Fail, RuntimeException ...)
+    except Exception as err:  # onnxruntime raises its own types (Fail, RuntimeException ...), not ValueError
+        if not (type(err).__module__.startswith("onnxruntime") or isinstance(err, (RuntimeError, MemoryError))):
+            raise  # a programming error keeps its traceback
         text = str(err).strip()
         if options.terminate or "terminate flag" in text:
             raise _past_deadline(model_path, time_limit) from None
