@@ -368,9 +368,13 @@ def test_memory_limit_option(capsys, case_folder, tmp_path, onnx_model):
     code, lines = run_cli(capsys, "--memory-limit", "64K", "predict", "-q", "-m", onnx_model, "-i", case_folder,
                           "-o", tmp_path / "out")
     assert_one_line(code, lines, onnx_model, "64.0 KiB memory limit", "--memory-limit")
-    from trmcore import limits
-
-    limits.set_memory_limit(None)
+    # Between what the file costs to read (20 bytes a voxel) and what segmenting it costs (60): refused by the
+    # segmenter's estimate, still naming the file.
+    conv, weights = three_channels()
+    small = save_graph(tmp_path / "small.onnx", conv + [helper.make_node("Identity", ["c3"], ["logits"])], weights)
+    code, lines = run_cli(capsys, "--memory-limit", "512K", "predict", "-q", "-m", small, "-i", case_folder,
+                          "-o", tmp_path / "out")
+    assert_one_line(code, lines, case_folder / "phantom_000_0000.nii.gz", "36x44x10 voxels", "(x15)",
+                    "512.0 KiB memory limit")
     assert main(["--memory-limit", "16G", "predict", "-q", "-m", str(onnx_model), "-i", str(case_folder),
                  "-o", str(tmp_path / "out")]) == 0
-    limits.set_memory_limit(None)
