@@ -81,8 +81,9 @@ def bounded_arena() -> Optional[int]:
             limit = int(memory_limit())
             try:
                 info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-                # kSameAsRequested (1): grow by what is asked, not by doubling, so the cap is what is used.
-                config = ort.OrtArenaCfg({"max_mem": limit, "arena_extend_strategy": 1})
+                # kNextPowerOfTwo (0), onnxruntime's default: the same peak memory as a session's own arena
+                # (kSameAsRequested measured +160 MB on a depth-4 U-Net); the cap holds either way.
+                config = ort.OrtArenaCfg({"max_mem": limit, "arena_extend_strategy": 0})
                 ort.create_and_register_allocator(info, config)
                 _ARENA["max_mem"] = limit
             except Exception:  # an onnxruntime without the API: the static checks still hold
