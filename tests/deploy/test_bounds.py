@@ -261,6 +261,12 @@ def test_slow_graph_is_stopped_at_the_time_limit(case_folder, tmp_path, capsys):
     assert elapsed >= 1
     assert elapsed < 30, elapsed
     assert not (tmp_path / "out" / "phantom_000.nii.gz").exists()
+    from trmcore.cli.main import build_parser
+
+    parser = build_parser()  # the other commands that run a model take the option too
+    assert parser.parse_args(["transferability", "data", "-m", "m.onnx", "--channel", "T1", "--labels", "CSF",
+                              "--time-limit", "30"]).time_limit == 30
+    assert parser.parse_args(["evaluate", "data", "-m", "m.onnx", "--time-limit", "2.5"]).time_limit == 2.5
     with pytest.raises(SystemExit) as info:  # argparse's usage error
         main(["predict", "-q", "--time-limit", "soon", "-m", str(model), "-i", str(case_folder),
               "-o", str(tmp_path / "out")])
