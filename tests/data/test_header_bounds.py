@@ -28,6 +28,7 @@ BAD_INPUTS = [
     "nan-quaternion", "header-declares-512^3-beyond-budget", "label-declares-512^3-beyond-budget",
     "resampling-1e-6-mm-to-1-mm", "resampling-1-mm-to-1e-6-mm", "nan-affine-array", "singular-affine-array",
     "import-iseg-nan-pixdim", "import-iseg-zero-pixdim", "import-iseg-beyond-budget",
+    "run-records-1e-6-mm-training-load",
 ]
 
 
@@ -198,3 +199,12 @@ def test_import_refuses_a_declared_size_beyond_the_budget(tmp_path, capsys):
     code = main(["--memory-limit", "8K", "import", "iseg", "-q", str(src), str(tmp_path / "out")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "subject-1-T1.hdr" in err[0] and "8.0 KiB memory limit" in err[0], err
+
+
+def test_training_load_budgets_a_recorded_microscopic_spacing(phantom_root):
+    # A run.json recording 1e-6 mm voxels (evaluate, finetune and riskmap load with the run's geometry).
+    from trmcore.data import load_task_volumes, parse_task
+
+    with pytest.raises(ResourceLimitError, match=r"case \S+: resampling .* voxels .* memory limit"):
+        load_task_volumes(phantom_root, parse_task("T1", "CSF"), progress=False,
+                          geometry=Geometry("RAS", (1e-6, 1e-6, 1.0)))
