@@ -20,10 +20,10 @@ class CountingSession:
     def __init__(self, session):
         self.session, self.shapes = session, []
 
-    def run(self, outputs, feeds):
+    def run(self, outputs, feeds, *run_options):
         (batch,) = feeds.values()
         self.shapes.append(batch.shape)
-        return self.session.run(outputs, feeds)
+        return self.session.run(outputs, feeds, *run_options)
 
     def __getattr__(self, name):
         return getattr(self.session, name)

@@ -28,6 +28,21 @@ def add_option(parser: argparse.ArgumentParser, *flags: str, hidden: Sequence[st
     return action
 
 
+def add_time_limit(parser: argparse.ArgumentParser) -> None:
+    """``--time-limit SECONDS``: how long an ONNX model may run on one volume before it is stopped."""
+    from trmcore.limits import DEFAULT_TIME_LIMIT, TIME_ENV, parse_seconds
+
+    def seconds(text: str) -> float:
+        try:
+            return parse_seconds(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parser.add_argument("--time-limit", type=seconds, default=None, metavar="SECONDS",
+                        help="stop an ONNX model that runs longer than this on one volume (default: environment "
+                             f"variable {TIME_ENV}, else {DEFAULT_TIME_LIMIT:g})")
+
+
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     """``-q/--quiet`` (old spelling ``--no-progress``): no progress bars."""
     add_option(parser, "-q", "--quiet", hidden=("--no-progress",), action="store_true", help="no progress bars")

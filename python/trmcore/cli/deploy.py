@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, command
+from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, add_time_limit, command
 from trmcore.extras import install_hint
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.ops import RISK_BASE
@@ -102,6 +102,7 @@ def _add_runtime_options(p: argparse.ArgumentParser, several: bool = False) -> N
                    help="onnxruntime execution provider (auto: CUDA when a GPU is seen, else CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
+    add_time_limit(p)
     add_quiet(p)
     p.add_argument("--no-resample", action="store_true",
                    help="use volumes as stored (no reorientation to the model's orientation, no resampling to "
@@ -153,7 +154,7 @@ def _open_segmenter(args: argparse.Namespace, model=None):
     model = args.model if model is None else model
     crop_margin = None if getattr(args, "no_crop", True) else args.crop_margin
     segmenter = Segmenter(model, providers=args.providers, threads=args.threads, batch_size=args.batch_size,
-                          crop_margin=crop_margin)
+                          crop_margin=crop_margin, time_limit=getattr(args, "time_limit", None))
     meta = segmenter.metadata
     grid = "as stored" if meta.orientation in (None, "native") else (
         f"{meta.orientation} " + ("x".join(f"{v:.3g}" for v in meta.spacing) + " mm" if meta.spacing else ""))

@@ -16,6 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from trmcore import __version__
+from trmcore.limits import DEFAULT_FRACTION, MEMORY_ENV, set_memory_limit
 from trmcore.extras import MissingExtraError, extra_for_module, install_hint, onnxruntime_conflict, require_command
 
 # Modules with a register(subparsers) function, in the order of `trm --help`.
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         "for medical image segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"trmcore {__version__}")
+    parser.add_argument("--memory-limit", default=None, metavar="SIZE",
+                        help="memory a command may plan to use, e.g. 8G or 512M: larger inputs are refused before "
+                             f"they are read (default: environment variable {MEMORY_ENV}, else "
+                             f"{DEFAULT_FRACTION * 100:.0f}%% of this machine's memory)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -52,6 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if conflict and args.command != "doctor":  # doctor reports it itself
         print(f"trm: warning: {conflict}", file=sys.stderr)
     try:
+        set_memory_limit(args.memory_limit)  # None: the environment variable or the machine's default
         require_command(args.command, args)  # optional dependencies, before any work is done
         return int(args.func(args) or 0)
     except MissingExtraError as err:
@@ -74,6 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # A read-only or full disk, a permission problem: one line naming the path, no traceback.
         print(f"trm {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
+    finally:
+        set_memory_limit(None)  # the option is this command's, not the process's (main() is also called in-process)
 
 
 def _os_error_text(err: OSError) -> str:

@@ -21,7 +21,8 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
+from trmcore.cli.common import (add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, add_time_limit,
+                               command)
 from trmcore.extras import evaluate_source
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.models.config import UNetConfig
@@ -150,6 +151,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                         help="folder of predicted label files CASE.nii.gz (dataset label values) to score")
     add_output(evaluate, help="write the results as JSON here")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
+    add_time_limit(evaluate)
     evaluate.add_argument("--cases", default=None, help="comma-separated case ids (default: held-out cases)")
     evaluate.add_argument("--all", action="store_true", dest="all_cases",
                           help="score every case of the task, also those the run trained on")
@@ -324,7 +326,7 @@ def _evaluate_onnx(args: argparse.Namespace):
     from trmcore.infer.evaluate_files import evaluate_model
     from trmcore.infer.segmenter import Segmenter
 
-    segmenter = Segmenter(args.model, providers="auto")
+    segmenter = Segmenter(args.model, providers="auto", time_limit=args.time_limit)
     meta = segmenter.metadata
     task = parse_task(args.channel or meta.channels, args.labels or meta.label_names[1:], args.site)
     result = evaluate_model(segmenter, args.data, task, cases=_split_list(args.cases), sites=args.sites_csv,

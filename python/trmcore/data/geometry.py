@@ -40,6 +40,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from nibabel import orientations as ornt
 
+from trmcore.limits import check_allocation, product, shape_text
+
 #: Orientation volumes are brought to at training unless told otherwise.
 DEFAULT_ORIENTATION = "RAS"
 #: "native": volumes are used as stored (``--no-resample``; runs from before geometry was recorded).
@@ -47,6 +49,13 @@ NATIVE = "native"
 #: In-plane spacings within this relative difference of the target are not resampled
 #: (0.9375 mm against 1 mm, 6 %, is resampled; scanner rounding, < 1 %, is not).
 SPACING_RTOL = 0.05
+#: Bytes per working-grid voxel that :func:`plan_grid` budgets by default: a few float32
+#: copies of a channel and of the per-class maps made while resampling (callers that know
+#: their channel and class counts pass their own figure).
+GRID_BYTES_PER_VOXEL = 32
+# An affine whose 3x3 part has |det| below this share of the product of its column norms
+# maps the voxel grid onto a plane or a line: no orientation, no spacing (a damaged header).
+_SINGULAR_RTOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -205,10 +214,46 @@ class GridMap:
         return data
 
 
-def plan_grid(shape: Sequence[int], affine: np.ndarray, geometry: Optional[Geometry]) -> GridMap:
-    """The :class:`GridMap` of a volume of ``shape`` with ``affine`` for ``geometry`` (None = native)."""
+def check_affine(affine, source: object = "volume") -> np.ndarray:
+    """The affine as float64 [4, 4]; ValueError naming ``source`` when it is not a usable voxel-to-world map.
+
+    Refused: a shape other than 4x4, NaN or infinite entries, and a singular 3x3
+    part (a zero voxel size, or two voxel axes along one direction): such a
+    header has no orientation and no spacing, and nibabel fails on it with
+    "SVD did not converge" or "Unable to find out axis".
+    """
+    try:
+        affine = np.asarray(affine, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: the affine (voxel-to-world) is not a 4x4 matrix of numbers") from None
+    if affine.shape != (4, 4):
+        raise ValueError(f"{source}: the affine (voxel-to-world) must be 4x4, got shape {affine.shape}")
+    if not np.isfinite(affine).all():
+        raise ValueError(f"{source}: the affine (voxel-to-world, from the header's sform/qform) holds NaN or "
+                         "infinite values: the header is damaged")
+    linear = affine[:3, :3]
+    norms = np.sqrt((linear ** 2).sum(axis=0))
+    if (norms <= 0).any():
+        zero = [int(a) for a in np.flatnonzero(norms <= 0)]
+        raise ValueError(f"{source}: the affine (voxel-to-world) gives voxel axis {zero} a size of 0 mm: the "
+                         "header does not say where the voxels are (fix its sform/qform or pixdim)")
+    if abs(np.linalg.det(linear)) <= _SINGULAR_RTOL * float(np.prod(norms)):
+        raise ValueError(f"{source}: the affine (voxel-to-world) is singular (two voxel axes point along one "
+                         "direction): the header is damaged (fix its sform/qform)")
+    return affine
+
+
+def plan_grid(shape: Sequence[int], affine: np.ndarray, geometry: Optional[Geometry], source: object = "volume",
+              bytes_per_voxel: int = GRID_BYTES_PER_VOXEL) -> GridMap:
+    """The :class:`GridMap` of a volume of ``shape`` with ``affine`` for ``geometry`` (None = native).
+
+    ValueError naming ``source`` (the file, or the case) when the affine is
+    unusable (:func:`check_affine`); :class:`trmcore.limits.ResourceLimitError`
+    when the working grid (``bytes_per_voxel`` per voxel) would not fit the
+    memory budget, e.g. a 1e-6 mm voxel size resampled to 1 mm or back.
+    """
     shape = tuple(int(s) for s in shape[:3])
-    affine = np.asarray(affine, np.float64)
+    affine = check_affine(affine, source)
     if geometry is None or geometry.native:
         return GridMap(shape, affine, None, shape, shape, affine)
     start = ornt.io_orientation(affine)
@@ -229,13 +274,22 @@ def plan_grid(shape: Sequence[int], affine: np.ndarray, geometry: Optional[Geome
             target_mm = geometry.spacing[ax]
             if abs(spacing[ax] - target_mm) <= geometry.tolerance * target_mm:
                 continue
-            size = max(1, int(round(reoriented_shape[ax] * spacing[ax] / target_mm)))
+            exact = reoriented_shape[ax] * spacing[ax] / target_mm
+            if not exact < 2**40:  # round() of a huge float is exact but pointless: refused just below
+                exact = 2**40
+            size = max(1, int(round(exact)))
             working_shape[ax] = size
             # Voxel j of the new grid sits at old index (j + 0.5) * r - 0.5: the field
             # of view (voxel edges) is kept, so the spacing is exactly n_old / n_new * old.
             r = reoriented_shape[ax] / size
             scale[ax, ax] = r
             scale[ax, 3] = 0.5 * (r - 1.0)
+    if tuple(working_shape) != tuple(reoriented_shape):
+        check_allocation(product(working_shape) * int(bytes_per_voxel),
+                         f"resampling {shape_text(reoriented_shape)} voxels of "
+                         f"{'x'.join(f'{v:.3g}' for v in voxel_spacing(reoriented_affine))} mm to the working "
+                         f"spacing {'x'.join(f'{v:g}' for v in geometry.spacing)} mm gives "
+                         f"{shape_text(working_shape)} voxels, which", source)
     working_affine = reoriented_affine @ scale
     return GridMap(shape, affine, transform, reoriented_shape, tuple(working_shape), working_affine,
                    geometry.orientation if transform is not None else None)
@@ -318,5 +372,5 @@ def describe(grid: GridMap) -> str:
     return f"{axcodes(grid.native_affine)} {native} mm -> {axcodes(grid.working_affine)} {working} mm"
 
 
-__all__ = ["DEFAULT_ORIENTATION", "NATIVE", "SPACING_RTOL", "Geometry", "GeometryWarning", "GridMap", "axcodes",
-           "describe", "native_geometry", "plan_grid", "recorded_geometry", "voxel_spacing"]
+__all__ = ["DEFAULT_ORIENTATION", "GRID_BYTES_PER_VOXEL", "NATIVE", "SPACING_RTOL", "Geometry", "GeometryWarning",
+           "GridMap", "axcodes", "check_affine", "describe", "native_geometry", "plan_grid", "recorded_geometry", "voxel_spacing"]

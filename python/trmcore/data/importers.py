@@ -229,6 +229,7 @@ def _prepare(dst: Path, overwrite: bool, inputs=()) -> None:
 
 
 def _load_3d(path: Path, case: str):
+    _check_declared(path, case)  # shape within the memory budget, usable affine: before reading a voxel
     try:
         img = nib.load(str(path))
         # Read now, once: nibabel is lazy, so a truncated file would fail later without its name.
@@ -242,6 +243,18 @@ def _load_3d(path: Path, case: str):
     if squeezed != shape:
         img = nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(squeezed), img.affine, _nifti_header(img))
     return img
+
+
+def _check_declared(path: Path, case: str) -> None:
+    """:func:`trmcore.data.nifti.check_header` on ``path``'s header (the data stays unread)."""
+    from .nifti import check_header, quiet_nibabel
+
+    try:
+        with quiet_nibabel():
+            img = nib.load(str(path))
+    except Exception:
+        return  # _load_3d reports an unreadable file, naming it
+    check_header(img, path, f"case {case}: ", copies=3)  # the data as stored, a copy, the written image
 
 
 def _checked_labels(img, path: Path, case: str, declared: Dict[str, int]) -> np.ndarray:

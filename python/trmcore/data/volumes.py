@@ -200,7 +200,7 @@ def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, lab
         else:
             check_same_grid(case, ref_path, channels[0].shape, ref_affine, path, data.shape, affine, "channel")
         channels.append(data)
-    grid = plan_grid(channels[0].shape, ref_affine, orientation)
+    grid = plan_grid(channels[0].shape, ref_affine, orientation, ref_path)
     label = None
     if labelled:
         path = layout.label_path(case, split)
@@ -213,10 +213,10 @@ def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, lab
 
 def _to_working_grid(volume: Volume, geometry: Geometry, normalization: str) -> None:
     """Resample a reoriented volume in-plane where its spacing differs, then normalise each channel."""
-    grid = plan_grid(volume.grid.native_shape, volume.grid.native_affine, geometry)
+    grid = plan_grid(volume.grid.native_shape, volume.grid.native_affine, geometry, f"case {volume.case_id}")
     if grid.resampled:
         # Resample from the reoriented grid: the stored -> reoriented step is already done.
-        step = plan_grid(volume.grid.working_shape, volume.grid.working_affine, geometry)
+        step = plan_grid(volume.grid.working_shape, volume.grid.working_affine, geometry, f"case {volume.case_id}")
         volume.image = step.to_working(volume.image, "linear")
         if volume.label is not None:
             volume.native_label = volume.grid.to_native(volume.label).astype(np.int16)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from trmcore.schema import Float, Int, List as JsonList, Maybe, Object, Str, dataclass_schema, parse_json, validate
 from trmcore.data.preprocess import NORMALIZATIONS
+from trmcore.limits import check_divisor
 
 METADATA_KEY = "trmcore"
 # 2: orientation and spacing (version 1 records have neither and are read as "use volumes as stored").
@@ -120,8 +121,7 @@ class ModelMetadata:
             raise ValueError(f"unknown normalisation {self.normalization!r}; known: {', '.join(NORMALIZATIONS)}")
         if self.axis not in (0, 1, 2):
             raise ValueError(f"metadata slice axis must be 0, 1 or 2, got {self.axis!r}")
-        if int(self.divisor) != self.divisor or self.divisor < 1:
-            raise ValueError(f"metadata size divisor must be a positive integer, got {self.divisor!r}")
+        check_divisor(self.divisor, "metadata size divisor")  # bounded: slices are padded to a multiple of it
         if self.orientation is not None or self.spacing is not None:
             from trmcore.data.geometry import recorded_geometry
 

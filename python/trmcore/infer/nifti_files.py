@@ -14,7 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 
+from trmcore.data.nifti import quiet_nibabel
 from trmcore.fileio import check_output_file
+from trmcore.limits import ResourceLimitError
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii\.gz|\.nii)$")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -134,19 +136,39 @@ class _NotReal(Exception):
     pass
 
 
+class _BadHeader(Exception):
+    pass
+
+
+def check_header(image, path: Path) -> None:
+    """:func:`trmcore.data.nifti.check_header` (size within the budget, usable affine and pixdim) before reading."""
+    from trmcore.data.nifti import check_header as check
+
+    try:
+        check(image, path)
+    except ResourceLimitError:
+        raise
+    except ValueError as err:
+        raise _BadHeader(str(err)) from None
+
+
 def load_image(path: Path) -> "nib.spatialimages.SpatialImage":
     """Load a NIfTI image and its data; ValueError naming the file when it is corrupt or not 3D."""
     try:
-        image = nib.load(str(path))
+        with quiet_nibabel():  # header fixes are checked (check_header), not logged
+            image = nib.load(str(path))
         kind = np.dtype(image.get_data_dtype()).kind
         if kind not in "biuf":  # checked before reading: get_fdata would drop an imaginary part silently
             raise _NotReal(f"{path} has data type {np.dtype(image.get_data_dtype())}; intensities must be real "
                            "numbers (a complex or structured image is not a scan trmcore can segment)")
+        check_header(image, path)  # declared size within the memory budget, usable affine: before reading
         image.get_fdata(dtype=np.float32)  # read now so a truncated file fails here, by name
     except FileNotFoundError:
         raise FileNotFoundError(f"input file not found: {path}") from None
-    except _NotReal as err:
+    except (_NotReal, _BadHeader) as err:
         raise ValueError(str(err)) from None
+    except ResourceLimitError:
+        raise
     except Exception as err:  # nibabel, gzip and zlib raise many types for damaged files
         raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
     shape = tuple(image.shape)

@@ -63,8 +63,11 @@ def predict_case(segmenters: Union[Segmenter, Sequence[Segmenter]], images: Sequ
     reference = images[0]
     data = np.stack([_as_3d(image) for image in images])
     total = None
+    source = getattr(reference, "get_filename", lambda: None)() or "volume"
     for segmenter, geometry in zip(segmenters, geometries):
-        grid = plan_grid(data.shape[1:], reference.affine, geometry)
+        per_voxel = 4 * (3 * data.shape[0] + 3 * segmenter.num_classes)  # float32 channels and class maps
+        grid = plan_grid(data.shape[1:], reference.affine, geometry, source, per_voxel)
+        segmenter.check_volume(grid.working_shape, source)  # its working copies, named by the file
         working = grid.to_working(data, "linear")
         probs = _probabilities(segmenter, working, mirror, progress)
         probs = grid.to_native(probs, "linear")

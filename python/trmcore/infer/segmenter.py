@@ -11,6 +11,7 @@ the network runs only on the slices with foreground and on a window around it
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -19,7 +20,8 @@ import numpy as np
 from trmcore.data.preprocess import apply_pad, normalize, unpad
 from trmcore.infer.crop import CropPlan, crop_margin_or_none, outside_logits, plan_crop, plan_full, volume_foreground
 from trmcore.infer.metadata import ModelMetadata, check_graph_shapes
-from trmcore.infer.runtime import ProviderSpec, active_provider, create_session
+from trmcore.infer.runtime import ProviderSpec, active_provider, create_session, run_with_deadline
+from trmcore.limits import check_allocation, parse_seconds, product, shape_text, time_limit as default_time_limit
 
 VolumeInput = Union[np.ndarray, "nibabel.spatialimages.SpatialImage", Sequence]  # noqa: F821
 
@@ -44,6 +46,12 @@ class Segmenter:
             this many voxels (aligned to the divisor), and gives background
             elsewhere (``trm predict`` default:
             :data:`~trmcore.infer.crop.DEFAULT_CROP_MARGIN`).
+        time_limit: seconds the network may spend on one volume before it is
+            stopped with a :class:`~trmcore.infer.runtime.TimeLimitError`
+            (None: :func:`trmcore.limits.time_limit`, ``--time-limit``).
+
+    Logits that hold NaN or infinite values are an error naming the model
+    (a diverged or damaged model would otherwise give all-background labels).
 
     Example:
         >>> seg = Segmenter("model.onnx")                      # doctest: +SKIP
@@ -53,9 +61,11 @@ class Segmenter:
     """
 
     def __init__(self, model_path: Union[str, os.PathLike], providers: ProviderSpec = "auto",
-                 threads: Optional[int] = None, batch_size: int = 8, crop_margin: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, batch_size: int = 8, crop_margin: Optional[int] = None,
+                 time_limit: Optional[float] = None) -> None:
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.time_limit = default_time_limit() if time_limit is None else parse_seconds(time_limit)
         self.model_path = Path(model_path)
         self.session = create_session(self.model_path, providers, threads)
         props = self.session.get_modelmeta().custom_metadata_map
@@ -151,11 +161,37 @@ class Segmenter:
         if slices.shape[2] % d or slices.shape[3] % d:
             raise ValueError(f"slice height and width must be multiples of {d}, got {slices.shape[2:]}")
         outputs = []
+        deadline = time.monotonic() + self.time_limit
         for start in range(0, slices.shape[0], self.batch_size):
             batch = np.ascontiguousarray(slices[start:start + self.batch_size], dtype=self._input_dtype)
-            (logits,) = self.session.run(None, {self._input_name: batch})
-            outputs.append(logits.astype(np.float32, copy=False))
+            outputs.append(self._run(batch, deadline))
         return np.concatenate(outputs, axis=0)
+
+    def _run(self, batch: np.ndarray, deadline: float) -> np.ndarray:
+        """One network call: float32 logits ``[B, C, H, W]``; errors name the model (time, memory, non-finite)."""
+        (logits,) = run_with_deadline(self.session, {self._input_name: batch}, deadline, self.model_path,
+                                      self.time_limit)
+        logits = np.asarray(logits)
+        if logits.ndim != 4 or logits.shape[0] != batch.shape[0] or logits.shape[1] != self.num_classes:
+            raise ValueError(f"{self.model_path}: the network returned shape {logits.shape} for input "
+                             f"{batch.shape}; expected [{batch.shape[0]}, {self.num_classes}, H, W]")
+        logits = logits.astype(np.float32, copy=False)
+        if not np.isfinite(logits).all():
+            raise ValueError(f"{self.model_path}: the network's outputs (logits) hold NaN or infinite values: "
+                             "the model is damaged or diverged in training, its labels would be meaningless")
+        return logits
+
+    def check_volume(self, shape: Sequence[int], source: object = "volume", copies: Optional[int] = None) -> None:
+        """ResourceLimitError naming ``source`` when segmenting a volume of ``shape`` would exceed the budget.
+
+        Budgeted per voxel: the input channels as float32 (stacked, reoriented,
+        normalised: 3 copies each) and the class maps (logits, probabilities,
+        their mapping back: 3 float32 copies per class), or ``copies`` float32 copies.
+        """
+        if copies is None:
+            copies = 3 * self.metadata.num_channels + 3 * self.num_classes
+        check_allocation(product(shape) * 4 * copies,
+                         f"{shape_text(shape)} voxels as float32 working copies (x{copies})", source)
 
     # -- input handling --------------------------------------------------------
 
@@ -165,6 +201,7 @@ class Segmenter:
 
     def _stacked(self, volume: VolumeInput, channels: Optional[Sequence[str]]) -> np.ndarray:
         stacked = self._reorder_channels(self._stack_channels(volume), channels)
+        self.check_volume(stacked.shape[1:])
         if not np.isfinite(stacked).all():
             raise ValueError("input volume contains NaN or infinite values")
         return stacked
@@ -238,12 +275,13 @@ class Segmenter:
         rows, cols = plan.plane()
         total = plan.slices.size
         bar = _progress_bar(total, progress)
+        deadline = time.monotonic() + self.time_limit  # per volume (per pass with mirroring)
         try:
             for start in range(0, total, self.batch_size):
                 index = plan.slices[start:start + self.batch_size]
                 padded = apply_pad(np.ascontiguousarray(slices[index, :, rows, cols]), plan.pad)
-                (logits,) = self.session.run(None, {self._input_name: padded.astype(self._input_dtype, copy=False)})
-                yield index, unpad(logits, plan.pad).astype(np.float32, copy=False)
+                logits = self._run(padded.astype(self._input_dtype, copy=False), deadline)
+                yield index, unpad(logits, plan.pad)
                 if bar is not None:
                     bar.update(index.size)
         finally:
@@ -279,6 +317,9 @@ def _as_3d_array(volume, what: str) -> np.ndarray:
         if len(shape) != 3:
             raise ValueError(f"{what} must be a 3D volume, got shape {tuple(volume.shape)}"
                              + (" (4D: give one 3D image per channel)" if len(shape) == 4 else ""))
+        # Before get_fdata reads it: what the header declares must fit (one float32 copy and the stack).
+        check_allocation(product(shape) * 4 * 2, f"{shape_text(shape)} voxels as float32 (x2)",
+                         getattr(volume, "get_filename", lambda: None)() or what)
         return np.asarray(volume.get_fdata(dtype=np.float32)).reshape(shape)
     if isinstance(volume, np.ndarray):
         if volume.ndim != 3:

@@ -77,10 +77,24 @@ def load_weights(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeFileError(f"{path}: not a readable safetensors file ({detail})") from None
+    check_finite_weights(state, path)
+    return state
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """ValueError naming ``path`` and the first tensor when a floating-point weight is NaN or infinite.
+
+    A diverged run (or a damaged file) would otherwise predict garbage: all background, Dice 0, exit 0.
+    """
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{path}: weight tensor {name!r} holds {bad} NaN or infinite value(s) of "
+                             f"{tensor.numel()}: the run diverged or the file is damaged; retrain or restore it")
 
 
 _NDARRAY = "__ndarray__"

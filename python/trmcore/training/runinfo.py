@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Union
 from trmcore import __version__
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from trmcore.fileio import atomic_write_bytes
+from trmcore.limits import check_divisor
 from trmcore.models.config import UNetConfig
 from trmcore.schema import AnyJson, Float, Int, List as JsonList, Map, Maybe, OneOf, Str, dataclass_schema, \
     parse_json, read_json, validate
@@ -83,6 +84,7 @@ class RunInfo:
                 f"{len(self.label_names)} label names for a model with {self.model.num_classes} classes")
         if len(self.channels) != self.model.in_channels:
             raise ValueError(f"{len(self.channels)} channels for a model with {self.model.in_channels} inputs")
+        self.divisor = check_divisor(self.divisor, "divisor")  # slices are padded to a multiple of it
 
     @property
     def num_classes(self) -> int:
