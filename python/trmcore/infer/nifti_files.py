@@ -116,19 +116,28 @@ def _cases_in_folder(folder: Path, num_channels: int, indices: List[int], strict
     return cases
 
 
-def declared_channel_names(input_path: Path) -> Optional[List[str]]:
-    """Channel names from a ``dataset.json`` in the input folder or its parent, if any."""
+def declared_channel_names(input_path: Path) -> Optional[Dict[int, str]]:
+    """{file index: channel name} from a ``dataset.json`` in the input folder or its parent, if any.
+
+    Read with the training loader's rule (:func:`trmcore.data.layout.parse_channel_names`): the key is
+    the file suffix number, so ``{"0": "T2", "2": "T1"}`` makes ``CASE_0002`` the T1 file here as in
+    training. A dataset.json whose channel names break that rule is refused (ValueError naming it).
+    """
+    from trmcore.data.layout import declared_channels, parse_channel_names
+
     folder = Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent
     for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
         if candidate.is_file():
             try:
                 record = json.loads(candidate.read_text())
-            except (OSError, json.JSONDecodeError) as err:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ValueError(f"cannot read {candidate}: {err}") from None
-            names = record.get("channel_names") or record.get("modality")
-            if isinstance(names, dict):
-                return [str(names[k]) for k in sorted(names, key=int)]
-            return None
+            if not isinstance(record, dict):
+                raise ValueError(f"{candidate} must hold a JSON object")
+            raw = declared_channels(record)
+            if raw is None:
+                return None
+            return parse_channel_names(raw, candidate)
     return None
 
 
