@@ -32,7 +32,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Set, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from trmcore.errors import UnsafeOutputError
 
@@ -43,7 +43,7 @@ MARKER_FILE = ".trm-output.json"
 ALL_ENTRIES = "*"  # owned entry meaning: the command made the whole folder
 
 __all__ = ["TEMP_PREFIX", "MARKER_FILE", "ALL_ENTRIES", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "check_output_file", "clean_stale_temps", "prepare_output_folder",
+           "atomic_write_json", "check_output_file", "check_output_plan", "clean_stale_temps", "prepare_output_folder",
            "remove_output_folder", "read_marker", "refuse_inputs", "visible_entries", "save_figure", "save_image"]
 
 _cleaned_folders: Set[str] = set()
@@ -137,6 +137,33 @@ def check_output_file(path: PathLike, *, overwrite: bool, inputs: Iterable[PathL
         if not overwrite:
             raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
     return path
+
+
+def check_output_plan(planned: Iterable[Tuple[PathLike, str]], *, overwrite: bool,
+                      inputs: Iterable[PathLike] = ()) -> List[Path]:
+    """Check every file a command will write, before it writes the first one.
+
+    ``planned`` holds ``(path, what)`` pairs, ``what`` saying whose file it is
+    (``"the labels of case 'X'"``). Two entries naming one file (after
+    resolving links and ``..``) are refused with ValueError naming both, e.g.
+    case ``X``'s probabilities and case ``X_probabilities``'s labels; then each
+    path goes through :func:`check_output_file` (links, inputs, existing files
+    without ``overwrite``). Returns the paths in order.
+    """
+    inputs = [i for i in inputs if i is not None]
+    seen: Dict[Path, str] = {}
+    paths = []
+    for path, what in planned:
+        path = Path(path)
+        key = _resolved(path)
+        if key in seen:
+            raise ValueError(f"outputs collide: {path} would be written both as {seen[key]} and as {what}; "
+                             "rename one of the inputs or choose another output")
+        seen[key] = what
+        paths.append(path)
+    for path in paths:
+        check_output_file(path, overwrite=overwrite, inputs=inputs)
+    return paths
 
 
 def _resolved(path: Path) -> Path:

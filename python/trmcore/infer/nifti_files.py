@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 
-from trmcore.fileio import check_output_file
+from trmcore.fileio import check_output_plan
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii\.gz|\.nii)$")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -252,17 +252,16 @@ def plan_outputs(cases: Sequence[CaseFiles], input_path: Path, output: Path, pro
         targets = [output / f"{case.case_id}.nii.gz" for case in cases]
     planned = [(t, probabilities_path(t) if probabilities else None) for t in targets]
     inputs = {p.resolve() for case in cases for p in case.channel_paths}
-    for label_path, prob_path in planned:
-        for path in (label_path, prob_path):
-            if path is None:
-                continue
-            check_output_file(path, overwrite=overwrite or resume, inputs=inputs)  # links, inputs: always refused
-            if path.exists() and not (overwrite or resume):
-                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it "
-                                      "(or --continue to keep complete outputs)")
     record = provenance_path(input_path, output)
-    check_output_file(record, overwrite=overwrite or resume, inputs=inputs)
-    if record.exists() and not (overwrite or resume):
-        raise FileExistsError(f"output {record} exists; pass --overwrite to replace it "
-                              "(or --continue to keep complete outputs)")
+    # The whole plan first: two cases named X and X_probabilities would otherwise write one file twice.
+    whole = [(record, "the provenance record")]
+    for case, (label_path, prob_path) in zip(cases, planned):
+        whole.append((label_path, f"the labels of case {case.case_id!r}"))
+        if prob_path is not None:
+            whole.append((prob_path, f"the probabilities of case {case.case_id!r}"))
+    check_output_plan(whole, overwrite=True, inputs=inputs)  # collisions, links, inputs: always refused
+    for path, _ in whole:
+        if path.exists() and not (overwrite or resume):
+            raise FileExistsError(f"output {path} exists; pass --overwrite to replace it "
+                                  "(or --continue to keep complete outputs)")
     return planned
