@@ -15,7 +15,6 @@ curves.png and, while a run is unfinished, train_state.pt for ``resume=True``.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import random
 import time
