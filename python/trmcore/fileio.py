@@ -55,7 +55,8 @@ LOCK_FILE = ".trm-lock"
 TEST_HOLD_ENV = "TRMCORE_TEST_HOLD_WRITE"
 ALL_ENTRIES = "*"  # owned entry meaning: the command made the whole folder
 
-__all__ = ["TEMP_PREFIX", "MARKER_FILE", "LOCK_FILE", "ALL_ENTRIES", "FolderInUseError", "folder_lock", "staged_output_folder", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["TEMP_PREFIX", "MARKER_FILE", "LOCK_FILE", "ALL_ENTRIES", "FolderInUseError", "folder_lock",
+           "staged_output_folder", "atomic_path", "atomic_write_bytes", "atomic_write_text",
            "atomic_write_json", "check_output_file", "check_output_plan", "clean_stale_temps", "prepare_output_folder",
            "remove_output_folder", "read_marker", "refuse_inputs", "visible_entries", "save_figure", "save_image"]
 

@@ -77,7 +77,8 @@ def import_iseg(src: Union[str, Path], dst: Union[str, Path], overwrite: bool = 
             split = "Tr" if labelled else "Ts"
             for index, name in enumerate(ISEG_CHANNELS):
                 img = _load_3d(files[name.lower()], case)
-                _write(np.asanyarray(img.dataobj), img.affine, out / f"images{split}" / f"{case}_{index:04d}.nii.gz", img.header)
+                _write(np.asanyarray(img.dataobj), img.affine, out / f"images{split}" / f"{case}_{index:04d}.nii.gz",
+                       img.header)
             if labelled:
                 img = _load_3d(files["label"], case)
                 labels = _checked_labels(img, files["label"], case, ISEG_LABELS)
@@ -125,9 +126,8 @@ def import_brats(
             for index, name in enumerate(BRATS_CHANNELS):
                 path = _find(folder, case, suffixes[name])
                 if path is None:
-                    raise FileNotFoundError(
-                        f"case {case}: channel {name} file {folder / (case + '_' + suffixes[name] + '.nii.gz')} not found"
-                    )
+                    expected = folder / f"{case}_{suffixes[name]}.nii.gz"
+                    raise FileNotFoundError(f"case {case}: channel {name} file {expected} not found")
                 _copy_nifti(path, out / f"images{split}" / f"{case}_{index:04d}.nii.gz", case)
             if seg is not None:
                 img = _load_3d(seg, case)

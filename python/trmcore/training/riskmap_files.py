@@ -124,7 +124,8 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     # The whole plan before computing anything: no two outputs on one file (case X's X_risk.nii.gz and
     # case X_risk's ...), none on an input (a label or channel file when -o is inside the dataset).
     plan = [(out_dir / "risk_diagnostics.json", "the risk diagnostics")]
-    plan += [(out_dir / name, f"a map of case {volume.case_id!r}") for volume in volumes for name in names(volume.case_id)]
+    plan += [(out_dir / name, f"a map of case {volume.case_id!r}")
+             for volume in volumes for name in names(volume.case_id)]
     runs = [Path(run) / name for run in (source_run, after_run) if run is not None
             for name in ("run.json", "model.safetensors")]
     check_output_plan(plan, overwrite=overwrite, inputs=_input_files(data_root, task_info, volumes, sites) + runs)
