@@ -19,6 +19,14 @@ naming the command and the entries it made. ``overwrite=True`` removes only
 those entries, and only when the marker names the same command; a folder
 without the marker, or an input of the command inside the folder, is refused.
 
+Lock (:func:`folder_lock`): a run folder is owned by one process at a time.
+The owner holds ``fcntl.flock`` on ``FOLDER/.trm-lock`` (the lock dies with
+the process, even a killed one); a second ``trm train`` on the same folder
+stops at once, naming the folder and the holder's pid. The lock file exists
+only while a run holds it (a killed run's stale one is locked again) and is
+never an entry a command owns: ``--overwrite`` and :func:`visible_entries`
+skip it.
+
 Torch-free and NumPy-free so that ``trmcore.infer`` can use it.
 """
 
@@ -33,18 +41,24 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Set, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from trmcore.errors import UnsafeOutputError
+from trmcore.errors import TrmError, UnsafeOutputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 TEMP_PREFIX = ".trm-tmp-"
 MARKER_FILE = ".trm-output.json"
+LOCK_FILE = ".trm-lock"
+# Test hook (tests/cli/test_run_lock.py): the first atomic write of the process writes its temporary file,
+# touches the file this variable names and waits there (up to a minute) before committing, so a test can
+# start a second command or send SIGINT at a known point instead of racing.
+TEST_HOLD_ENV = "TRMCORE_TEST_HOLD_WRITE"
 ALL_ENTRIES = "*"  # owned entry meaning: the command made the whole folder
 
-__all__ = ["TEMP_PREFIX", "MARKER_FILE", "ALL_ENTRIES", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "check_output_file", "clean_stale_temps", "prepare_output_folder",
+__all__ = ["TEMP_PREFIX", "MARKER_FILE", "LOCK_FILE", "ALL_ENTRIES", "FolderInUseError", "folder_lock",
+           "staged_output_folder", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+           "atomic_write_json", "check_output_file", "check_output_plan", "clean_stale_temps", "prepare_output_folder",
            "remove_output_folder", "read_marker", "refuse_inputs", "visible_entries", "save_figure", "save_image"]
 
 _cleaned_folders: Set[str] = set()
@@ -84,9 +98,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(folder: PathLike) -> int:
-    """Remove this writer's temporary files in ``folder`` whose process has ended; returns how many.
+    """Remove this writer's temporary files (and staged folders) in ``folder`` whose process has ended.
 
-    Only names ``.trm-tmp-<pid>-...`` are touched, never any other file.
+    Returns how many. Only names ``.trm-tmp-<pid>-...`` are touched, never any other file.
     """
     removed = 0
     try:
@@ -99,7 +113,9 @@ def clean_stale_temps(folder: PathLike) -> int:
         pid_text = entry.name[len(TEMP_PREFIX):].split("-", 1)[0]
         if not pid_text.isdigit() or _pid_alive(int(pid_text)):
             continue
-        if entry.is_dir(follow_symlinks=False):
+        if entry.is_dir(follow_symlinks=False):  # a staged output folder of a killed command
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.path)
@@ -139,6 +155,33 @@ def check_output_file(path: PathLike, *, overwrite: bool, inputs: Iterable[PathL
         if not overwrite:
             raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
     return path
+
+
+def check_output_plan(planned: Iterable[Tuple[PathLike, str]], *, overwrite: bool,
+                      inputs: Iterable[PathLike] = ()) -> List[Path]:
+    """Check every file a command will write, before it writes the first one.
+
+    ``planned`` holds ``(path, what)`` pairs, ``what`` saying whose file it is
+    (``"the labels of case 'X'"``). Two entries naming one file (after
+    resolving links and ``..``) are refused with ValueError naming both, e.g.
+    case ``X``'s probabilities and case ``X_probabilities``'s labels; then each
+    path goes through :func:`check_output_file` (links, inputs, existing files
+    without ``overwrite``). Returns the paths in order.
+    """
+    inputs = [i for i in inputs if i is not None]
+    seen: Dict[Path, str] = {}
+    paths = []
+    for path, what in planned:
+        path = Path(path)
+        key = _resolved(path)
+        if key in seen:
+            raise ValueError(f"outputs collide: {path} would be written both as {seen[key]} and as {what}; "
+                             "rename one of the inputs or choose another output")
+        seen[key] = what
+        paths.append(path)
+    for path in paths:
+        check_output_file(path, overwrite=overwrite, inputs=inputs)
+    return paths
 
 
 def _resolved(path: Path) -> Path:
@@ -248,11 +291,28 @@ def atomic_path(path: PathLike, *, overwrite: bool, inputs: Iterable[PathLike] =
     os.close(handle)
     try:
         yield str(tmp)
+        _test_hold(tmp)
         _commit(tmp, path, overwrite)
-    except BaseException:
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) too: no temporary file is left behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_held = False
+
+
+def _test_hold(tmp: Path) -> None:
+    global _held
+    ready = os.environ.get(TEST_HOLD_ENV)
+    if not ready or _held:
+        return
+    _held = True
+    with open(ready, "w", encoding="utf-8") as note:  # test-only note, not an output of the command
+        note.write(f"{os.getpid()} {tmp}\n")
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool, inputs: Iterable[PathLike] = ()) -> Path:
@@ -276,7 +336,7 @@ def atomic_write_json(path: PathLike, payload: Any, *, overwrite: bool, inputs: 
 
 # ------------------------------------------------------------------ output folders
 def visible_entries(folder: PathLike) -> list:
-    """Entries of ``folder`` other than the marker and this writer's temporary files (sorted names)."""
+    """Entries of ``folder`` other than the marker, the lock file and this writer's temporary files (sorted)."""
     try:
         names = os.listdir(folder)
     except NotADirectoryError:  # name the file in the way ("Not a directory" would name the folder)
@@ -284,7 +344,7 @@ def visible_entries(folder: PathLike) -> list:
         raise
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n != MARKER_FILE and not n.startswith(TEMP_PREFIX))
+    return sorted(n for n in names if n not in (MARKER_FILE, LOCK_FILE) and not n.startswith(TEMP_PREFIX))
 
 
 def read_marker(folder: PathLike) -> Optional[dict]:
@@ -343,6 +403,78 @@ def prepare_output_folder(root: PathLike, command: str, owned: Sequence[str], *,
     return root
 
 
+@contextlib.contextmanager
+def staged_output_folder(root: PathLike, command: str, owned: Sequence[str], *, overwrite: bool = False,
+                         inputs: Iterable[PathLike] = ()) -> Iterator[Path]:
+    """Build ``command``'s output folder ``root`` out of sight; move it into place only when complete.
+
+    Yields a hidden folder beside ``root`` (``.trm-tmp-<pid>-<random>-<name>``,
+    already marked as ``command``'s output); the block writes everything there.
+    On normal exit it becomes ``root``: renamed onto an absent or empty
+    ``root`` in one step; with ``overwrite``, the earlier output's entries (by
+    its marker, as :func:`prepare_output_folder`) are removed and the new ones
+    moved in. On an error or Ctrl-C only the staged folder is removed, so a
+    failed command leaves no half-written ``root``. The refusals of
+    :func:`prepare_output_folder` (a file, a foreign or non-empty folder, an
+    input inside) happen before the block runs.
+    """
+    root = Path(root)
+    inputs = [i for i in inputs if i is not None]
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"output folder {root} exists and is not a folder")
+    refuse_inputs(root, inputs)
+    if visible_entries(root):
+        if not overwrite:
+            raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to replace an earlier "
+                                  f"`trm {command}` output there, or choose another folder")
+        _check_marker(root, command)
+    parent = _resolved(root.absolute().parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    _clean_once(parent)
+    stage = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{root.name[-180:]}"
+    stage.mkdir()
+    try:
+        prepare_output_folder(stage, command, owned)
+        yield stage
+        _move_into_place(stage, root, command, overwrite)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _move_into_place(stage: Path, root: Path, command: str, overwrite: bool) -> None:
+    if not os.path.lexists(root):
+        try:
+            os.rename(stage, root)
+            _fsync_dir(stage.parent)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    if visible_entries(root):  # an earlier output (checked before the work), or one that appeared meanwhile
+        if not overwrite:
+            raise FileExistsError(f"{root} appeared while `trm {command}` ran; its output was not moved there")
+        _remove_marked(root, command)
+    for name in sorted(os.listdir(stage), key=lambda n: n == MARKER_FILE):  # the marker last
+        target = root / name
+        if name != MARKER_FILE and os.path.lexists(target):
+            raise FileExistsError(f"{target} appeared while `trm {command}` ran; the new output was not moved there")
+        os.replace(stage / name, target)
+    os.rmdir(stage)
+    _fsync_dir(root)
+
+
+def _check_marker(root: Path, command: str) -> dict:
+    marker = read_marker(root)
+    if marker is None:
+        raise UnsafeOutputError(f"{root} was not made by `trm {command}` (no {MARKER_FILE} marker); "
+                                "refusing to replace it: remove it yourself or choose another folder")
+    if marker["command"] != command:
+        raise UnsafeOutputError(f"{root} was made by `trm {marker['command']}`, not `trm {command}`; "
+                                "refusing to replace it")
+    return marker
+
+
 def remove_output_folder(root: PathLike, command: str) -> None:
     """Remove what ``command`` made in ``root`` (by its marker), and ``root`` itself if that leaves it empty.
 
@@ -357,18 +489,14 @@ def remove_output_folder(root: PathLike, command: str) -> None:
         clean_stale_temps(root)
         with contextlib.suppress(FileNotFoundError):
             (root / MARKER_FILE).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (root / LOCK_FILE).unlink()  # the run that held it has ended: the caller removes its folder
     with contextlib.suppress(OSError):
         root.rmdir()
 
 
 def _remove_marked(root: Path, command: str) -> None:
-    marker = read_marker(root)
-    if marker is None:
-        raise UnsafeOutputError(f"{root} was not made by `trm {command}` (no {MARKER_FILE} marker); "
-                                "refusing to replace it: remove it yourself or choose another folder")
-    if marker["command"] != command:
-        raise UnsafeOutputError(f"{root} was made by `trm {marker['command']}`, not `trm {command}`; "
-                                "refusing to replace it")
+    marker = _check_marker(root, command)
     owned = [str(n) for n in marker.get("owned", [])]
     names = visible_entries(root) if ALL_ENTRIES in owned else owned
     for name in names:
@@ -394,3 +522,85 @@ def save_image(image: Any, path: PathLike, *, overwrite: bool, inputs: Iterable[
     with atomic_path(path, overwrite=overwrite, inputs=inputs) as tmp:
         image.to_filename(tmp)
     return Path(path)
+
+
+# ------------------------------------------------------------------ ownership of a folder
+class FolderInUseError(TrmError):
+    """Another process holds the folder's lock (``trm train`` twice on one ``-o``)."""
+
+
+def _lock_holder(handle: int) -> str:
+    try:
+        text = os.pread(handle, 200, 0).decode("utf-8", "replace").split()
+    except OSError:
+        return "pid unknown"
+    return f"pid {text[0]}" if text and text[0].isdigit() else "pid unknown"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, command: str) -> Iterator[Path]:
+    """Own ``folder`` (created if absent) for ``command`` while the block runs; yields ``Path(folder)``.
+
+    Takes ``fcntl.flock`` on ``folder/.trm-lock`` without waiting: held by a
+    live process, FolderInUseError names the folder and the holder's pid (which
+    the holder writes into the lock file). The kernel drops the lock when the
+    process ends, however it ends, so a killed run never blocks the next (its
+    stale lock file is simply locked again). On release the lock file is
+    removed while still locked (a locker that opened the old file sees that it
+    was unlinked and retries), and so is the folder if this call created it and
+    nothing else was written there. Where the file system cannot lock (some
+    network mounts) the block runs unlocked.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks
+        yield folder
+        return
+    path = folder / LOCK_FILE
+    handle, locked = _take_lock(fcntl, folder, path, command)
+    try:
+        yield folder
+    finally:
+        if locked:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        os.close(handle)  # releases the lock
+        if created and not os.listdir(folder):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _take_lock(fcntl: Any, folder: Path, path: Path, command: str) -> Tuple[int, bool]:
+    for _ in range(100):
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                             0o666 & ~_umask())
+        except OSError as err:
+            raise OSError(err.errno, f"cannot open the lock file of {folder}: {err.strerror}", str(path)) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(handle)
+            os.close(handle)
+            raise FolderInUseError(f"{folder} is in use by another `trm` process ({holder}); "
+                                   "wait for it to end or choose another folder") from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                os.close(handle)
+                raise
+            return handle, False
+        try:
+            same = os.fstat(handle).st_ino == os.stat(path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, f"{os.getpid()} {command}\n".encode(), 0)
+            return handle, True
+        os.close(handle)  # the file was unlinked by its last owner after we opened it: lock the new one
+    raise OSError(errno.EAGAIN, f"cannot take the lock of {folder}", str(path))

@@ -80,6 +80,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # A read-only or full disk, a permission problem: one line naming the path, no traceback.
         print(f"trm {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: the atomic writer and the staged folders have removed their temporary files on the way
+        # out (trmcore.fileio); one line and the shell's code for SIGINT (128 + 2), no traceback.
+        print(f"trm {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         set_memory_limit(None)  # the option is this command's, not the process's (main() is also called in-process)
 

@@ -20,15 +20,16 @@ NAME`` lists the registry, so a new format is one subclass with ``@register_impo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Type, Union
+from typing import Any, Dict, Iterator, Optional, Type, Union
 
 import nibabel as nib
 import numpy as np
 
-from trmcore.fileio import atomic_path, atomic_write_json, prepare_output_folder, save_image
+from trmcore.fileio import atomic_path, atomic_write_json, save_image, staged_output_folder
 from trmcore.registry import Registry
 
 from .layout import DATASET_ENTRIES, read_sites_csv
@@ -65,25 +66,25 @@ def import_iseg(src: Union[str, Path], dst: Union[str, Path], overwrite: bool = 
             subjects.setdefault(int(match.group(1)), {})[match.group(2).lower()] = path
     if not subjects:
         raise FileNotFoundError(f"no iSeg files (subject-N-T1.hdr, -T2, -label) found under {src}")
-    _prepare(dst, overwrite, inputs=[src])
-
-    n_train = 0
-    for number in _progress(sorted(subjects), progress, "import iseg"):
-        files, case = subjects[number], f"subject-{number}"
-        for name in ISEG_CHANNELS:
-            if name.lower() not in files:
-                raise FileNotFoundError(f"case {case}: channel file {src / f'{case}-{name}.hdr'} not found")
-        labelled = "label" in files
-        split = "Tr" if labelled else "Ts"
-        for index, name in enumerate(ISEG_CHANNELS):
-            img = _load_3d(files[name.lower()], case)
-            _write(np.asanyarray(img.dataobj), img.affine, dst / f"images{split}" / f"{case}_{index:04d}.nii.gz", img.header)
-        if labelled:
-            img = _load_3d(files["label"], case)
-            labels = _checked_labels(img, files["label"], case, ISEG_LABELS)
-            _write(labels.astype(np.uint8), img.affine, dst / "labelsTr" / f"{case}.nii.gz", None)
-            n_train += 1
-    _write_dataset_json(dst, "iSeg-2019", ISEG_CHANNELS, ISEG_LABELS, n_train, sites={})
+    with _staged(dst, overwrite, inputs=[src]) as out:  # dst appears only when complete
+        n_train = 0
+        for number in _progress(sorted(subjects), progress, "import iseg"):
+            files, case = subjects[number], f"subject-{number}"
+            for name in ISEG_CHANNELS:
+                if name.lower() not in files:
+                    raise FileNotFoundError(f"case {case}: channel file {src / f'{case}-{name}.hdr'} not found")
+            labelled = "label" in files
+            split = "Tr" if labelled else "Ts"
+            for index, name in enumerate(ISEG_CHANNELS):
+                img = _load_3d(files[name.lower()], case)
+                _write(np.asanyarray(img.dataobj), img.affine, out / f"images{split}" / f"{case}_{index:04d}.nii.gz",
+                       img.header)
+            if labelled:
+                img = _load_3d(files["label"], case)
+                labels = _checked_labels(img, files["label"], case, ISEG_LABELS)
+                _write(labels.astype(np.uint8), img.affine, out / "labelsTr" / f"{case}.nii.gz", None)
+                n_train += 1
+        _write_dataset_json(out, "iSeg-2019", ISEG_CHANNELS, ISEG_LABELS, n_train, sites={})
     return dst
 
 
@@ -111,40 +112,38 @@ def import_brats(
     cases = sorted(p for p in src.iterdir() if p.is_dir() and _find_any(p))
     if not cases:
         raise FileNotFoundError(f"no BraTS case folders (CASE/CASE_t1.nii.gz ...) found under {src}")
-    _prepare(dst, overwrite, inputs=[src, partitions])
-
-    n_train, labels_seen = 0, BRATS_LABELS
-    for folder in _progress(cases, progress, "import brats"):
-        case = folder.name
-        scheme = "2023" if _find(folder, case, "t1n") else "classic"
-        labels = dict(BRATS_LABELS, ET=3) if scheme == "2023" else BRATS_LABELS
-        if n_train and labels != labels_seen:
-            raise ValueError(f"case {case}: mixes BraTS 2023 file names with older ones in {src}")
-        suffixes = _BRATS_SUFFIXES[scheme]
-        seg = _find(folder, case, suffixes["seg"])
-        split = "Tr" if seg is not None else "Ts"
-        for index, name in enumerate(BRATS_CHANNELS):
-            path = _find(folder, case, suffixes[name])
-            if path is None:
-                raise FileNotFoundError(
-                    f"case {case}: channel {name} file {folder / (case + '_' + suffixes[name] + '.nii.gz')} not found"
-                )
-            _copy_nifti(path, dst / f"images{split}" / f"{case}_{index:04d}.nii.gz", case)
-        if seg is not None:
-            img = _load_3d(seg, case)
-            values = _checked_labels(img, seg, case, labels)
-            _write(values.astype(np.uint8), img.affine, dst / "labelsTr" / f"{case}.nii.gz", None)
-            n_train += 1
-            labels_seen = labels
-    case_sites = {p.name: sites[p.name] for p in cases if p.name in sites}
-    missing = [p.name for p in cases if sites and p.name not in sites]
-    if sites and missing:
-        raise ValueError(
-            f"partitions CSV {partitions} has no partition for case(s) {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''} (of {len(missing)})"
-        )
-    # Subjects listed in the CSV but absent here are fine: a subset was downloaded.
-    _write_dataset_json(dst, "BraTS", BRATS_CHANNELS, labels_seen, n_train, case_sites)
+    with _staged(dst, overwrite, inputs=[src, partitions]) as out:  # dst appears only when complete
+        n_train, labels_seen = 0, BRATS_LABELS
+        for folder in _progress(cases, progress, "import brats"):
+            case = folder.name
+            scheme = "2023" if _find(folder, case, "t1n") else "classic"
+            labels = dict(BRATS_LABELS, ET=3) if scheme == "2023" else BRATS_LABELS
+            if n_train and labels != labels_seen:
+                raise ValueError(f"case {case}: mixes BraTS 2023 file names with older ones in {src}")
+            suffixes = _BRATS_SUFFIXES[scheme]
+            seg = _find(folder, case, suffixes["seg"])
+            split = "Tr" if seg is not None else "Ts"
+            for index, name in enumerate(BRATS_CHANNELS):
+                path = _find(folder, case, suffixes[name])
+                if path is None:
+                    expected = folder / f"{case}_{suffixes[name]}.nii.gz"
+                    raise FileNotFoundError(f"case {case}: channel {name} file {expected} not found")
+                _copy_nifti(path, out / f"images{split}" / f"{case}_{index:04d}.nii.gz", case)
+            if seg is not None:
+                img = _load_3d(seg, case)
+                values = _checked_labels(img, seg, case, labels)
+                _write(values.astype(np.uint8), img.affine, out / "labelsTr" / f"{case}.nii.gz", None)
+                n_train += 1
+                labels_seen = labels
+        case_sites = {p.name: sites[p.name] for p in cases if p.name in sites}
+        missing = [p.name for p in cases if sites and p.name not in sites]
+        if sites and missing:
+            raise ValueError(
+                f"partitions CSV {partitions} has no partition for case(s) {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''} (of {len(missing)})"
+            )
+        # Subjects listed in the CSV but absent here are fine: a subset was downloaded.
+        _write_dataset_json(out, "BraTS", BRATS_CHANNELS, labels_seen, n_train, case_sites)
     return dst
 
 
@@ -221,11 +220,15 @@ class BratsImporter(Importer):
 
 
 # ----------------------------------------------------------------------- helpers
-def _prepare(dst: Path, overwrite: bool, inputs=()) -> None:
+@contextlib.contextmanager
+def _staged(dst: Path, overwrite: bool, inputs=()) -> Iterator[Path]:
+    """The folder an importer writes into: hidden beside ``dst``, moved onto ``dst`` only when the import
+    completes; a failed or interrupted import removes it and leaves ``dst`` as it was (every importer uses this)."""
     # --overwrite replaces only an earlier import's entries (by its marker), never the source data.
-    prepare_output_folder(dst, "import", DATASET_ENTRIES, overwrite=overwrite, inputs=inputs)
-    for sub in ("imagesTr", "labelsTr"):
-        (dst / sub).mkdir(parents=True, exist_ok=True)
+    with staged_output_folder(dst, "import", DATASET_ENTRIES, overwrite=overwrite, inputs=inputs) as out:
+        for sub in ("imagesTr", "labelsTr"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        yield out
 
 
 def _load_3d(path: Path, case: str):
@@ -235,7 +238,8 @@ def _load_3d(path: Path, case: str):
         # Read now, once: nibabel is lazy, so a truncated file would fail later without its name.
         img = img.__class__(np.asanyarray(img.dataobj), img.affine, img.header)
     except Exception as err:
-        raise ValueError(f"case {case}: cannot read {path}: {type(err).__name__}: {err}") from None
+        detail = " ".join(str(err).split())  # nibabel's messages span lines; the error is one line
+        raise ValueError(f"case {case}: cannot read {path}: {type(err).__name__}: {detail}") from None
     shape = img.shape
     squeezed = tuple(shape[:3]) if len(shape) > 3 and all(s == 1 for s in shape[3:]) else shape
     if len(squeezed) != 3:

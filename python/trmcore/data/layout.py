@@ -38,6 +38,8 @@ _CASE_COLUMNS = ("subject_id", "case", "case_id", "subject", "id")
 _SITE_COLUMNS = ("partition_id", "site", "partition", "center", "centre", "institution")
 # What `trm phantom` / `trm import` write into a dataset folder; their --overwrite removes only these.
 DATASET_ENTRIES = ("dataset.json", "imagesTr", "labelsTr", "imagesTs")
+# A channel_names key: the file suffix number, plain ASCII decimal (int() alone would also take " 1", "1_0", "٣").
+_CHANNEL_KEY = re.compile(r"^(0|[1-9][0-9]{0,3}|0[0-9]{1,3})$", re.ASCII)
 
 
 @dataclass
@@ -71,7 +73,7 @@ class DatasetLayout:
         meta = read_dataset_json(meta_path)
         if not isinstance(meta, dict):
             raise ValueError(f"{meta_path} must hold a JSON object")
-        channels = _parse_channel_names(meta.get("channel_names", meta.get("modality")), meta_path)
+        channels = parse_channel_names(declared_channels(meta), meta_path)
         labels = _parse_labels(meta.get("labels"), meta_path)
         file_ending = meta.get("file_ending", ".nii.gz")
         if not isinstance(file_ending, str) or not file_ending.startswith("."):
@@ -83,7 +85,7 @@ class DatasetLayout:
 
     # ----------------------------------------------------------------- files
     def image_path(self, case: str, channel_index: int, split: str = "Tr") -> Path:
-        return self.root / f"images{split}" / f"{case}_{channel_index:04d}{self.file_ending}"
+        return self.root / f"images{split}" / channel_file_name(case, channel_index, self.file_ending)
 
     def label_path(self, case: str, split: str = "Tr") -> Path:
         return self.root / f"labels{split}" / f"{case}{self.file_ending}"
@@ -127,6 +129,11 @@ class DatasetLayout:
         return self.sites.get(case)
 
 
+def declared_channels(meta: Mapping) -> object:
+    """The raw channel mapping of a parsed ``dataset.json``: ``channel_names`` (nnU-Net v2) or ``modality`` (v1)."""
+    return meta["channel_names"] if "channel_names" in meta else meta.get("modality")
+
+
 def read_sites_csv(path: Union[str, Path]) -> Dict[str, str]:
     """Read a case -> site table.
 
@@ -166,21 +173,43 @@ def read_sites_csv(path: Union[str, Path]) -> Dict[str, str]:
     return sites
 
 
-def _parse_channel_names(raw, meta_path: Path) -> Dict[int, str]:
+def parse_channel_names(raw, source: Union[str, Path]) -> Dict[int, str]:
+    """The one channel-to-file rule: ``dataset.json`` ``channel_names`` -> {file index: name}, sorted by index.
+
+    The key is the file's 4-digit suffix number (nnU-Net's convention): ``{"0": "T2", "2": "T1"}``
+    means ``CASE_0000`` is T2 and ``CASE_0002`` is T1 (``CASE_0001``, if present, is not a declared
+    channel and is never read). Every reader (training, evaluation, risk maps, transferability,
+    ``trm predict``) maps files to names through this function, so they all read the same file for
+    a channel. Keys must be plain decimal numbers 0..9999 (``"01"`` and ``"1"`` would name one file
+    twice); names must be non-empty strings, unique ignoring case (tasks pick channels by name,
+    case-insensitively). ValueError names ``source`` and the problem.
+    """
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{meta_path}: 'channel_names' must be a non-empty object like {{\"0\": \"T1\"}}")
+        raise ValueError(f"{source}: 'channel_names' must be a non-empty object like {{\"0\": \"T1\"}}")
     channels: Dict[int, str] = {}
     for key, name in raw.items():
-        try:
-            index = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"{meta_path}: channel index {key!r} in 'channel_names' is not an integer") from None
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{meta_path}: channel {key} has no name")
+        if not isinstance(key, str) or _CHANNEL_KEY.match(key) is None:
+            raise ValueError(f"{source}: channel key {key!r} in 'channel_names' is not a file index 0..9999 "
+                             "(the key is the CASE_XXXX suffix number)")
+        index = int(key)
+        if index in channels:
+            raise ValueError(f"{source}: channel keys {index!r} and {key!r} name the same file suffix "
+                             f"_{index:04d} in 'channel_names'")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{source}: channel {key} has no name")
         channels[index] = name
-    if len(set(channels.values())) != len(channels):
-        raise ValueError(f"{meta_path}: channel names must be unique, got {list(channels.values())}")
+    folded: Dict[str, str] = {}
+    for name in channels.values():
+        if name.lower() in folded:
+            raise ValueError(f"{source}: channel names must be unique (ignoring case), got {folded[name.lower()]!r} "
+                             f"and {name!r}")
+        folded[name.lower()] = name
     return dict(sorted(channels.items()))
+
+
+def channel_file_name(case: str, index: int, file_ending: str) -> str:
+    """``("case", 2, ".nii.gz") -> "case_0002.nii.gz"``: the file of channel key ``index`` (see :func:`parse_channel_names`)."""
+    return f"{case}_{int(index):04d}{file_ending}"
 
 
 def _parse_labels(raw, meta_path: Path) -> Dict[str, LabelValue]:

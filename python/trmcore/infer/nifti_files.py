@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from trmcore.data.nifti import quiet_nibabel
-from trmcore.fileio import check_output_file
+from trmcore.fileio import check_output_plan
 from trmcore.limits import ResourceLimitError
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii\.gz|\.nii)$")
@@ -117,18 +117,25 @@ def _cases_in_folder(folder: Path, num_channels: int, indices: List[int], strict
     return cases
 
 
-def declared_channel_names(input_path: Path) -> Optional[List[str]]:
-    """Channel names from a ``dataset.json`` in the input folder or its parent, if any."""
+def declared_channel_names(input_path: Path) -> Optional[Dict[int, str]]:
+    """{file index: channel name} from a ``dataset.json`` in the input folder or its parent, if any.
+
+    Read with the training loader's rule (:func:`trmcore.data.layout.parse_channel_names`): the key is
+    the file suffix number, so ``{"0": "T2", "2": "T1"}`` makes ``CASE_0002`` the T1 file here as in
+    training. A dataset.json whose channel names break that rule is refused (ValueError naming it).
+    """
+    from trmcore.data.layout import declared_channels, parse_channel_names
+
     folder = Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent
     for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
         if candidate.is_file():
             from trmcore.data.layout import read_dataset_json  # the one dataset.json schema
 
             record = read_dataset_json(candidate)
-            names = record.get("channel_names") or record.get("modality")
-            if names:
-                return [str(names[k]) for k in sorted(names, key=int)]
-            return None
+            raw = declared_channels(record)
+            if raw is None:
+                return None
+            return parse_channel_names(raw, candidate)
     return None
 
 
@@ -265,17 +272,16 @@ def plan_outputs(cases: Sequence[CaseFiles], input_path: Path, output: Path, pro
         targets = [output / f"{case.case_id}.nii.gz" for case in cases]
     planned = [(t, probabilities_path(t) if probabilities else None) for t in targets]
     inputs = {p.resolve() for case in cases for p in case.channel_paths}
-    for label_path, prob_path in planned:
-        for path in (label_path, prob_path):
-            if path is None:
-                continue
-            check_output_file(path, overwrite=overwrite or resume, inputs=inputs)  # links, inputs: always refused
-            if path.exists() and not (overwrite or resume):
-                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it "
-                                      "(or --continue to keep complete outputs)")
     record = provenance_path(input_path, output)
-    check_output_file(record, overwrite=overwrite or resume, inputs=inputs)
-    if record.exists() and not (overwrite or resume):
-        raise FileExistsError(f"output {record} exists; pass --overwrite to replace it "
-                              "(or --continue to keep complete outputs)")
+    # The whole plan first: two cases named X and X_probabilities would otherwise write one file twice.
+    whole = [(record, "the provenance record")]
+    for case, (label_path, prob_path) in zip(cases, planned):
+        whole.append((label_path, f"the labels of case {case.case_id!r}"))
+        if prob_path is not None:
+            whole.append((prob_path, f"the probabilities of case {case.case_id!r}"))
+    check_output_plan(whole, overwrite=True, inputs=inputs)  # collisions, links, inputs: always refused
+    for path, _ in whole:
+        if path.exists() and not (overwrite or resume):
+            raise FileExistsError(f"output {path} exists; pass --overwrite to replace it "
+                                  "(or --continue to keep complete outputs)")
     return planned

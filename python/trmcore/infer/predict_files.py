@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -103,7 +103,9 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
         overwrite: replace existing outputs (inputs are never replaced).
         channels: names of the input channels in file order (``_0000``,
             ``_0001`` ...); default: ``channel_names`` of a ``dataset.json``
-            beside the input or in its parent. With names, the model's
+            beside the input or in its parent, whose keys are the file
+            suffix numbers (the training loader's rule,
+            :func:`trmcore.data.layout.parse_channel_names`). With names, the model's
             channels are picked from the files by name (extra channels are
             ignored); without, the files must be exactly the model's channels
             in the model's order.
@@ -123,6 +125,7 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
     check_ensemble(segmenters)
     first = segmenters[0]
     input_path, output = Path(input_path), Path(output)
+    # --channels lists names in file order; a dataset.json maps file suffix numbers to names (one rule with training).
     names = list(channels) if channels is not None else declared_channel_names(input_path)
     indices = None if names is None else channel_indices(names, first.channels)
     cases = find_cases(input_path, first.metadata.num_channels, indices)
@@ -192,19 +195,27 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def channel_indices(input_names: Sequence[str], model_channels: Sequence[str]) -> List[int]:
-    """File channel index of each model channel, by name: ``(["T1", "T2"], ["T2"]) -> [1]``.
+def channel_indices(input_names: Union[Mapping[int, str], Sequence[str]], model_channels: Sequence[str]) -> List[int]:
+    """File channel index of each model channel, by name.
 
+    ``input_names``: {file index: name} (a dataset.json's ``channel_names`` read by
+    :func:`trmcore.data.layout.parse_channel_names`, whose keys are the file suffix numbers), or a
+    list of names in file order ``_0000, _0001, ...`` (``--channels``):
+    ``({0: "T2", 2: "T1"}, ["T1"]) -> [2]``, ``(["T1", "T2"], ["T2"]) -> [1]``.
     Names compare case-insensitively; ValueError names the model channels the input lacks.
     """
-    lowered = [str(name).strip().lower() for name in input_names]
-    if len(set(lowered)) != len(lowered):
-        raise ValueError(f"input channel names repeat: {list(input_names)}")
-    missing = [name for name in model_channels if name.lower() not in lowered]
+    named = dict(input_names) if isinstance(input_names, Mapping) else dict(enumerate(input_names))
+    by_name: Dict[str, int] = {}
+    for index, name in named.items():
+        key = str(name).strip().lower()
+        if key in by_name:
+            raise ValueError(f"input channel names repeat: {list(named.values())}")
+        by_name[key] = int(index)
+    missing = [name for name in model_channels if name.lower() not in by_name]
     if missing:
         raise ValueError(f"the model expects channel(s) {list(model_channels)} but the input has "
-                         f"{list(input_names)} (missing {', '.join(missing)})")
-    return [lowered.index(name.lower()) for name in model_channels]
+                         f"{list(named.values())} (missing {', '.join(missing)})")
+    return [by_name[name.lower()] for name in model_channels]
 
 
 def _probabilities(segmenter: Segmenter, working: np.ndarray, mirror: bool, progress: bool) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from trmcore.fileio import check_output_file, save_figure, save_image
+from trmcore.fileio import check_output_plan, save_figure, save_image
 from trmcore.training.risk_diagnostics import panel_caption, write_volume_diagnostics
 from trmcore.training.riskmap import RiskVolumes, risk_volumes
 
@@ -121,10 +121,14 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     names = lambda case: [f"{case}_transferability.nii.gz", f"{case}_risk.nii.gz"] + (  # noqa: E731
         [f"{case}_transferability_after.nii.gz", f"{case}_risk_after.nii.gz"] if after_run is not None else []
     ) + [f"{case}.png"]
-    check_output_file(out_dir / "risk_diagnostics.json", overwrite=overwrite)  # refuse before computing anything
-    for volume in volumes:
-        for name in names(volume.case_id):
-            check_output_file(out_dir / name, overwrite=overwrite)
+    # The whole plan before computing anything: no two outputs on one file (case X's X_risk.nii.gz and
+    # case X_risk's ...), none on an input (a label or channel file when -o is inside the dataset).
+    plan = [(out_dir / "risk_diagnostics.json", "the risk diagnostics")]
+    plan += [(out_dir / name, f"a map of case {volume.case_id!r}")
+             for volume in volumes for name in names(volume.case_id)]
+    runs = [Path(run) / name for run in (source_run, after_run) if run is not None
+            for name in ("run.json", "model.safetensors")]
+    check_output_plan(plan, overwrite=overwrite, inputs=_input_files(data_root, task_info, volumes, sites) + runs)
     num_classes = task_info.num_classes
     before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
                           scope, progress=progress, scaling=scaling, quantile=quantile)
@@ -164,3 +168,15 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                                   next(files), base, overwrite=overwrite,
                                   diagnostics=(diagnostics["before"], diagnostics["after"])))
     return written
+
+
+def _input_files(data_root, task_info, volumes, sites) -> List[Path]:
+    """The channel and label files of the loaded cases: outputs must never land on them."""
+    from trmcore.data.layout import DatasetLayout
+
+    layout = DatasetLayout.read(data_root, sites=sites)
+    files = []
+    for volume in volumes:
+        files += [layout.image_path(volume.case_id, k) for k in task_info.channel_indices]
+        files.append(layout.label_path(volume.case_id))
+    return files

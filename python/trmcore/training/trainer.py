@@ -14,6 +14,7 @@ curves.png and, while a run is unfinished, train_state.pt for ``resume=True``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
@@ -29,7 +30,7 @@ from trmcore import ops
 from trmcore.data import TaskSpec, few_shot, load_task_volumes, split_cases, volumes_to_slices
 from trmcore.data.geometry import native_geometry
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
-from trmcore.fileio import ALL_ENTRIES, prepare_output_folder, visible_entries
+from trmcore.fileio import ALL_ENTRIES, folder_lock, prepare_output_folder, visible_entries
 from trmcore.models import UNet, UNetConfig
 from trmcore.training.checkpoint import (load_run, load_train_state, remove_train_state, save_run,
                                          save_train_state)
@@ -325,6 +326,12 @@ def _write_run(run_dir: Path, model: UNet, info: RunInfo, metrics: MetricsLog, p
     metrics.plot(run_dir, title)
 
 
+def _own_run_dir(lock: contextlib.ExitStack, run_dir: Path, ctx: DistContext, command: str) -> None:
+    """Hold ``run_dir``'s lock (main rank) until ``lock`` closes: a second run on the same -o stops at once."""
+    if ctx.is_main:
+        lock.enter_context(folder_lock(run_dir, command))
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Optional[Dict[str, Any]]:
     if resume:
         return load_train_state(run_dir)
@@ -390,7 +397,9 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
     config = replace(config, freeze="none")
     run_dir = Path(run_dir)
     ctx = setup_distributed(device)
+    lock = contextlib.ExitStack()
     try:
+        _own_run_dir(lock, run_dir, ctx, "train")
         state = _prepare_run_dir(run_dir, resume, ctx)
         seed_everything(config.seed)
         model_config = replace(model or UNetConfig(), in_channels=len(task.channels),
@@ -406,6 +415,7 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
         weighting = create_weighting(config, network.config, data.slices, data.task_info.num_classes, ctx)
         return fit(network, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
+        lock.close()
         ctx.close()
 
 
@@ -428,7 +438,9 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         raise ValueError(f"fine-tuning needs a method: one of {', '.join(method_names())}")
     run_dir = Path(run_dir)
     ctx = setup_distributed(device)
+    lock = contextlib.ExitStack()
     try:
+        _own_run_dir(lock, run_dir, ctx, "finetune")
         state = _prepare_run_dir(run_dir, resume, ctx)
         if state is not None:
             _check_resume(run_dir, config, state)
@@ -460,6 +472,7 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
     finally:
+        lock.close()
         ctx.close()
 
 
