@@ -19,6 +19,7 @@ EXTRA_MODULES: Dict[str, Tuple[str, ...]] = {
     "train": ("torch", "safetensors", "onnx", "onnxscript"),
     "cpu": ("onnxruntime",),
     "select": ("scipy", "networkx", "matplotlib"),
+    "dicom": ("pydicom", "highdicom"),  # DICOM series in, DICOM-SEG out (trm predict, trm import dicom)
 }
 
 # Extras each `trm` command needs (commands not listed need only the base install).

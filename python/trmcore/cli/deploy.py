@@ -114,7 +114,8 @@ def _register_predict(subparsers) -> None:
                        "trm predict -m model.onnx -i case_0000.nii.gz -o case.nii.gz --probabilities",
                        "trm predict -m fold0.onnx -m fold1.onnx --mirror --continue -i scans/ -o labels/"])
     _add_runtime_options(p, several=True)
-    p.add_argument("-i", "--input", type=Path, required=True, help="input NIfTI file or folder")
+    p.add_argument("-i", "--input", type=Path, required=True,
+                   help="input NIfTI file or folder, or a folder of DICOM files (series found by SeriesInstanceUID)")
     add_output(p, required=True, help="output .nii.gz (single input file) or folder")
     p.add_argument("--channels", default=None,
                    help="names of the input channel files _0000,_0001,... e.g. T1,T2 "
@@ -129,7 +130,26 @@ def _register_predict(subparsers) -> None:
                    help="test-time augmentation: also segment the slices mirrored in-plane (4 passes) and "
                         "average the probabilities")
     _add_crop_options(p)
+    _add_dicom_options(p)
     p.set_defaults(func=_run_predict)
+
+
+def _add_dicom_options(p: argparse.ArgumentParser) -> None:
+    from trmcore.infer.dicom_predict import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS
+
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default=DEFAULT_OUTPUT_FORMAT,
+                   help="nifti: CASE.nii.gz label volumes; dicom-seg: one DICOM Segmentation per input series "
+                        "(DICOM input only); both (default %(default)s)")
+    p.add_argument("--series", action="append", default=None, metavar="CHANNEL=SELECTOR",
+                   help="DICOM input: the series of a model channel, by SeriesInstanceUID or a SeriesDescription "
+                        "pattern, e.g. --series T1=1.2.840.1 --series 'T2=*t2*' (one per channel; required for "
+                        "multi-channel models)")
+    p.add_argument("--label-codes", type=Path, default=None, metavar="FILE",
+                   help="JSON label name -> SNOMED-CT category and type codes for DICOM-SEG segments (or a "
+                        "dataset.json with \"label_codes\"); default codes otherwise (docs/deploy.md)")
+    p.add_argument("--qc", type=Path, default=None, metavar="DIR",
+                   help="also write per case a PNG of slices through the foreground (image, prediction "
+                        "contours) and an index.html with predicted volumes")
 
 
 def _add_crop_options(p: argparse.ArgumentParser) -> None:
@@ -160,11 +180,24 @@ def _open_segmenter(args: argparse.Namespace, model=None):
 
 def _run_predict(args: argparse.Namespace) -> int:
     from trmcore.infer import predict_files
+    from trmcore.infer.dicom_series import is_dicom_input
 
-    segmenters = [_open_segmenter(args, model) for model in args.model]
-    channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
     arguments = {k: ([str(m) for m in v] if k == "model" else str(v) if isinstance(v, Path) else v)
                  for k, v in vars(args).items() if k != "func"}
+    dicom = is_dicom_input(args.input)
+    if not dicom:
+        for flag, value in (("--series", args.series), ("--label-codes", args.label_codes)):
+            if value:
+                raise ValueError(f"{flag} applies to DICOM input; {args.input} is NIfTI")
+        if args.output_format != "nifti":
+            raise ValueError(f"--output-format {args.output_format} needs DICOM input (a DICOM Segmentation "
+                             f"references its source series); {args.input} is NIfTI")
+    if args.qc is not None:
+        check_output_file(args.qc / "index.html", overwrite=args.overwrite, inputs=[args.input])
+    segmenters = [_open_segmenter(args, model) for model in args.model]
+    if dicom:
+        return _run_predict_dicom(args, segmenters, arguments)
+    channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
     results = predict_files(segmenters, args.input, args.output, probabilities=args.probabilities,
                             overwrite=args.overwrite, channels=channels, progress=not args.quiet,
                             resume=args.resume, mirror=args.mirror, resample=not args.no_resample,
@@ -176,6 +209,34 @@ def _run_predict(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
         extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
         print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+    if args.qc is not None:
+        from trmcore.infer.qc import qc_from_files
+
+        index = qc_from_files(results, segmenters[0], args.input, args.channels, args.qc, overwrite=args.overwrite)
+        print(f"wrote {index}")
+    return 0
+
+
+def _run_predict_dicom(args: argparse.Namespace, segmenters, arguments: dict) -> int:
+    from trmcore.infer.dicom_predict import parse_series_map, predict_dicom
+
+    if args.channels is not None:
+        raise ValueError("--channels names NIfTI channel files; for DICOM input map series with --series")
+    if args.resume:
+        raise ValueError("--continue is not available for DICOM input; predict into a new folder or pass "
+                         "--overwrite")
+    results = predict_dicom(segmenters, args.input, args.output, output_format=args.output_format,
+                            probabilities=args.probabilities, overwrite=args.overwrite,
+                            series_map=parse_series_map(args.series), label_codes=args.label_codes,
+                            progress=not args.quiet, mirror=args.mirror, resample=not args.no_resample,
+                            arguments=arguments, qc_dir=args.qc,
+                            report=lambda line: print(f"matched {line}", file=sys.stderr))
+    for case in results:
+        counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
+        extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
+        print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+    if args.qc is not None:
+        print(f"wrote {args.qc / 'index.html'}")
     return 0
 
 
