@@ -13,7 +13,7 @@ pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 
 from trmcore.cli.main import main  # noqa: E402
-from trmcore.infer.dicom_series import find_series, is_dicom_input, load_series  # noqa: E402
+from trmcore.data.dicom import find_series, is_dicom_input, load_series  # noqa: E402
 
 from .conftest import case_files  # noqa: E402
 from .dicom_helpers import (PATIENT, PRIVATE, oblique_affine, quantize, sagittal_affine,  # noqa: E402

@@ -180,7 +180,7 @@ def _open_segmenter(args: argparse.Namespace, model=None):
 
 def _run_predict(args: argparse.Namespace) -> int:
     from trmcore.infer import predict_files
-    from trmcore.infer.dicom_series import is_dicom_input
+    from trmcore.data.dicom import is_dicom_input
 
     arguments = {k: ([str(m) for m in v] if k == "model" else str(v) if isinstance(v, Path) else v)
                  for k, v in vars(args).items() if k != "func"}

@@ -1,7 +1,7 @@
 """``trm predict`` on DICOM: series to cases, channels by explicit mapping, NIfTI and/or DICOM-SEG out.
 
 Torch-free; needs the ``dicom`` extra. The volume of each series is built by
-:mod:`trmcore.infer.dicom_series` and segmented by the same
+:mod:`trmcore.data.dicom` and segmented by the same
 :func:`trmcore.infer.predict_files.predict_case` as a NIfTI file, so a DICOM
 series and the NIfTI that a dcm2niix-style conversion gives predict the same
 labels.
@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from trmcore.fileio import atomic_write_text, check_output_file, save_image
-from trmcore.infer.dicom_series import DicomSeries, find_series, load_series, series_table
+from trmcore.data.dicom import DicomSeries, find_series, load_series, series_table
 from trmcore.infer.predict_files import (PredictedCase, check_ensemble, file_sha256, model_geometries,
                                          predict_case)
 from trmcore.infer.segmenter import Segmenter, label_dtype

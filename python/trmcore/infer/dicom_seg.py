@@ -177,16 +177,8 @@ def write_dicom_seg(path: Path, segmentation, *, overwrite: bool, inputs: Sequen
 
 
 def read_dicom_seg_labels(path: Path, source_datasets: Sequence, num_classes: int) -> np.ndarray:
-    """Class indices uint8 ``[X, Y, Z]`` of a Segmentation, on the grid of ``source_datasets`` (their order).
+    """Class indices uint8 ``[X, Y, Z]`` of a Segmentation on the grid of ``source_datasets`` (their order)."""
+    from trmcore.data.dicom import read_seg_labels
 
-    Reads with highdicom: the frames referencing each source instance, segments
-    combined (overlapping segments are refused by highdicom).
-    """
-    import highdicom as hd
-
-    seg = hd.seg.segread(str(path))
-    uids = [str(ds.SOPInstanceUID) for ds in source_datasets]
-    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
-                                               segment_numbers=list(range(1, num_classes)),
-                                               skip_overlap_checks=False)
-    return np.ascontiguousarray(np.transpose(pixels, (2, 1, 0))).astype(np.uint8)
+    labels, _ = read_seg_labels(path, source_datasets, segment_numbers=list(range(1, num_classes)))
+    return labels.astype(np.uint8)

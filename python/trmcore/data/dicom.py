@@ -230,6 +230,36 @@ def load_series(series: DicomSeries) -> SeriesVolume:
     return SeriesVolume(series, data, LPS_TO_RAS @ lps, [ds for _, ds in headers], [f for f, _ in headers])
 
 
+def read_seg_labels(path: Path, source_datasets: Sequence,
+                    segment_numbers: Optional[Sequence[int]] = None) -> "tuple[np.ndarray, Dict[int, str]]":
+    """A DICOM Segmentation on the grid of ``source_datasets`` (in their order): (segment numbers ``[X, Y, Z]``,
+    segment number -> label).
+
+    Read with highdicom; every source instance gets its frame (0 where the
+    Segmentation has none); overlapping segments are refused.
+    """
+    try:
+        import highdicom as hd
+    except ImportError:
+        from trmcore.extras import MissingExtraError, install_hint
+
+        raise MissingExtraError(f"reading DICOM-SEG needs highdicom, not installed: {install_hint('dicom')}") from None
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as err:
+        raise ValueError(f"cannot read DICOM Segmentation {path}: {type(err).__name__}: {err}") from None
+    names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+    numbers = sorted(names) if segment_numbers is None else list(segment_numbers)
+    try:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in source_datasets],
+            segment_numbers=numbers, combine_segments=True, relabel=False, assert_missing_frames_are_empty=True)
+    except Exception as err:
+        raise ValueError(f"DICOM Segmentation {path} does not fit its source series: {type(err).__name__}: "
+                         f"{err}") from None
+    return np.ascontiguousarray(np.transpose(pixels, (2, 1, 0))), {n: names[n] for n in numbers}
+
+
 def _slice_step(name: str, headers, positions: np.ndarray, along: np.ndarray, normal: np.ndarray,
                 first) -> np.ndarray:
     """The vector from one slice to the next (LPS mm); ValueError for what is not an even stack."""
