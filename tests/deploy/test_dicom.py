@@ -253,3 +253,26 @@ def test_dicom_predict_without_torch(phantom, onnx_model, tmp_path):
     """, TRAIN_EXTRA)
     assert result.returncode == 0, result.stderr
     assert (out / f"{uids[0]}.seg.dcm").is_file() and not (out / f"{uids[0]}.nii.gz").exists()
+
+
+def test_label_codes_must_name_model_classes(phantom, onnx_model, tmp_path, capsys):
+    dicom, _, uids = _twins(tmp_path, phantom, oblique_affine(PHANTOM_SPACING))
+    codes = tmp_path / "codes.json"
+    codes.write_text(json.dumps({"CFS": {"type": ["65216001", "SCT", "Cerebrospinal fluid"]}}))  # a typo
+    code = main(["predict", "-m", str(onnx_model), "-i", str(dicom), "-o", str(tmp_path / "out"), "-q",
+                 "--series", "T1=*t1*", "--series", "T2=*t2*", "--output-format", "dicom-seg",
+                 "--label-codes", str(codes)])
+    assert code == 2 and "['cfs']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dicom_extra_in_pyproject_matches_the_table():
+    tomllib = pytest.importorskip("tomllib")
+    from trmcore import extras
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").exists():
+        pytest.skip("no source tree")
+    optional = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {req.split(">")[0].strip() for req in optional["dicom"]} == set(extras.EXTRA_MODULES["dicom"])
+    assert not {"torch", "scipy", "matplotlib"} & {req.split(">")[0] for req in optional["dicom"]}
