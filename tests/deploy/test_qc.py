@@ -82,3 +82,21 @@ def test_predict_qc_writes_pictures_and_index(phantom, onnx_model, tmp_path):
     code = main(["predict", "-m", str(onnx_model), "-i", str(phantom / "imagesTr"), "-o", str(tmp_path / "l2"),
                  "-q", "--qc", str(qc)])
     assert code == 2
+
+
+def test_predict_qc_risk_panel(phantom, onnx_model, tmp_path):
+    risk = tmp_path / "maps"
+    risk.mkdir()
+    reference = nib.load(str(phantom / "imagesTr" / "phantom_000_0000.nii.gz"))
+    values = np.linspace(1, 10, int(np.prod(reference.shape[:3])), dtype=np.float32).reshape(reference.shape[:3])
+    nib.save(nib.Nifti1Image(values, reference.affine), str(risk / "phantom_000_risk.nii.gz"))
+    qc = tmp_path / "qc"
+    assert main(["predict", "-m", str(onnx_model), "-i", str(phantom / "imagesTr"), "-o", str(tmp_path / "l"), "-q",
+                 "--qc", str(qc), "--qc-risk", str(risk)]) == 0
+    with_risk = _decode_png((qc / "phantom_000.png").read_bytes())
+    without = _decode_png((qc / "phantom_001.png").read_bytes())
+    assert with_risk.shape[1] > 1.4 * without.shape[1]  # a third panel per row
+    assert "risk map" in (qc / "index.html").read_text()
+    nib.save(nib.Nifti1Image(values[:-1], reference.affine), str(risk / "phantom_001_risk.nii.gz"))
+    assert main(["predict", "-m", str(onnx_model), "-i", str(phantom / "imagesTr"), "-o", str(tmp_path / "l2"),
+                 "-q", "--qc", str(tmp_path / "qc2"), "--qc-risk", str(risk)]) == 2

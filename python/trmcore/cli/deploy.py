@@ -150,6 +150,9 @@ def _add_dicom_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qc", type=Path, default=None, metavar="DIR",
                    help="also write per case a PNG of slices through the foreground (image, prediction "
                         "contours) and an index.html with predicted volumes")
+    p.add_argument("--qc-risk", type=Path, default=None, metavar="DIR",
+                   help="with --qc: add each case's risk map DIR/CASE_risk.nii.gz (as trm riskmap writes it) "
+                        "to its picture")
 
 
 def _add_crop_options(p: argparse.ArgumentParser) -> None:
@@ -192,6 +195,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         if args.output_format != "nifti":
             raise ValueError(f"--output-format {args.output_format} needs DICOM input (a DICOM Segmentation "
                              f"references its source series); {args.input} is NIfTI")
+    if args.qc_risk is not None and args.qc is None:
+        raise ValueError("--qc-risk adds risk maps to the --qc pictures: give --qc DIR too")
     if args.qc is not None:
         check_output_file(args.qc / "index.html", overwrite=args.overwrite, inputs=[args.input])
     segmenters = [_open_segmenter(args, model) for model in args.model]
@@ -212,7 +217,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.qc is not None:
         from trmcore.infer.qc import qc_from_files
 
-        index = qc_from_files(results, segmenters[0], args.input, args.channels, args.qc, overwrite=args.overwrite)
+        index = qc_from_files(results, segmenters[0], args.input, args.channels, args.qc, overwrite=args.overwrite,
+                              risk_dir=args.qc_risk)
         print(f"wrote {index}")
     return 0
 
@@ -229,7 +235,7 @@ def _run_predict_dicom(args: argparse.Namespace, segmenters, arguments: dict) ->
                             probabilities=args.probabilities, overwrite=args.overwrite,
                             series_map=parse_series_map(args.series), label_codes=args.label_codes,
                             progress=not args.quiet, mirror=args.mirror, resample=not args.no_resample,
-                            arguments=arguments, qc_dir=args.qc,
+                            arguments=arguments, qc_dir=args.qc, qc_risk=args.qc_risk,
                             report=lambda line: print(f"matched {line}", file=sys.stderr))
     for case in results:
         counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())

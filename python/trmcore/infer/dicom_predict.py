@@ -115,7 +115,7 @@ def predict_dicom(segmenter, input_path, output, output_format: str = DEFAULT_OU
                   series_map: Optional[Dict[str, str]] = None, label_codes: Optional[Path] = None,
                   progress: bool = True, mirror: bool = False, resample: bool = True,
                   arguments: Optional[dict] = None, qc_dir: Optional[Path] = None,
-                  report=print) -> List[PredictedCase]:
+                  qc_risk: Optional[Path] = None, report=print) -> List[PredictedCase]:
     """Segment every DICOM case under ``input_path``; write NIfTI and/or DICOM-SEG into folder ``output``.
 
     ``label_codes``: a label-code file or a dataset.json with ``label_codes``
@@ -193,7 +193,7 @@ def predict_dicom(segmenter, input_path, output, output_format: str = DEFAULT_OU
                                     "files": len(s.files)} for s in case.series],
                         "outputs": {k: str(v) for k, v in targets.items()}})
         if qc_dir is not None:
-            qc_cases.append(_qc_case(case.case_id, volumes[0], labels, first))
+            qc_cases.append(_qc_case(case.case_id, volumes[0], labels, first, qc_risk))
     if qc_dir is not None:
         from trmcore.infer.qc import write_qc
 
@@ -208,10 +208,11 @@ def predict_dicom(segmenter, input_path, output, output_format: str = DEFAULT_OU
     return results
 
 
-def _qc_case(case_id: str, volume, labels: np.ndarray, segmenter):
-    from trmcore.infer.qc import QCCase
+def _qc_case(case_id: str, volume, labels: np.ndarray, segmenter, risk_dir: Optional[Path]):
+    from trmcore.infer.qc import QCCase, load_risk
 
-    return QCCase(case_id, volume.data, labels, volume.affine, segmenter.label_names, segmenter.label_values)
+    return QCCase(case_id, volume.data, labels, volume.affine, segmenter.label_names, segmenter.label_values,
+                  risk=load_risk(risk_dir, case_id, labels.shape))
 
 
 def _check_same_grid(case: DicomCase, volumes) -> None:

@@ -8,7 +8,8 @@ the predicted foreground (at its 25th, 50th and 75th percentile slice; the
 middle slice when nothing was predicted), each as a row of panels: the image
 (windowed to its 1st..99th percentile), the image with one coloured contour
 per predicted class, and the risk map (blue = low, red = high) when the case
-has one. Volumes are first brought to the closest RAS orientation, so slices
+has one (``trm predict --qc-risk DIR``: ``DIR/CASE_risk.nii.gz`` as ``trm
+riskmap`` writes it, on the case's grid). Volumes are first brought to the closest RAS orientation, so slices
 are axial and shown in the neurological convention (patient's right on the
 right, anterior up); pixels are repeated to keep the in-plane aspect ratio.
 ``index.html`` lists every case with its picture and predicted volume per
@@ -140,8 +141,29 @@ def write_qc(folder: Path, cases: Sequence[QCCase], *, overwrite: bool) -> Path:
     return atomic_write_text(folder / "index.html", page, overwrite=overwrite)
 
 
-def qc_from_files(results, segmenter, input_path, channels, folder: Path, *, overwrite: bool) -> Path:
-    """QC pictures of ``trm predict`` NIfTI results: the first model channel's image and the written labels."""
+def load_risk(risk_dir: Optional[Path], case_id: str, shape) -> Optional[np.ndarray]:
+    """``risk_dir/CASE_risk.nii.gz`` (as ``trm riskmap`` writes it) as float32, or None when there is none.
+
+    ValueError when it exists on another grid (a risk map of another case or resampling).
+    """
+    if risk_dir is None:
+        return None
+    path = Path(risk_dir) / f"{case_id}_risk.nii.gz"
+    if not path.is_file():
+        return None
+    from trmcore.infer.nifti_files import load_image
+
+    data = np.asarray(load_image(path).get_fdata(dtype=np.float32))
+    data = data.reshape(data.shape[:3])
+    if data.shape != tuple(shape):
+        raise ValueError(f"risk map {path} has shape {data.shape}, the case {tuple(shape)}: not the same grid")
+    return data
+
+
+def qc_from_files(results, segmenter, input_path, channels, folder: Path, *, overwrite: bool,
+                  risk_dir: Optional[Path] = None) -> Path:
+    """QC pictures of ``trm predict`` NIfTI results: the first model channel's image and the written labels
+    (and ``risk_dir/CASE_risk.nii.gz`` where it exists)."""
     import nibabel as nib
 
     from trmcore.infer.nifti_files import declared_channel_names, find_cases, load_image
@@ -157,7 +179,8 @@ def qc_from_files(results, segmenter, input_path, channels, folder: Path, *, ove
         labels = np.asarray(nib.load(str(result.labels_path)).dataobj)
         data = np.asarray(image.get_fdata(dtype=np.float32))
         cases.append(QCCase(result.case_id, data.reshape(data.shape[:3]), labels, image.affine,
-                            segmenter.label_names, segmenter.label_values))
+                            segmenter.label_names, segmenter.label_values,
+                            risk=load_risk(risk_dir, result.case_id, labels.shape)))
     return write_qc(folder, cases, overwrite=overwrite)
 
 
