@@ -276,3 +276,40 @@ def test_dicom_extra_in_pyproject_matches_the_table():
     optional = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {req.split(">")[0].strip() for req in optional["dicom"]} == set(extras.EXTRA_MODULES["dicom"])
     assert not {"torch", "scipy", "matplotlib"} & {req.split(">")[0] for req in optional["dicom"]}
+
+
+def test_without_the_dicom_extra_one_line_names_it(onnx_model, tmp_path):
+    from .test_torch_free import _run_without_torch
+
+    stored, _ = quantize(np.ones((6, 5, 3)))
+    write_series(tmp_path / "dcm", stored, oblique_affine())
+    result = _run_without_torch(tmp_path, f"""
+        import sys
+        from trmcore.cli.main import main
+        codes = [main(["predict", "-m", {str(onnx_model)!r}, "-i", {str(tmp_path / "dcm")!r},
+                       "-o", {str(tmp_path / "out")!r}, "-q"]),
+                 main(["import", "dicom", {str(tmp_path / "dcm")!r}, {str(tmp_path / "ds")!r}, "-q"])]
+        sys.exit(0 if codes == [2, 2] else 1)
+    """, ("torch", "pydicom", "highdicom"))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(lines) == 2 and all("pip install 'trmcore[dicom]'" in line for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dicomdir_and_derived_objects_are_skipped(tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    stored, values = quantize(np.arange(60, dtype=float).reshape(5, 4, 3))
+    write_series(tmp_path / "export" / "S1", stored, sagittal_affine())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    directory = Dataset()
+    directory.file_meta = meta
+    directory.FileSetID = "EXPORT"
+    pydicom.dcmwrite(str(tmp_path / "export" / "DICOMDIR"), directory, enforce_file_format=True)
+    (series,) = find_series(tmp_path / "export")
+    np.testing.assert_array_equal(load_series(series).data, values)

@@ -38,7 +38,8 @@ import numpy as np
 SPACING_TOLERANCE = 0.01
 # Largest |cosine difference| between two slices' orientation vectors that is still one orientation.
 ORIENTATION_TOLERANCE = 1e-4
-DERIVED_MODALITIES = ("SEG", "SR", "PR", "RTSTRUCT", "KO", "REG")
+DERIVED_MODALITIES = ("SEG", "SR", "PR", "RTSTRUCT", "KO", "REG", "DOC")
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Transfer syntaxes pydicom cannot decode by itself, and the package that does (pip name).
@@ -164,6 +165,9 @@ def find_series(path: Path) -> List[DicomSeries]:
             ds = pydicom.dcmread(str(file), stop_before_pixels=True)
         except Exception as err:  # pydicom raises many types for damaged files
             raise ValueError(f"cannot read DICOM file {file}: {type(err).__name__}: {err}") from None
+        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+        if sop_class == MEDIA_DIRECTORY or file.name.upper() == "DICOMDIR":
+            continue  # the index of an exported medium, not an image
         if getattr(ds, "Modality", "") in DERIVED_MODALITIES:
             continue  # derived objects (segmentations, reports...), not images to segment
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
