@@ -3,8 +3,9 @@
 Torch-free; needs ``pydicom`` (the ``dicom`` extra), imported inside the functions.
 
 A folder (searched recursively) is read header-only; files are grouped by
-SeriesInstanceUID. :func:`load_series` builds one volume per series the way
-dcm2niix and nibabel's DICOM reader do:
+SeriesInstanceUID. :func:`load_series` builds one volume per series as
+nibabel's DICOM reader lays it out (dcm2niix puts every voxel at the same
+world position, with the row axis of its array flipped):
 
 - slices are sorted by their position along the slice normal
   ``n = row direction x column direction`` (ImageOrientationPatient), not by
