@@ -105,14 +105,18 @@ def _add_runtime_options(p: argparse.ArgumentParser, several: bool = False) -> N
 
 def _register_predict(subparsers) -> None:
     p = command(
-        subparsers, "predict", help="segment NIfTI volumes with an exported model (onnxruntime, no torch)",
+        subparsers, "predict", help="segment NIfTI volumes or DICOM series with an exported model (onnxruntime, no torch)",
         description="Segment a NIfTI file (CASE_0000.nii.gz, other channels beside it) or a folder of "
                     "CASE_000k.nii.gz files; write CASE.nii.gz label volumes (the model's label values, "
                     "uint8) with the input's affine and header. Volumes are brought to the model's orientation "
-                    "and in-plane spacing and the result is written back on the input's grid.",
+                    "and in-plane spacing and the result is written back on the input's grid. A folder of DICOM "
+                    "files is read series by series (trmcore[dicom]); --output-format dicom-seg writes DICOM "
+                    "Segmentations referencing them.",
         example_lines=["trm predict -m model.onnx -i scans/ -o labels/",
                        "trm predict -m model.onnx -i case_0000.nii.gz -o case.nii.gz --probabilities",
-                       "trm predict -m fold0.onnx -m fold1.onnx --mirror --continue -i scans/ -o labels/"])
+                       "trm predict -m fold0.onnx -m fold1.onnx --mirror --continue -i scans/ -o labels/",
+                       "trm predict -m t1t2.onnx -i dicom/ -o out/ --series T1='*t1*' --series T2='*t2*' "
+                       "--output-format both --qc out/qc"])
     _add_runtime_options(p, several=True)
     p.add_argument("-i", "--input", type=Path, required=True,
                    help="input NIfTI file or folder, or a folder of DICOM files (series found by SeriesInstanceUID)")
@@ -138,8 +142,8 @@ def _add_dicom_options(p: argparse.ArgumentParser) -> None:
     from trmcore.infer.dicom_predict import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS
 
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default=DEFAULT_OUTPUT_FORMAT,
-                   help="nifti: CASE.nii.gz label volumes; dicom-seg: one DICOM Segmentation per input series "
-                        "(DICOM input only); both (default %(default)s)")
+                   help="nifti: CASE.nii.gz label volumes; dicom-seg: one DICOM Segmentation (CASE.seg.dcm) per "
+                        "input series (DICOM input only); both: the two (default: %(default)s)")
     p.add_argument("--series", action="append", default=None, metavar="CHANNEL=SELECTOR",
                    help="DICOM input: the series of a model channel, by SeriesInstanceUID or a SeriesDescription "
                         "pattern, e.g. --series T1=1.2.840.1 --series 'T2=*t2*' (one per channel; required for "
