@@ -313,3 +313,12 @@ def test_dicomdir_and_derived_objects_are_skipped(tmp_path):
     pydicom.dcmwrite(str(tmp_path / "export" / "DICOMDIR"), directory, enforce_file_format=True)
     (series,) = find_series(tmp_path / "export")
     np.testing.assert_array_equal(load_series(series).data, values)
+
+
+def test_refuses_gantry_tilt(tmp_path):
+    tilted = oblique_affine()
+    tilted[:3, 2] += 0.05 * tilted[:3, 0]  # slices drift sideways 5 % of a column step per slice: a sheared stack
+    stored, _ = quantize(np.ones((6, 5, 5)))
+    write_series(tmp_path / "dcm", stored, tilted)
+    with pytest.raises(ValueError, match="gantry tilt"):
+        _load_only(tmp_path / "dcm")

@@ -37,6 +37,8 @@ import numpy as np
 
 # Relative deviation of a slice step from the median step that is still one grid.
 SPACING_TOLERANCE = 0.01
+# Largest sideways drift of slice positions per mm along the slice normal (tan 0.57 degrees of gantry tilt).
+TILT_TOLERANCE = 0.01
 # Largest |cosine difference| between two slices' orientation vectors that is still one orientation.
 ORIENTATION_TOLERANCE = 1e-4
 DERIVED_MODALITIES = ("SEG", "SR", "PR", "RTSTRUCT", "KO", "REG", "DOC")
@@ -216,8 +218,14 @@ def load_series(series: DicomSeries) -> SeriesVolume:
             raise ValueError(f"{name} mixes in-plane grids ({first_file.name}: {grid[0]}x{grid[1]} at "
                              f"{_fmt(spacing)} mm, {file.name}: {int(ds.Rows)}x{int(ds.Columns)} at "
                              f"{_fmt([float(v) for v in ds.PixelSpacing])} mm)")
-    row_dir, col_dir = orientation[:3], orientation[3:]
+    # unit vectors: stored cosines are rounded to a few digits
+    row_dir = orientation[:3] / np.linalg.norm(orientation[:3])
+    col_dir = orientation[3:] / np.linalg.norm(orientation[3:])
+    if abs(float(row_dir @ col_dir)) > 1e-3:
+        raise ValueError(f"{name}: ImageOrientationPatient {_fmt(orientation)} has row and column directions "
+                         "that are not perpendicular")
     normal = np.cross(row_dir, col_dir)
+    normal /= np.linalg.norm(normal)
     positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in headers], np.float64)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -280,8 +288,9 @@ def _slice_step(name: str, headers, positions: np.ndarray, along: np.ndarray, no
                          "slice normal); the series holds several volumes (echoes, phases, repeats): "
                          "split it before predicting")
     offsets = positions - positions[0]
+    # a stack must run along the normal: the sideways drift per mm along it is the tangent of a gantry tilt
     off_normal = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
-    if off_normal.max() > SPACING_TOLERANCE * typical * max(1, len(headers)):
+    if (off_normal[1:] / np.abs(along[1:] - along[0])).max() > TILT_TOLERANCE:
         raise ValueError(f"{name}: slice positions leave the slice normal by up to {off_normal.max():.3g} mm "
                          "(gantry tilt or a sheared stack); resample it (dcm2niix) before predicting")
     deviation = np.abs(gaps - typical) / typical
