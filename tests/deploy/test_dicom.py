@@ -322,3 +322,25 @@ def test_refuses_gantry_tilt(tmp_path):
     write_series(tmp_path / "dcm", stored, tilted)
     with pytest.raises(ValueError, match="gantry tilt"):
         _load_only(tmp_path / "dcm")
+
+
+def test_continue_keeps_complete_outputs_and_redoes_the_rest(phantom, onnx_model, tmp_path, capsys):
+    dicom, _, uids = _twins(tmp_path, phantom, oblique_affine(PHANTOM_SPACING))
+    out = tmp_path / "out"
+    command = ["predict", "-m", str(onnx_model), "-i", str(dicom), "-o", str(out), "-q", "--series", "T1=*t1*",
+               "--series", "T2=*t2*", "--output-format", "both"]
+    assert main(command) == 0
+    nifti, seg = out / f"{uids[0]}.nii.gz", out / f"{uids[0]}.seg.dcm"
+    first = seg.read_bytes()
+    assert main(command) == 2  # existing outputs: refused without --overwrite / --continue
+    capsys.readouterr()
+    assert main(command + ["--continue"]) == 0
+    assert "kept complete" in capsys.readouterr().out and seg.read_bytes() == first
+    seg.write_bytes(first[: len(first) // 2])  # a truncated Segmentation is redone
+    assert main(command + ["--continue", "--qc", str(tmp_path / "qc")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    import pydicom
+
+    assert int(pydicom.dcmread(str(seg)).NumberOfFrames) == int(pydicom.dcmread(pydicom.filebase.DicomBytesIO(
+        first)).NumberOfFrames)
+    assert nifti.is_file() and (tmp_path / "qc" / f"{uids[0]}.png").is_file()

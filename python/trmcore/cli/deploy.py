@@ -202,7 +202,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.qc_risk is not None and args.qc is None:
         raise ValueError("--qc-risk adds risk maps to the --qc pictures: give --qc DIR too")
     if args.qc is not None:
-        check_output_file(args.qc / "index.html", overwrite=args.overwrite, inputs=[args.input])
+        check_output_file(args.qc / "index.html", overwrite=args.overwrite or args.resume, inputs=[args.input])
     segmenters = [_open_segmenter(args, model) for model in args.model]
     if dicom:
         return _run_predict_dicom(args, segmenters, arguments)
@@ -221,7 +221,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.qc is not None:
         from trmcore.infer.qc import qc_from_files
 
-        index = qc_from_files(results, segmenters[0], args.input, args.channels, args.qc, overwrite=args.overwrite,
+        index = qc_from_files(results, segmenters[0], args.input, args.channels, args.qc,
+                              overwrite=args.overwrite or args.resume,
                               risk_dir=args.qc_risk)
         print(f"wrote {index}")
     return 0
@@ -232,16 +233,16 @@ def _run_predict_dicom(args: argparse.Namespace, segmenters, arguments: dict) ->
 
     if args.channels is not None:
         raise ValueError("--channels names NIfTI channel files; for DICOM input map series with --series")
-    if args.resume:
-        raise ValueError("--continue is not available for DICOM input; predict into a new folder or pass "
-                         "--overwrite")
     results = predict_dicom(segmenters, args.input, args.output, output_format=args.output_format,
-                            probabilities=args.probabilities, overwrite=args.overwrite,
+                            probabilities=args.probabilities, overwrite=args.overwrite, resume=args.resume,
                             series_map=parse_series_map(args.series), label_codes=args.label_codes,
                             progress=not args.quiet, mirror=args.mirror, resample=not args.no_resample,
                             arguments=arguments, qc_dir=args.qc, qc_risk=args.qc_risk,
                             report=lambda line: print(f"matched {line}", file=sys.stderr))
     for case in results:
+        if case.skipped:
+            print(f"{case.case_id}: kept complete {case.labels_path} (--continue)")
+            continue
         counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
         extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
         print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")

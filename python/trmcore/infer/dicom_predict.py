@@ -111,7 +111,7 @@ def dicom_cases(input_path: Path, model_channels: Sequence[str],
 
 
 def predict_dicom(segmenter, input_path, output, output_format: str = DEFAULT_OUTPUT_FORMAT,
-                  probabilities: bool = False, overwrite: bool = False,
+                  probabilities: bool = False, overwrite: bool = False, resume: bool = False,
                   series_map: Optional[Dict[str, str]] = None, label_codes: Optional[Path] = None,
                   progress: bool = True, mirror: bool = False, resample: bool = True,
                   arguments: Optional[dict] = None, qc_dir: Optional[Path] = None,
@@ -155,14 +155,17 @@ def predict_dicom(segmenter, input_path, output, output_format: str = DEFAULT_OU
         if probabilities:
             targets["probabilities"] = output / f"{case.case_id}_probabilities.nii.gz"
         for path in targets.values():
-            check_output_file(path, overwrite=overwrite, inputs=inputs)
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
+            check_output_file(path, overwrite=overwrite or resume, inputs=inputs)
+            if path.exists() and not (overwrite or resume):
+                raise FileExistsError(f"output {path} exists; pass --overwrite to replace it "
+                                      "(or --continue to keep complete outputs)")
         planned.append(targets)
     record_path = output / "predict.json"
-    check_output_file(record_path, overwrite=overwrite, inputs=inputs)
-    if record_path.exists() and not overwrite:
-        raise FileExistsError(f"output {record_path} exists; pass --overwrite to replace it")
+    check_output_file(record_path, overwrite=overwrite or resume, inputs=inputs)
+    if record_path.exists() and not (overwrite or resume):
+        raise FileExistsError(f"output {record_path} exists; pass --overwrite to replace it "
+                              "(or --continue to keep complete outputs)")
+    replace = overwrite or resume
     geometries = model_geometries(segmenters, resample)
     values = np.asarray(first.label_values, dtype=label_dtype(first.label_values))
     models = [(s.model_path.name, file_sha256(s.model_path)) for s in segmenters]
@@ -172,18 +175,27 @@ def predict_dicom(segmenter, input_path, output, output_format: str = DEFAULT_OU
         volumes = [load_series(s) for s in case.series]
         _check_same_grid(case, volumes)
         images = [v.nifti() for v in volumes]
+        if resume and _complete(targets, images[0], volumes[0], case, first.num_classes):
+            results.append(PredictedCase(case.case_id, targets.get("nifti", targets.get("seg")),
+                                         targets.get("probabilities"), {}, skipped=True))
+            records.append({"case_id": case.case_id, "matched": case.matched, "kept_from_earlier_run": True,
+                            "outputs": {k: str(v) for k, v in targets.items()}})
+            if qc_dir is not None:
+                qc_cases.append(_qc_case(case.case_id, volumes[0], _written_labels(targets, volumes[0], first),
+                                         first, qc_risk))
+            continue
         probs = predict_case(segmenters, images, geometries, mirror, progress)
         classes = probs.argmax(axis=0)
         labels = values[classes]
         if "probabilities" in targets:
             save_image(image_like(np.moveaxis(probs, 0, -1), images[0], np.dtype(np.float32)),
-                       targets["probabilities"], overwrite=overwrite, inputs=inputs)
+                       targets["probabilities"], overwrite=replace, inputs=inputs)
         if "nifti" in targets:
-            save_image(image_like(labels, images[0], labels.dtype), targets["nifti"], overwrite=overwrite,
+            save_image(image_like(labels, images[0], labels.dtype), targets["nifti"], overwrite=replace,
                        inputs=inputs)
         if "seg" in targets:
             seg = build_dicom_seg(volumes[0].datasets, classes, first.label_names[1:], codes, models)
-            write_dicom_seg(targets["seg"], seg, overwrite=overwrite, inputs=inputs)
+            write_dicom_seg(targets["seg"], seg, overwrite=replace, inputs=inputs)
         found, counts = np.unique(labels, return_counts=True)
         main = targets.get("nifti", targets.get("seg"))
         results.append(PredictedCase(case.case_id, main, targets.get("probabilities"),
@@ -197,15 +209,52 @@ def predict_dicom(segmenter, input_path, output, output_format: str = DEFAULT_OU
     if qc_dir is not None:
         from trmcore.infer.qc import write_qc
 
-        write_qc(qc_dir, qc_cases, overwrite=overwrite)
+        write_qc(qc_dir, qc_cases, overwrite=replace)
     record = {"input": str(input_path), "output_format": output_format,
               "label_codes": None if label_codes is None else str(label_codes),
               "models": [{"path": str(s.model_path.resolve()), "sha256": h}
                          for s, (_, h) in zip(segmenters, models)],
               "arguments": arguments or {}, "cases": records}
-    atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n", overwrite=overwrite,
+    atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n", overwrite=replace,
                       inputs=inputs)
     return results
+
+
+def _complete(targets: dict, image, volume, case: DicomCase, num_classes: int) -> bool:
+    """``--continue``: every output of the case exists and is complete (NIfTI on the series' grid; a
+    Segmentation that references the series with a frame per slice and foreground class)."""
+    from trmcore.infer.nifti_files import output_complete
+
+    for kind, path in targets.items():
+        if kind == "seg":
+            if not _seg_complete(path, case.series[0].series_uid, volume.data.shape[2] * (num_classes - 1)):
+                return False
+        elif not output_complete(path, image, num_classes if kind == "probabilities" else None):
+            return False
+    return True
+
+
+def _seg_complete(path: Path, series_uid: str, frames: int) -> bool:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        return (str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID) == series_uid
+                and int(ds.NumberOfFrames) == frames and len(ds.PixelData) > 0)
+    except Exception:  # any unreadable file is simply not complete
+        return False
+
+
+def _written_labels(targets: dict, volume, segmenter) -> np.ndarray:
+    """Label values of a kept case (for --qc): from its NIfTI, else from its Segmentation."""
+    if "nifti" in targets:
+        import nibabel as nib
+
+        return np.asarray(nib.load(str(targets["nifti"])).dataobj)
+    from trmcore.infer.dicom_seg import read_dicom_seg_labels
+
+    classes = read_dicom_seg_labels(targets["seg"], volume.datasets, segmenter.num_classes)
+    return np.asarray(segmenter.label_values)[classes]
 
 
 def _qc_case(case_id: str, volume, labels: np.ndarray, segmenter, risk_dir: Optional[Path]):
