@@ -20,6 +20,7 @@ EXTRA_MODULES: Dict[str, Tuple[str, ...]] = {
     "train": ("torch", "safetensors", "onnx", "onnxscript"),
     "cpu": ("onnxruntime",),
     "select": ("scipy", "networkx", "matplotlib"),
+    "dicom": ("pydicom", "highdicom"),  # DICOM series in, DICOM-SEG out (trm predict, trm import dicom)
 }
 
 

@@ -244,8 +244,9 @@ def test_branches_are_refused(tmp_path):
 
 
 def test_slow_graph_is_stopped_at_the_time_limit(case_folder, tmp_path, capsys):
-    # 40 chained 1024x1024 matrix products built from the input (so onnxruntime cannot fold them at load):
-    # minutes of work for one batch; --time-limit 1 stops it within seconds.
+    # 40 chained 2048x2048 matrix products built from the input (so onnxruntime cannot fold them at load):
+    # minutes of work for one batch on one thread (1024x1024 took about 1 s on AVX-512 and could finish
+    # inside the limit); --time-limit 1 stops it within seconds.
     conv, weights = three_channels()
     nodes = conv + [helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
                     helper.make_node("Mul", ["mean", "zero"], ["nothing"]),  # zeros: the products stay finite
@@ -254,7 +255,7 @@ def test_slow_graph_is_stopped_at_the_time_limit(case_folder, tmp_path, capsys):
         nodes.append(helper.make_node("MatMul", [f"m{k}", f"m{k}"], [f"m{k + 1}"]))
     nodes += [helper.make_node("ReduceSum", ["m40"], ["total"], keepdims=0)] + plus_scalar("total")
     model = save_graph(tmp_path / "slow.onnx", nodes,
-                       weights + [const("square", [1024, 1024]), const("zero", 0.0, np.float32)])
+                       weights + [const("square", [2048, 2048]), const("zero", 0.0, np.float32)])
     start = time.monotonic()
     code, lines = run_cli(capsys, "predict", "-q", "--threads", "1", "--time-limit", "1", "-m", model,
                           "-i", case_folder, "-o", tmp_path / "out")

@@ -111,16 +111,21 @@ def _add_runtime_options(p: argparse.ArgumentParser, several: bool = False) -> N
 
 def _register_predict(subparsers) -> None:
     p = command(
-        subparsers, "predict", help="segment NIfTI volumes with an exported model (onnxruntime, no torch)",
+        subparsers, "predict", help="segment NIfTI volumes or DICOM series with an exported model (onnxruntime, no torch)",
         description="Segment a NIfTI file (CASE_0000.nii.gz, other channels beside it) or a folder of "
                     "CASE_000k.nii.gz files; write CASE.nii.gz label volumes (the model's label values, "
                     "uint8) with the input's affine and header. Volumes are brought to the model's orientation "
-                    "and in-plane spacing and the result is written back on the input's grid.",
+                    "and in-plane spacing and the result is written back on the input's grid. A folder of DICOM "
+                    "files is read series by series (trmcore[dicom]); --output-format dicom-seg writes DICOM "
+                    "Segmentations referencing them.",
         example_lines=["trm predict -m model.onnx -i scans/ -o labels/",
                        "trm predict -m model.onnx -i case_0000.nii.gz -o case.nii.gz --probabilities",
-                       "trm predict -m fold0.onnx -m fold1.onnx --mirror --continue -i scans/ -o labels/"])
+                       "trm predict -m fold0.onnx -m fold1.onnx --mirror --continue -i scans/ -o labels/",
+                       "trm predict -m t1t2.onnx -i dicom/ -o out/ --series T1='*t1*' --series T2='*t2*' "
+                       "--output-format both --qc out/qc"])
     _add_runtime_options(p, several=True)
-    p.add_argument("-i", "--input", type=Path, required=True, help="input NIfTI file or folder")
+    p.add_argument("-i", "--input", type=Path, required=True,
+                   help="input NIfTI file or folder, or a folder of DICOM files (series found by SeriesInstanceUID)")
     add_output(p, required=True, help="output .nii.gz (single input file) or folder")
     p.add_argument("--channels", default=None,
                    help="names of the input channel files _0000,_0001,... e.g. T1,T2 "
@@ -135,7 +140,29 @@ def _register_predict(subparsers) -> None:
                    help="test-time augmentation: also segment the slices mirrored in-plane (4 passes) and "
                         "average the probabilities")
     _add_crop_options(p)
+    _add_dicom_options(p)
     p.set_defaults(func=_run_predict)
+
+
+def _add_dicom_options(p: argparse.ArgumentParser) -> None:
+    from trmcore.infer.dicom_seg import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS  # no onnxruntime: the parser
+
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default=DEFAULT_OUTPUT_FORMAT,
+                   help="nifti: CASE.nii.gz label volumes; dicom-seg: one DICOM Segmentation (CASE.seg.dcm) per "
+                        "input series (DICOM input only); both: the two (default: %(default)s)")
+    p.add_argument("--series", action="append", default=None, metavar="CHANNEL=SELECTOR",
+                   help="DICOM input: the series of a model channel, by SeriesInstanceUID or a SeriesDescription "
+                        "pattern, e.g. --series T1=1.2.840.1 --series 'T2=*t2*' (one per channel; required for "
+                        "multi-channel models)")
+    p.add_argument("--label-codes", type=Path, default=None, metavar="FILE",
+                   help="JSON label name -> SNOMED-CT category and type codes for DICOM-SEG segments (or a "
+                        "dataset.json with \"label_codes\"); default codes otherwise (docs/deploy.md)")
+    p.add_argument("--qc", type=Path, default=None, metavar="DIR",
+                   help="also write per case a PNG of slices through the foreground (image, prediction "
+                        "contours) and an index.html with predicted volumes")
+    p.add_argument("--qc-risk", type=Path, default=None, metavar="DIR",
+                   help="with --qc: add each case's risk map DIR/CASE_risk.nii.gz (as trm riskmap writes it) "
+                        "to its picture")
 
 
 def _add_crop_options(p: argparse.ArgumentParser) -> None:
@@ -166,11 +193,26 @@ def _open_segmenter(args: argparse.Namespace, model=None):
 
 def _run_predict(args: argparse.Namespace) -> int:
     from trmcore.infer import predict_files
+    from trmcore.data.dicom import is_dicom_input
 
-    segmenters = [_open_segmenter(args, model) for model in args.model]
-    channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
     arguments = {k: ([str(m) for m in v] if k == "model" else str(v) if isinstance(v, Path) else v)
                  for k, v in vars(args).items() if k != "func"}
+    dicom = is_dicom_input(args.input)
+    if not dicom:
+        for flag, value in (("--series", args.series), ("--label-codes", args.label_codes)):
+            if value:
+                raise ValueError(f"{flag} applies to DICOM input; {args.input} is NIfTI")
+        if args.output_format != "nifti":
+            raise ValueError(f"--output-format {args.output_format} needs DICOM input (a DICOM Segmentation "
+                             f"references its source series); {args.input} is NIfTI")
+    if args.qc_risk is not None and args.qc is None:
+        raise ValueError("--qc-risk adds risk maps to the --qc pictures: give --qc DIR too")
+    if args.qc is not None:
+        check_output_file(args.qc / "index.html", overwrite=args.overwrite or args.resume, inputs=[args.input])
+    segmenters = [_open_segmenter(args, model) for model in args.model]
+    if dicom:
+        return _run_predict_dicom(args, segmenters, arguments)
+    channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
     results = predict_files(segmenters, args.input, args.output, probabilities=args.probabilities,
                             overwrite=args.overwrite, channels=channels, progress=not args.quiet,
                             resume=args.resume, mirror=args.mirror, resample=not args.no_resample,
@@ -182,6 +224,36 @@ def _run_predict(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
         extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
         print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+    if args.qc is not None:
+        from trmcore.infer.qc import qc_from_files
+
+        index = qc_from_files(results, segmenters[0], args.input, args.channels, args.qc,
+                              overwrite=args.overwrite or args.resume,
+                              risk_dir=args.qc_risk)
+        print(f"wrote {index}")
+    return 0
+
+
+def _run_predict_dicom(args: argparse.Namespace, segmenters, arguments: dict) -> int:
+    from trmcore.infer.dicom_predict import parse_series_map, predict_dicom
+
+    if args.channels is not None:
+        raise ValueError("--channels names NIfTI channel files; for DICOM input map series with --series")
+    results = predict_dicom(segmenters, args.input, args.output, output_format=args.output_format,
+                            probabilities=args.probabilities, overwrite=args.overwrite, resume=args.resume,
+                            series_map=parse_series_map(args.series), label_codes=args.label_codes,
+                            progress=not args.quiet, mirror=args.mirror, resample=not args.no_resample,
+                            arguments=arguments, qc_dir=args.qc, qc_risk=args.qc_risk,
+                            report=lambda line: print(f"matched {line}", file=sys.stderr))
+    for case in results:
+        if case.skipped:
+            print(f"{case.case_id}: kept complete {case.labels_path} (--continue)")
+            continue
+        counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
+        extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
+        print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+    if args.qc is not None:
+        print(f"wrote {args.qc / 'index.html'}")
     return 0
 
 

@@ -270,6 +270,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         result = _evaluate_run(args)
         source = str(args.model)
     print(result.table())
+    extra = result.metrics_table()
+    if extra:
+        print()
+        print(extra)
     if args.output is not None:
         atomic_write_json(args.output, {"model": source, **result.to_dict()}, overwrite=args.overwrite,
                           inputs=inputs)

@@ -334,3 +334,6 @@ def _write_dataset_json(dst: Path, name: str, channels, labels, n_train: int, si
     if sites:
         meta["sites"] = sites
     atomic_write_json(dst / "dataset.json", meta, overwrite=False)
+
+
+from . import dicom_import  # noqa: E402,F401  (registers the "dicom" importer; pydicom is imported only when it runs)

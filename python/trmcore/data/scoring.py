@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from trmcore.data.metrics import ClassMetrics
 from trmcore.data.tasks import IGNORE_INDEX
 
 METRIC = "Dice"
@@ -45,6 +46,8 @@ class VolumeDice:
     case_id: str
     dice: Dict[str, float]
     mean: float
+    # per class: counts, volumes, HD95, surface distance, lesions (trmcore.data.metrics); None without a spacing
+    details: Optional[Dict[str, ClassMetrics]] = None
 
 
 @dataclass
@@ -71,8 +74,43 @@ class EvaluationResult:
             "mean_per_class": {k: _json_float(v) for k, v in self.mean_per_class.items()},
             "mean": _json_float(self.mean),
             "volumes": [{"case_id": v.case_id, "dice": {k: _json_float(d) for k, d in v.dice.items()},
-                         "mean": _json_float(v.mean)} for v in self.volumes],
+                         "mean": _json_float(v.mean),
+                         **({} if v.details is None else
+                            {"metrics": {k: m.to_dict() for k, m in v.details.items()}})}
+                        for v in self.volumes],
+            **self._pooled_dict(),
         }
+
+    def _pooled_dict(self) -> dict:
+        from trmcore.data.metrics import json_number, pooled
+
+        if not self.volumes or any(v.details is None for v in self.volumes):
+            return {}
+        return {"metrics_over_volumes": {n: {k: json_number(x) for k, x in
+                                             pooled([v.details[n] for v in self.volumes]).items()}
+                                         for n in self.class_names}}
+
+    def metrics_table(self) -> str:
+        """Per class over all volumes: voxel counts, volumes, HD95, surface distance, lesion detection ('' without)."""
+        from trmcore.data.metrics import pooled
+
+        if not self.volumes or any(v.details is None for v in self.volumes):
+            return ""
+        columns = (("TP", "tp", "d"), ("FP", "fp", "d"), ("FN", "fn", "d"), ("pred mL", "volume_pred_ml", ".2f"),
+                   ("ref mL", "volume_ref_ml", ".2f"), ("HD95 mm", "hd95_mm", ".2f"), ("MSD mm", "msd_mm", ".2f"),
+                   ("lesions", "lesions_ref", "d"), ("found", "lesions_detected", "d"),
+                   ("pred les", "lesions_pred", "d"), ("les sens", "lesion_sensitivity", ".3f"),
+                   ("les prec", "lesion_precision", ".3f"), ("les F1", "lesion_f1", ".3f"))
+        width = max(len("class"), *(len(n) for n in self.class_names))
+        header = f"{'class':<{width}}  " + "  ".join(f"{c[0]:>9}" for c in columns)
+        lines = ["Per class over all volumes: voxel counts and volumes summed; HD95 and mean symmetric surface "
+                 "distance (mm) averaged over volumes ('inf': class in only one of reference and prediction); "
+                 "lesions = connected components, sensitivity/precision/F1 from the summed lesion counts",
+                 header, "-" * len(header)]
+        for name in self.class_names:
+            total = pooled([v.details[name] for v in self.volumes])
+            lines.append(f"{name:<{width}}  " + "  ".join(_number_cell(total[key], fmt) for _, key, fmt in columns))
+        return "\n".join(lines)
 
     def table(self) -> str:
         """A plain-text table: what is shown, one row per volume, then the means."""
@@ -111,10 +149,21 @@ def dice_per_class(prediction: np.ndarray, label: np.ndarray, num_classes: int) 
     return scores
 
 
-def volume_dice(case_id: str, prediction: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> VolumeDice:
-    """:class:`VolumeDice` of one volume (``class_names`` without background)."""
+def volume_dice(case_id: str, prediction: np.ndarray, label: np.ndarray, class_names: Sequence[str],
+                spacing: Optional[Sequence[float]] = None) -> VolumeDice:
+    """:class:`VolumeDice` of one volume (``class_names`` without background).
+
+    With the voxel ``spacing`` (mm per axis) also the per-class counts,
+    volumes, HD95, surface distance and lesion detection of
+    :mod:`trmcore.data.metrics` (``details``).
+    """
     scores = dice_per_class(prediction, label, len(class_names) + 1)
-    return VolumeDice(case_id, dict(zip(class_names, scores.tolist())), _nanmean(scores))
+    details = None
+    if spacing is not None:
+        from trmcore.data.metrics import volume_metrics
+
+        details = volume_metrics(prediction, label, spacing, class_names, ignore=IGNORE_INDEX)
+    return VolumeDice(case_id, dict(zip(class_names, scores.tolist())), _nanmean(scores), details)
 
 
 def score_case(case_id: str, prediction: np.ndarray, reference: np.ndarray, class_names: Sequence[str],
@@ -127,8 +176,14 @@ def score_case(case_id: str, prediction: np.ndarray, reference: np.ndarray, clas
     grid's voxel-to-world 4x4 (None when unknown). A new metric is computed
     here, from these arguments, and shown by :class:`EvaluationResult`.
     """
-    del affine  # Dice needs no geometry; distance metrics will
-    return volume_dice(case_id, prediction, reference, class_names)
+    spacing = None if affine is None else _spacing(affine)  # no geometry: Dice only, no distances or volumes
+    return volume_dice(case_id, prediction, reference, class_names, spacing=spacing)
+
+
+def _spacing(affine) -> tuple:
+    from trmcore.data.geometry import voxel_spacing
+
+    return voxel_spacing(affine)
 
 
 def summarize(volumes: List[VolumeDice], class_names: List[str], scope: str = "") -> EvaluationResult:
@@ -137,6 +192,14 @@ def summarize(volumes: List[VolumeDice], class_names: List[str], scope: str = ""
         result.mean_per_class = {n: _nanmean([v.dice[n] for v in volumes]) for n in class_names}
         result.mean = _nanmean(list(result.mean_per_class.values()))
     return result
+
+
+def _number_cell(value, fmt: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return f"{'-':>9}"
+    if isinstance(value, float) and math.isinf(value):
+        return f"{'inf':>9}"
+    return f"{value:>9{fmt}}" if fmt != "d" else f"{int(value):>9d}"
 
 
 def _nanmean(values) -> float:

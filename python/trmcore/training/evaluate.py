@@ -41,8 +41,12 @@ def predict_slices(model: nn.Module, images: np.ndarray, device: torch.device, b
 
 def evaluate_volumes(model: nn.Module, volumes: Sequence, label_names: Sequence[str], axis: int, divisor: int,
                      device: torch.device, batch_size: int = 16, amp: bool = True,
-                     progress: bool = False, scope: str = "") -> EvaluationResult:
+                     progress: bool = False, scope: str = "", details: bool = False) -> EvaluationResult:
     """Per-volume 3D Dice of ``model`` on labelled ``volumes`` (trmcore.data.Volume).
+
+    ``details``: also counts, volumes, HD95, surface distance and lesion
+    detection per class (trmcore.data.metrics; ``trm evaluate``, not validation
+    during training).
 
     Every slice of a volume is predicted (also the empty ones) and the padding
     is removed before counting, so the Dice is that of the whole 3D volume;
@@ -62,11 +66,12 @@ def evaluate_volumes(model: nn.Module, volumes: Sequence, label_names: Sequence[
         slices = volumes_to_slices([volume], axis=axis, divisor=divisor, skip_empty=False)
         predicted = unpad(predict_slices(model, slices.images, device, batch_size, amp), slices.pad)
         predicted = np.moveaxis(predicted, 0, axis)  # [S, H, W] -> the volume's [X, Y, Z]
-        truth = volume.label
+        truth, affine = volume.label, volume.affine
         if volume.grid is not None and not volume.grid.identity:
             predicted = volume.grid.to_native(predicted, "label")
-            truth = volume.label_on_native_grid()
-        results.append(score_case(volume.case_id, predicted, truth, names))
+            truth, affine = volume.label_on_native_grid(), volume.grid.native_affine
+        # the affine gives the distance metrics and volumes (``details``); without it, Dice only
+        results.append(score_case(volume.case_id, predicted, truth, names, affine if details else None))
     return summarize(results, names, scope)
 
 
@@ -106,7 +111,7 @@ def evaluate_run(run_dir: str, data_root: str, channel: Optional[str] = None, la
     model, info, volumes, task_info, resolved = loaded
     check_task_matches(info, task_info, run_dir)
     return evaluate_volumes(model, volumes, task_info.label_names, info.axis, info.divisor, resolved,
-                            batch_size, progress=progress, scope=scope)
+                            batch_size, progress=progress, scope=scope, details=True)
 
 
 def check_task_matches(info, task_info, run_dir) -> None:
