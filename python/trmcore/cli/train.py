@@ -25,8 +25,9 @@ from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv,
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
-from trmcore.training.config import (AXES, FREEZE_CHOICES, RISK_SCALINGS, RISK_SCOPES,
+from trmcore.training.config import (AXES, FREEZE_CHOICES, OPTIMIZERS, RISK_SCALINGS, RISK_SCOPES,
                                      TRM_NORMALIZATIONS, TrainConfig)
+from trmcore.training.schedule import LR_SCHEDULES
 from trmcore.training.methods import DEFAULT_METHOD, METHODS, method_names, source_method_names
 
 
@@ -41,7 +42,22 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     add_output(parser, required=True, help="run folder to write")
     parser.add_argument("--iterations", type=int, default=TrainConfig.iterations,
                         help="optimiser steps (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate (default %(default)g)")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr,
+                        help="base learning rate, the peak of the schedule (default %(default)g; nnU-Net's SGD "
+                             "uses 0.01)")
+    parser.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=LR_SCHEDULES,
+                        help="poly: nnU-Net's lr * (1 - t/H)**0.9 over the run; constant (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup, metavar="N",
+                        help="linear learning-rate warm-up over the first N steps (default %(default)s)")
+    parser.add_argument("--lr-horizon", type=int, default=TrainConfig.lr_horizon, metavar="H",
+                        help="plan the poly decay for H steps (default: --iterations); a run stopped earlier "
+                             "extends up to H with --resume exactly as if trained at once")
+    parser.add_argument("--optimizer", default=TrainConfig.optimizer, choices=OPTIMIZERS,
+                        help="adam, or sgd with Nesterov momentum as nnU-Net (default %(default)s)")
+    parser.add_argument("--momentum", type=float, default=TrainConfig.momentum,
+                        help="sgd: momentum (default %(default)g, as nnU-Net)")
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                        help="L2 weight decay (default %(default)g; nnU-Net's SGD: 3e-5)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
                         help="slices per step and process (default %(default)s)")
     parser.add_argument("--few-shot", type=int, default=TrainConfig.few_shot, metavar="N",
@@ -63,7 +79,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="share of each batch drawn from slices holding foreground, as nnU-Net "
                              "(default %(default).3g; 0 = uniform batches)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output exactly")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --output exactly, or extend a finished one to a "
+                             "larger --iterations")
     add_quiet(parser)
 
 

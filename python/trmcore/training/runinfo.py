@@ -40,6 +40,8 @@ class RunInfo:
     and warnings (trmcore.training.risk_diagnostics).
     ``data_fingerprint`` is a digest of the training slices and case split,
     ``source_fingerprint`` of the source weights: ``--resume`` checks both.
+    ``lr_schedule``: the learning-rate schedule as run (trmcore.training.schedule.LRSchedule.to_dict:
+    kind, lr, warm-up, exponent and the segments an extended run added).
     """
 
     model: UNetConfig
@@ -65,6 +67,7 @@ class RunInfo:
     risk_diagnostics: Optional[dict] = None
     data_fingerprint: Optional[str] = None
     source_fingerprint: Optional[str] = None
+    lr_schedule: Optional[dict] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.

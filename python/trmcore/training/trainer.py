@@ -9,7 +9,8 @@ A frozen encoder runs under ``torch.no_grad``: its features are computed
 without an autograd graph and only the decoder and head build one.
 
 Run folder contents: model.safetensors + run.json (see checkpoint), metrics.csv,
-curves.png and, while a run is unfinished, train_state.pt for ``resume=True``.
+curves.png and train_state.pt for ``resume=True``: an interrupted run continues
+exactly, a finished one extends with more iterations (``--resume --iterations N``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from trmcore.data.geometry import native_geometry
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
 from trmcore.fileio import ALL_ENTRIES, prepare_output_folder, visible_entries
 from trmcore.models import UNet, UNetConfig
-from trmcore.training.checkpoint import (load_run, load_train_state, remove_train_state, save_run,
-                                         save_train_state)
+from trmcore.training.checkpoint import load_run, load_train_state, save_run, save_train_state
 from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.evaluate import EvaluationResult, evaluate_volumes
@@ -43,13 +43,14 @@ from trmcore.training.risk_diagnostics import report as report_risk, weighting_d
 from trmcore.training.runinfo import RunInfo, read_run_info, resume_differences
 from trmcore.training.precision import autocast_for, needs_loss_scaling
 from trmcore.training.sampling import SliceSampler
+from trmcore.training.schedule import LRSchedule
 from trmcore.training.shards import TrainingSlices, shard_indices
 from trmcore.training.weighting import IGNORE_INDEX, LossWeighting, create_weighting
 
 PathLike = Union[str, Path]
 IterationCallback = Callable[[int], None]
 # Config fields that may change on --resume (everything else must match the interrupted run).
-RESUMABLE_CHANGES = {"iterations", "val_every", "checkpoint_every"}
+RESUMABLE_CHANGES = {"iterations", "val_every", "checkpoint_every", "lr_horizon"}
 
 
 @dataclass
@@ -142,6 +143,17 @@ def _check_resume(run_dir: Path, config: TrainConfig, state: Dict[str, Any]) -> 
     if state["iteration"] > config.iterations:
         raise ValueError(f"cannot resume {run_dir}: it already ran {state['iteration']} iterations "
                          f"> --iterations {config.iterations}")
+    if state["iteration"] == config.iterations:
+        raise ValueError(f"cannot resume {run_dir}: it already finished {config.iterations} iterations; "
+                         "pass a larger --iterations to extend it")
+
+
+def make_optimizer(parameters: List[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum (nnU-Net's), at the schedule's first learning rate."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _validate(model: UNet, data: PreparedData, info: RunInfo, ctx: DistContext, batch_size: int,
@@ -169,7 +181,10 @@ class _TrainLoop:
                                     foreground_share=config.foreground_share)
         self.normalization = loss_normalization(weighting.normalize, config, data.slices.labels)
         info.loss_normalization = self.normalization.to_dict()
-        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+        self.schedule = LRSchedule.planned(config.lr_schedule, config.lr, config.planned_horizon, config.warmup)
+        info.lr_schedule = self.schedule.to_dict()
+        self.lr = config.lr
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_loss_scaling(ctx.device, config.amp))
         self.metrics = MetricsLog(info.label_names[1:])
         self.log_every = max(1, min(50, config.val_every or config.iterations))
@@ -191,15 +206,26 @@ class _TrainLoop:
         self.metrics.rows = list(state["history"])
         self.weighting.load_state_dict(state.get("weighting", {}))
         _set_rng_state(state["rng"])
+        done = int(state["iteration"])
+        if "lr_schedule" in state:
+            saved = LRSchedule.from_dict(state["lr_schedule"])
+        else:  # a state from before schedules: it ran at a constant learning rate
+            saved = LRSchedule("constant", self.config.lr, 0, ((0, max(done + 1, self.config.iterations)),))
+        # More iterations than planned: the steps from here follow the decay planned for the new horizon.
+        self.schedule = saved.extended(done, self.config.planned_horizon)
+        self.info.lr_schedule = self.schedule.to_dict()
         if self.metrics.rows:
             self.elapsed_before = float(self.metrics.rows[-1]["elapsed_s"])
             self.last_dice = self.metrics.rows[-1]["val_dice"]
-        return int(state["iteration"])
+        return done
 
     def step(self, forward: nn.Module, iteration: int) -> torch.Tensor:
         """One optimiser step on the batch of ``iteration``; returns the (detached) loss."""
         device = self.ctx.device
         self.weighting.maybe_refresh(self.model, iteration)
+        self.lr = self.schedule.lr_at(iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
         index = self.sampler.batch(iteration)
         images = self.data.slices.images[index].to(device, non_blocking=True)
         labels = self.data.slices.labels[index].to(device, non_blocking=True)
@@ -248,7 +274,12 @@ class _TrainLoop:
             self.metrics.add(done, self.last_loss,
                              self.elapsed_before + time.perf_counter() - self.started,
                              None if result is None else result.mean,
-                             None if result is None else result.mean_per_class)
+                             None if result is None else result.mean_per_class, lr=self.lr)
+            # The curves at every log row, not only at validation (the plot at most once a minute).
+            self.metrics.write_csv(self.run_dir)
+            if time.perf_counter() - self.last_plot > 60:
+                self.metrics.plot(self.run_dir, _curves_title(self.info))
+                self.last_plot = time.perf_counter()
         if result is not None:
             self.last_dice = result.mean
         self.loss_sum.zero_()
@@ -264,11 +295,13 @@ class _TrainLoop:
             plot = done == config.iterations or time.perf_counter() - self.last_plot > 60
             _write_run(self.run_dir, self.model, info, self.metrics, plot)
             self.last_plot = time.perf_counter() if plot else self.last_plot
-            if done < config.iterations:
-                save_train_state(self.run_dir, {
-                    "iteration": done, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict(), "rng": _rng_state(), "history": self.metrics.rows,
-                    "weighting": self.weighting.state_dict(), "config": config.to_dict()})
+            # Also at the end: a finished run extends with --resume --iterations N (the optimiser,
+            # loss scaler, RNG, weighting and schedule states; the sampler is a function of the step).
+            save_train_state(self.run_dir, {
+                "iteration": done, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _rng_state(), "history": self.metrics.rows,
+                "weighting": self.weighting.state_dict(), "config": config.to_dict(),
+                "lr_schedule": self.schedule.to_dict()})
         self.ctx.barrier()
 
 
@@ -310,8 +343,6 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
         if on_iteration is not None:
             on_iteration(iteration + 1)
     bar.close()
-    if ctx.is_main:
-        remove_train_state(run_dir)
     ctx.barrier()
     return info
 
@@ -321,8 +352,11 @@ def _write_run(run_dir: Path, model: UNet, info: RunInfo, metrics: MetricsLog, p
     metrics.write_csv(run_dir)
     if not plot:
         return
-    title = f"{info.method or 'source'}: {'+'.join(info.channels)} -> {', '.join(info.label_names[1:])}"
-    metrics.plot(run_dir, title)
+    metrics.plot(run_dir, _curves_title(info))
+
+
+def _curves_title(info: RunInfo) -> str:
+    return f"{info.method or 'source'}: {'+'.join(info.channels)} -> {', '.join(info.label_names[1:])}"
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Optional[Dict[str, Any]]:

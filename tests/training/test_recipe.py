@@ -1,0 +1,150 @@
+"""Issue 22: the learning-rate schedule, the optimiser choice, curves at every log row, extending a run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from trmcore.data import parse_task
+from trmcore.models import UNetConfig
+from trmcore.training import TrainConfig
+from trmcore.training.checkpoint import TRAIN_STATE_FILE, load_run, load_train_state
+from trmcore.training.schedule import LRSchedule, lr_factor
+from trmcore.training.trainer import finetune, make_optimizer, train
+
+from .helpers import tiny_config
+
+TARGET = parse_task("T2", "CSF")
+
+
+def test_poly_schedule_values():
+    """nnU-Net's poly: lr * (1 - t / H) ** 0.9 at 0-based step t."""
+    schedule = LRSchedule.planned("poly", 0.01, 100)
+    assert schedule.lr_at(0) == pytest.approx(0.01, rel=1e-12)
+    assert schedule.lr_at(50) == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-12)  # 0.0053589
+    assert schedule.lr_at(99) == pytest.approx(0.01 * 0.01 ** 0.9, rel=1e-12)  # the last step: 1.585e-4
+    assert schedule.lr_at(50) == pytest.approx(0.005358867, rel=1e-6)
+
+
+def test_warmup_then_poly_and_constant():
+    schedule = LRSchedule.planned("poly", 0.01, 100, warmup=10)
+    assert [schedule.lr_at(t) for t in (0, 4, 9)] == pytest.approx([0.001, 0.005, 0.01], rel=1e-12)
+    assert schedule.lr_at(10) == pytest.approx(0.01, rel=1e-12)
+    assert schedule.lr_at(55) == pytest.approx(0.01 * (1 - 45 / 90) ** 0.9, rel=1e-12)
+    constant = LRSchedule.planned("constant", 0.01, 100, warmup=4)
+    assert [constant.lr_at(t) for t in (0, 3, 4, 99)] == pytest.approx([0.0025, 0.01, 0.01, 0.01], rel=1e-12)
+    assert lr_factor("constant", 500, 100) == 1.0
+
+
+def test_extended_schedule_keeps_the_steps_that_ran():
+    """An N1-step plan extended to N: steps < N1 keep the old horizon, later steps follow the N-step curve."""
+    extended = LRSchedule.planned("poly", 1.0, 4).extended(4, 8)
+    assert extended.segments == ((0, 4), (4, 8))
+    assert [extended.lr_at(t) for t in range(4)] == pytest.approx([(1 - t / 4) ** 0.9 for t in range(4)])
+    assert [extended.lr_at(t) for t in range(4, 8)] == pytest.approx([(1 - t / 8) ** 0.9 for t in range(4, 8)])
+    record = extended.to_dict()
+    assert record["segments"] == [{"start": 0, "horizon": 4}, {"start": 4, "horizon": 8}] and "note" in record
+    assert LRSchedule.from_dict(record) == extended
+    # Planned for the final horizon from the start: extending within it changes nothing.
+    assert LRSchedule.planned("poly", 1.0, 8).extended(4, 8).segments == ((0, 8),)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(iterations=10, warmup=10)
+    with pytest.raises(ValueError, match="lr_horizon"):
+        TrainConfig(iterations=10, lr_horizon=5)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    assert TrainConfig().lr_schedule == "poly" and TrainConfig().optimizer == "adam"
+
+
+def test_sgd_is_nesterov_with_nnunet_momentum():
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    sgd = make_optimizer([parameter], TrainConfig(optimizer="sgd", lr=0.01, weight_decay=3e-5))
+    assert isinstance(sgd, torch.optim.SGD)
+    group = sgd.param_groups[0]
+    assert group["nesterov"] and group["momentum"] == 0.99 and group["weight_decay"] == 3e-5
+    assert isinstance(make_optimizer([parameter], TrainConfig()), torch.optim.Adam)
+
+
+def _rows(run):
+    return list(csv.DictReader((run / "metrics.csv").open()))
+
+
+def test_lr_and_loss_curves_at_every_log_row(phantom, tmp_path):
+    """metrics.csv has a row (loss and lr) every log interval; the lr is the poly value of the row's last step."""
+    run = tmp_path / "run"
+    config = tiny_config(iterations=6, val_every=3, freeze="none", optimizer="sgd", lr=0.01, warmup=1)
+    train(phantom, parse_task("T1", "CSF"), run, config, UNetConfig(depth=2, width=4), progress=False)
+    rows = _rows(run)
+    assert [int(r["iteration"]) for r in rows] == [3, 6]
+    schedule = LRSchedule.planned("poly", 0.01, 6, warmup=1)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([schedule.lr_at(2), schedule.lr_at(5)], rel=1e-12)
+    assert float(rows[0]["lr"]) == pytest.approx(0.01 * (1 - 1 / 5) ** 0.9, rel=1e-12)
+    record = json.loads((run / "run.json").read_text())
+    assert record["lr_schedule"] == {"kind": "poly", "lr": 0.01, "warmup": 1, "exponent": 0.9,
+                                     "segments": [{"start": 0, "horizon": 6}]}
+    state = load_train_state(run)  # kept at the end, so the run can be extended
+    assert state["iteration"] == 6
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(schedule.lr_at(5), rel=1e-12)
+
+
+def _assert_same_weights(run_a, run_b):
+    a, _ = load_run(run_a)
+    b, _ = load_run(run_b)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("settings", [
+    dict(lr_schedule="constant", method="trm", risk_refresh=2, freeze="none"),  # weighting state
+    dict(lr_schedule="poly", lr_horizon=6, method="vanilla", optimizer="sgd", lr=0.01),  # horizon planned
+])
+def test_extended_run_equals_one_trained_at_once(phantom, source_run, tmp_path, settings):
+    """N1 = 3 iterations, then --resume --iterations 6, equals 6 at once bit for bit (CPU)."""
+    whole = tiny_config(iterations=6, val_every=3, **settings)
+    finetune(phantom, TARGET, source_run, tmp_path / "whole", whole, progress=False)
+    first = tiny_config(iterations=3, val_every=3, **settings)
+    finetune(phantom, TARGET, source_run, tmp_path / "ext", first, progress=False)
+    assert json.loads((tmp_path / "ext" / "run.json").read_text())["iterations_done"] == 3
+    with pytest.raises(ValueError, match="already finished 3 iterations"):
+        finetune(phantom, TARGET, source_run, tmp_path / "ext", first, progress=False, resume=True)
+    info = finetune(phantom, TARGET, source_run, tmp_path / "ext", whole, progress=False, resume=True)
+    assert info.iterations_done == 6
+    _assert_same_weights(tmp_path / "whole", tmp_path / "ext")
+    assert json.loads((tmp_path / "ext" / "run.json").read_text())["lr_schedule"]["segments"] == \
+        [{"start": 0, "horizon": 6}]
+    assert load_train_state(tmp_path / "ext")["iteration"] == 6
+
+
+def test_extension_beyond_the_planned_horizon_is_recorded(phantom, tmp_path):
+    """Planned for 3, extended to 6: the last 3 steps follow the 6-step poly curve, recorded as a segment;
+    the weights differ from a 6-step run's, whose first steps had another learning rate."""
+    task, model = parse_task("T1", "CSF"), UNetConfig(depth=2, width=4)
+    train(phantom, task, tmp_path / "ext", tiny_config(iterations=3, val_every=3, freeze="none"), model,
+          progress=False)
+    info = train(phantom, task, tmp_path / "ext", tiny_config(iterations=6, val_every=3, freeze="none"), model,
+                 progress=False, resume=True)
+    assert info.lr_schedule["segments"] == [{"start": 0, "horizon": 3}, {"start": 3, "horizon": 6}]
+    rows = _rows(tmp_path / "ext")
+    assert [int(r["iteration"]) for r in rows] == [3, 6]
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3 * (1 / 3) ** 0.9, rel=1e-12)
+    assert float(rows[1]["lr"]) == pytest.approx(1e-3 * (1 / 6) ** 0.9, rel=1e-12)
+    train(phantom, task, tmp_path / "whole", tiny_config(iterations=6, val_every=3, freeze="none"), model,
+          progress=False)
+    a, _ = load_run(tmp_path / "whole")
+    b, _ = load_run(tmp_path / "ext")
+    assert not torch.equal(a.head.weight, b.head.weight)
+
+
+def test_resume_without_state_says_so(phantom, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(phantom, parse_task("T1", "CSF"), tmp_path / "none", tiny_config(freeze="none"),
+              UNetConfig(depth=2, width=4), progress=False, resume=True)
+    assert not (tmp_path / "none" / TRAIN_STATE_FILE).exists()
