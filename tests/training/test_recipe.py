@@ -148,3 +148,43 @@ def test_resume_without_state_says_so(phantom, tmp_path):
         train(phantom, parse_task("T1", "CSF"), tmp_path / "none", tiny_config(freeze="none"),
               UNetConfig(depth=2, width=4), progress=False, resume=True)
     assert not (tmp_path / "none" / TRAIN_STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("normalize, min_foreground", [("valid", 1.0), ("batch", 1.0), ("batch", 50.0),
+                                                        ("image", 1.0), ("image", 8.0)])
+def test_displayed_loss_is_the_weighted_mean_cross_entropy(normalize, min_foreground):
+    """sum(w * CE) / sum(w) over valid pixels, whatever the method divides the optimised loss by."""
+    from trmcore import ops
+    from trmcore.training.loss_display import mean_ce_scale
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 8, 8, generator=generator) * 3
+    labels = torch.randint(0, 4, (3, 8, 8), generator=generator)
+    labels[labels == 3] = 0  # a sparse foreground
+    labels[0, :2] = -100
+    weights = 1 + 9 * torch.rand(3, 8, 8, generator=generator)
+    loss = ops.risk_weighted_ce(logits, labels, weights, ignore_index=-100, normalize=normalize,
+                                min_foreground=min_foreground)
+    ce = torch.nn.functional.cross_entropy(logits.double(), labels.clamp(min=0), reduction="none")
+    valid = labels != -100
+    expected = float((weights.double() * ce)[valid].sum() / weights.double()[valid].sum())
+    shown = mean_ce_scale(loss, labels, weights, normalize, min_foreground, logits)
+    assert float(shown) == pytest.approx(expected, rel=1e-5)
+    assert float(ce[valid].min()) < float(shown) < float(ce[valid].max())
+    ones = torch.ones_like(weights)  # vanilla: the plain mean cross-entropy
+    plain = ops.risk_weighted_ce(logits, labels, ones, ignore_index=-100, normalize="valid")
+    assert float(mean_ce_scale(plain, labels, ones, "valid", 1.0)) == pytest.approx(float(ce[valid].mean()),
+                                                                                    rel=1e-5)
+
+
+def test_trm_shows_its_loss_on_the_cross_entropy_scale(phantom, source_run, tmp_path):
+    finetune(phantom, TARGET, source_run, tmp_path / "trm", tiny_config(method="trm", iterations=2, val_every=2),
+             progress=False)
+    finetune(phantom, TARGET, source_run, tmp_path / "ce", tiny_config(method="vanilla", iterations=2,
+                                                                      val_every=2), progress=False)
+    trm, = _rows(tmp_path / "trm")
+    vanilla, = _rows(tmp_path / "ce")
+    assert float(vanilla["loss"]) == pytest.approx(float(vanilla["objective"]), rel=1e-6)
+    # trm's objective divides by the foreground only; the shown loss is a weighted mean CE of 2 classes
+    assert float(trm["objective"]) > 3 * float(trm["loss"])
+    assert 0.05 < float(trm["loss"]) < 3.0 and 0.05 < float(vanilla["loss"]) < 3.0

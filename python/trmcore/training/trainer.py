@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from trmcore.training.checkpoint import load_run, load_train_state, save_run, sa
 from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.evaluate import EvaluationResult, evaluate_volumes
+from trmcore.training.loss_display import mean_ce_scale
 from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
 from trmcore.training.metrics import MetricsLog
 from trmcore.training.normalization import foreground_per_slice, loss_normalization
@@ -192,7 +193,10 @@ class _TrainLoop:
         self.started = self.last_plot = time.perf_counter()
         # The running loss stays on the device (float64, the same sum as Python floats would give) and
         # is read at log points only: no host sync per step. first_bad: first non-finite iteration, or -1.
+        # loss_sum: the optimised loss (metrics.csv "objective"); shown_sum: the same batches on the scale
+        # of mean cross-entropy (the bar and metrics.csv "loss", trmcore.training.loss_display).
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self.shown_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         self.loss_count = 0
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=ctx.device)
         self.last_loss: Optional[float] = None
@@ -219,8 +223,9 @@ class _TrainLoop:
             self.last_dice = self.metrics.rows[-1]["val_dice"]
         return done
 
-    def step(self, forward: nn.Module, iteration: int) -> torch.Tensor:
-        """One optimiser step on the batch of ``iteration``; returns the (detached) loss."""
+    def step(self, forward: nn.Module, iteration: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the batch of ``iteration``; returns the (detached) loss and its
+        mean-cross-entropy-scale value (float64)."""
         device = self.ctx.device
         self.weighting.maybe_refresh(self.model, iteration)
         self.lr = self.schedule.lr_at(iteration)
@@ -235,18 +240,21 @@ class _TrainLoop:
         loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
                                     normalize=self.normalization.normalize,
                                     min_foreground=self.normalization.min_foreground)
+        shown = mean_ce_scale(loss, labels, weights, self.normalization.normalize,
+                              self.normalization.min_foreground, logits)
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                      torch.full_like(self.first_bad, iteration), self.first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach()
+        return loss.detach(), shown
 
-    def after_step(self, done: int, loss: torch.Tensor) -> None:
+    def after_step(self, done: int, loss: torch.Tensor, shown: torch.Tensor) -> None:
         """Account the loss of iteration ``done``; log, validate and checkpoint when due."""
         config = self.config
         self.loss_sum += loss.double()
+        self.shown_sum += shown
         self.loss_count += 1
         validate_now = done == config.iterations or bool(config.val_every and done % config.val_every == 0)
         checkpoint_now = validate_now or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
@@ -266,7 +274,8 @@ class _TrainLoop:
 
     def log(self, done: int, validate: bool) -> None:
         """A metrics row: mean loss since the last row and, when ``validate``, the held-out Dice."""
-        self.last_loss = float(self.loss_sum) / self.loss_count
+        self.last_loss = float(self.shown_sum) / self.loss_count
+        objective = float(self.loss_sum) / self.loss_count
         result = None
         if validate and self.ctx.is_main:
             result = _validate(self.model, self.data, self.info, self.ctx, self.config.batch_size, self.config.amp)
@@ -274,7 +283,7 @@ class _TrainLoop:
             self.metrics.add(done, self.last_loss,
                              self.elapsed_before + time.perf_counter() - self.started,
                              None if result is None else result.mean,
-                             None if result is None else result.mean_per_class, lr=self.lr)
+                             None if result is None else result.mean_per_class, lr=self.lr, objective=objective)
             # The curves at every log row, not only at validation (the plot at most once a minute).
             self.metrics.write_csv(self.run_dir)
             if time.perf_counter() - self.last_plot > 60:
@@ -283,6 +292,7 @@ class _TrainLoop:
         if result is not None:
             self.last_dice = result.mean
         self.loss_sum.zero_()
+        self.shown_sum.zero_()
         self.loss_count = 0
 
     def checkpoint(self, done: int) -> None:
@@ -331,8 +341,8 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
     bar = tqdm(total=config.iterations, initial=start, disable=not (progress and ctx.is_main),
                desc=f"{info.method or 'source'}", unit="it", dynamic_ncols=True)
     for iteration in range(start, config.iterations):
-        loss = loop.step(forward, iteration)
-        loop.after_step(iteration + 1, loss)
+        loss, shown = loop.step(forward, iteration)
+        loop.after_step(iteration + 1, loss, shown)
         bar.update(1)
         postfix = {}  # the mean loss of the last log row: reading this step's loss would sync the GPU
         if loop.last_loss is not None:
