@@ -188,3 +188,33 @@ def test_trm_shows_its_loss_on_the_cross_entropy_scale(phantom, source_run, tmp_
     # trm's objective divides by the foreground only; the shown loss is a weighted mean CE of 2 classes
     assert float(trm["objective"]) > 3 * float(trm["loss"])
     assert 0.05 < float(trm["loss"]) < 3.0 and 0.05 < float(vanilla["loss"]) < 3.0
+
+
+def test_fold_trains_on_the_fold_and_prints_the_split(tmp_path, capsys):
+    from trmcore.data import make_phantom
+    from trmcore.data.splits import SPLITS_FILE
+
+    data = make_phantom(tmp_path / "data", n_cases=5, sites=1, size=(16, 16, 8), seed=1)
+    task, model = parse_task("T1", "CSF"), UNetConfig(depth=2, width=4)
+    info = train(data, task, tmp_path / "f2", tiny_config(iterations=1, val_every=1, freeze="none", fold=2), model)
+    splits = json.loads((data / SPLITS_FILE).read_text())
+    assert len(splits) == 5
+    assert info.val_cases == splits[2]["val"] and info.train_cases == splits[2]["train"]
+    assert info.split["kind"] == "fold" and info.split["fold"] == 2 and info.split["folds"] == 5
+    out = capsys.readouterr().out
+    assert f"split (fold 2 of 5 in " in out and f"4 training case(s), 1 held out: {splits[2]['val'][0]}" in out
+    before = (data / SPLITS_FILE).read_text()
+    info = train(data, task, tmp_path / "f0", tiny_config(iterations=1, val_every=1, freeze="none", fold=0), model,
+                 progress=False)
+    assert (data / SPLITS_FILE).read_text() == before and info.val_cases == splits[0]["val"]
+    # cross-validation: each fold's run on its own validation cases, pooled
+    from trmcore.cli.main import main
+
+    capsys.readouterr()
+    assert main(["evaluate", str(data), "--folds", str(tmp_path / "f2"), str(tmp_path / "f0"), "-q",
+                 "-o", str(tmp_path / "cv.json")]) == 0
+    scored = json.loads((tmp_path / "cv.json").read_text())
+    assert [v["case_id"] for v in scored["volumes"]] == splits[2]["val"] + splits[0]["val"]
+    assert "2 fold run(s)" in scored["scope"]
+    assert main(["evaluate", str(data), "--folds", str(tmp_path / "f2"), str(tmp_path / "f2"), "-q"]) == 2
+    assert "validation case of both" in capsys.readouterr().err

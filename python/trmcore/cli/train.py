@@ -67,6 +67,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="validate every N iterations, 0: only at the end (default %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
                         help="share of cases held out (default %(default)s)")
+    parser.add_argument("--fold", type=int, default=TrainConfig.fold, metavar="K",
+                        help="validate on fold K of the dataset's splits_final.json (5 folds, nnU-Net's format; "
+                             "written once when absent, never overwritten, editable) instead of --val-fraction")
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
                         help="also write a resumable state every N iterations (default: at validation)")
     parser.add_argument("--axis", type=int, default=TrainConfig.axis, choices=AXES,
@@ -159,12 +162,16 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         example_lines=["trm evaluate data/ --channel T2 --labels CSF --site site-B -m runs/trm -o dice.json",
                        "trm evaluate data/ -m runs/trm --all",
                        "trm evaluate data/ -m model.onnx",
+                       "trm evaluate data/ --folds runs/fold0 runs/fold1 runs/fold2 runs/fold3 runs/fold4",
                        "trm evaluate data/ --labels CSF --predictions pred/"])
     _add_task(evaluate, required=False)
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("-m", "--model", type=Path, help="run folder or ONNX model (trm export)")
     source.add_argument("--predictions", type=Path, default=None,
                         help="folder of predicted label files CASE.nii.gz (dataset label values) to score")
+    source.add_argument("--folds", type=Path, nargs="+", default=None, metavar="RUN",
+                        help="cross-validation: score each run (one per --fold) on its own validation cases and "
+                             "pool them in one table (a case validated by two runs is refused)")
     add_output(evaluate, help="write the results as JSON here")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
     evaluate.add_argument("--cases", default=None, help="comma-separated case ids (default: held-out cases)")
@@ -278,6 +285,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         result = _evaluate_predictions(args)
         source = str(args.predictions)
+    elif args.folds is not None:
+        result = _evaluate_folds(args)
+        source = [str(run) for run in args.folds]
     elif args.model.is_file() and args.model.suffix == ".onnx":
         result = _evaluate_onnx(args)
         source = str(args.model)
@@ -298,7 +308,35 @@ def _evaluate_inputs(args: argparse.Namespace) -> list:
     model = getattr(args, "model", None)
     if model is not None:
         inputs += [model / "run.json", model / "model.safetensors"] if model.is_dir() else [model]
+    for run in getattr(args, "folds", None) or []:
+        inputs += [run / "run.json", run / "model.safetensors"]
     return inputs
+
+
+def _evaluate_folds(args: argparse.Namespace):
+    """Each fold's run on its own validation cases, pooled (nnU-Net's cross-validation score)."""
+    from trmcore.data.scoring import summarize
+    from trmcore.training.evaluate import evaluate_run
+    from trmcore.training.runinfo import read_run_info
+
+    volumes, class_names, scored_by = [], None, {}
+    for run in args.folds:
+        info = read_run_info(run)
+        if not info.val_cases:
+            raise ValueError(f"run {run} has no validation cases (train it with --fold K)")
+        for case in info.val_cases:
+            if case in scored_by:
+                raise ValueError(f"case {case} is a validation case of both {scored_by[case]} and {run}: "
+                                 "not folds of one split")
+            scored_by[case] = run
+        result = evaluate_run(run, args.data, args.channel, args.labels, args.site, info.val_cases, args.device,
+                              progress=not args.quiet, sites=args.sites_csv, resample=not args.no_resample)
+        if class_names is not None and result.class_names != class_names:
+            raise ValueError(f"run {run} scores classes {result.class_names}, the first run {class_names}")
+        class_names = result.class_names
+        volumes += result.volumes
+    return summarize(volumes, class_names,
+                     scope=f"validation case(s) of {len(args.folds)} fold run(s), each scored by its own run")
 
 
 def _evaluate_run(args: argparse.Namespace):

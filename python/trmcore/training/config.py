@@ -50,7 +50,9 @@ class TrainConfig:
         seed: seeds data order, initialisation and few-shot sampling.
         val_every: validate (3D Dice on the validation volumes) every this many iterations;
             0 = only at the end.
-        val_fraction: share of cases held out for validation.
+        val_fraction: share of cases held out for validation (when ``fold`` is None).
+        fold: K, validate on fold K of the dataset's splits_final.json (written once, 5 folds,
+            nnU-Net's format; trmcore.data.splits) instead of a ``val_fraction`` split.
         axis: slicing axis of the volumes (2 = axial).
         skip_empty: drop training slices without brain (all-zero image).
         resample: bring volumes to RAS and the median in-plane spacing (fine-tuning:
@@ -85,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 500
     val_fraction: float = 0.2
+    fold: Optional[int] = None
     axis: int = 2
     skip_empty: bool = True
     resample: bool = True
@@ -130,6 +133,8 @@ class TrainConfig:
             raise ValueError(f"risk_base must be > 1, got {self.risk_base!r}")
         if self.trs_stride < 1:
             raise ValueError(f"trs_stride must be >= 1, got {self.trs_stride!r}")
+        if self.fold is not None and (not isinstance(self.fold, int) or self.fold < 0):
+            raise ValueError(f"fold must be an integer >= 0, got {self.fold!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not 0.0 <= self.foreground_share <= 1.0:

@@ -42,6 +42,8 @@ class RunInfo:
     ``source_fingerprint`` of the source weights: ``--resume`` checks both.
     ``lr_schedule``: the learning-rate schedule as run (trmcore.training.schedule.LRSchedule.to_dict:
     kind, lr, warm-up, exponent and the segments an extended run added).
+    ``split``: how train_cases / val_cases were chosen: ``{"kind": "fold", "fold", "folds", "file"}``
+    (splits_final.json, trmcore.data.splits) or ``{"kind": "val_fraction", "val_fraction", "seed"}``.
     """
 
     model: UNetConfig
@@ -68,6 +70,7 @@ class RunInfo:
     data_fingerprint: Optional[str] = None
     source_fingerprint: Optional[str] = None
     lr_schedule: Optional[dict] = None
+    split: Optional[dict] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.

@@ -63,6 +63,7 @@ class PreparedData:
     task_info: Any
     train_cases: List[str]
     val_cases: List[str]
+    split: Optional[Dict[str, Any]] = None
 
 
 class TrainStep(nn.Module):
@@ -118,10 +119,7 @@ def prepare_data(data_root: PathLike, task: TaskSpec, config: TrainConfig, divis
         geometry = native_geometry(config.axis)
     volumes, task_info = load_task_volumes(data_root, task, progress=progress and ctx.is_main, sites=sites,
                                            geometry=geometry, normalization=normalization, axis=config.axis)
-    if config.val_fraction > 0 and len(volumes) > 1:
-        train_volumes, val_volumes = split_cases(volumes, config.val_fraction, seed=config.seed)
-    else:
-        train_volumes, val_volumes = list(volumes), []
+    train_volumes, val_volumes, split = _split(volumes, data_root, config, sites, ctx)
     slice_set = volumes_to_slices(train_volumes, axis=config.axis, divisor=divisor, skip_empty=config.skip_empty)
     if config.few_shot is not None:
         slice_set = few_shot(slice_set, config.few_shot, seed=config.seed)
@@ -130,8 +128,45 @@ def prepare_data(data_root: PathLike, task: TaskSpec, config: TrainConfig, divis
     images = torch.from_numpy(np.ascontiguousarray(slice_set.images))
     labels = torch.from_numpy(np.ascontiguousarray(slice_set.labels)).long()
     shard = shard_indices(len(slice_set), ctx.rank, ctx.world_size)
-    return PreparedData(TrainingSlices(images, labels, shard), val_volumes, task_info,
-                        [v.case_id for v in train_volumes], [v.case_id for v in val_volumes])
+    data = PreparedData(TrainingSlices(images, labels, shard), val_volumes, task_info,
+                        [v.case_id for v in train_volumes], [v.case_id for v in val_volumes], split)
+    if progress and ctx.is_main:
+        print(describe_split(data), flush=True)
+    return data
+
+
+def _split(volumes: list, data_root: PathLike, config: TrainConfig, sites: Any,
+           ctx: DistContext) -> Tuple[list, list, Dict[str, Any]]:
+    """(train volumes, validation volumes, run.json's ``split`` record): fold K, or val_fraction."""
+    if config.fold is not None:
+        from trmcore.data import DatasetLayout
+        from trmcore.data.splits import dataset_splits, fold_cases
+
+        # Every process reads the same file; the main one writes it first when absent.
+        if ctx.is_main:
+            dataset_splits(data_root, DatasetLayout.read(data_root, sites=sites).cases())
+        ctx.barrier()
+        splits, path, _ = dataset_splits(data_root, [])
+        train_ids, val_ids = fold_cases(splits, config.fold, [v.case_id for v in volumes], str(path))
+        if not train_ids:
+            raise ValueError(f"fold {config.fold} of {path} trains on none of the task's cases")
+        chosen = set(train_ids)
+        return ([v for v in volumes if v.case_id in chosen], [v for v in volumes if v.case_id not in chosen],
+                {"kind": "fold", "fold": config.fold, "folds": len(splits), "file": str(path.resolve())})
+    record = {"kind": "val_fraction", "val_fraction": config.val_fraction, "seed": config.seed}
+    if config.val_fraction > 0 and len(volumes) > 1:
+        train_volumes, val_volumes = split_cases(volumes, config.val_fraction, seed=config.seed)
+        return train_volumes, val_volumes, record
+    return list(volumes), [], record
+
+
+def describe_split(data: PreparedData) -> str:
+    """One line: how many cases train, which are held out, and by what rule."""
+    split = data.split or {}
+    rule = (f"fold {split['fold']} of {split['folds']} in {split['file']}" if split.get("kind") == "fold"
+            else f"val_fraction {split.get('val_fraction')}, seed {split.get('seed')}")
+    held = ", ".join(data.val_cases) if data.val_cases else "none (no validation)"
+    return (f"split ({rule}): {len(data.train_cases)} training case(s), {len(data.val_cases)} held out: {held}")
 
 
 def _check_resume(run_dir: Path, config: TrainConfig, state: Dict[str, Any]) -> None:
@@ -514,6 +549,7 @@ def _run_info(model: UNet, data: PreparedData, config: TrainConfig, task: TaskSp
                    axis=config.axis, divisor=model.config.divisor, method=method, source=source,
                    site=task.site, data=str(Path(data_root).resolve()), training=config,
                    train_cases=data.train_cases, val_cases=data.val_cases, data_fingerprint=_data_fingerprint(data),
+                   split=data.split,
                    **_preprocessing_record(data.task_info))
 
 
