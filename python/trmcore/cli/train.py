@@ -82,6 +82,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="share of each batch drawn from slices holding foreground, as nnU-Net "
                              "(default %(default).3g; 0 = uniform batches)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train on the slices as they are (default: augment each batch on the fly: rotation, "
+                             "scaling, mirroring, noise, blur, brightness, contrast, low resolution, gamma)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --output exactly, or extend a finished one to a "
                              "larger --iterations")
@@ -239,7 +242,8 @@ def _task(args: argparse.Namespace):
 def _config(args: argparse.Namespace, **extra) -> TrainConfig:
     """The TrainConfig of the options named after its fields (plus the negated flags and ``extra``)."""
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, resample=not args.no_resample, **extra)
+    values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, resample=not args.no_resample,
+                  augment=not args.no_augment, **extra)
     return TrainConfig(**values)
 
 

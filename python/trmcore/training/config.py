@@ -58,6 +58,8 @@ class TrainConfig:
         resample: bring volumes to RAS and the median in-plane spacing (fine-tuning:
             the source run's); False (``--no-resample``) uses them as stored.
         amp: autocast on CUDA (ignored on CPU).
+        augment: augment every batch on the fly (trmcore.training.augment, nnU-Net-like defaults);
+            False (``--no-augment``) trains on the slices as they are.
         checkpoint_every: write a resumable state every this many iterations (0 = at validation only).
         foreground_share: share of each batch drawn from slices holding foreground (nnU-Net's
             oversampling, every method alike); 0 = uniform batches.
@@ -92,6 +94,7 @@ class TrainConfig:
     skip_empty: bool = True
     resample: bool = True
     amp: bool = True
+    augment: bool = True
     checkpoint_every: int = 0
     foreground_share: float = 1.0 / 3.0
     trm_normalize: str = "bounded"

@@ -32,6 +32,7 @@ from trmcore.data.geometry import native_geometry
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
 from trmcore.fileio import ALL_ENTRIES, prepare_output_folder, visible_entries
 from trmcore.models import UNet, UNetConfig
+from trmcore.training.augment import AugmentConfig, Batch, augment_batch
 from trmcore.training.checkpoint import load_run, load_train_state, save_run, save_train_state
 from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import DistContext, setup_distributed
@@ -184,6 +185,11 @@ def _check_resume(run_dir: Path, config: TrainConfig, state: Dict[str, Any]) -> 
                          "pass a larger --iterations to extend it")
 
 
+def augmentation_of(info: RunInfo) -> Optional[AugmentConfig]:
+    """The run's AugmentConfig from run.json's record (None: no augmentation)."""
+    return None if info.augmentation is None else AugmentConfig.from_dict(info.augmentation)
+
+
 def make_optimizer(parameters: List[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """Adam, or SGD with Nesterov momentum (nnU-Net's), at the schedule's first learning rate."""
     if config.optimizer == "sgd":
@@ -221,6 +227,7 @@ class _TrainLoop:
         self.schedule = LRSchedule.planned(config.lr_schedule, config.lr, config.planned_horizon, config.warmup)
         info.lr_schedule = self.schedule.to_dict()
         self.lr = config.lr
+        self.augmentation = augmentation_of(info)
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_loss_scaling(ctx.device, config.amp))
         self.metrics = MetricsLog(info.label_names[1:])
         self.log_every = max(1, min(50, config.val_every or config.iterations))
@@ -270,6 +277,9 @@ class _TrainLoop:
         images = self.data.slices.images[index].to(device, non_blocking=True)
         labels = self.data.slices.labels[index].to(device, non_blocking=True)
         weights = self.weighting.weights(index, labels)
+        if self.augmentation is not None:  # after the weights, so they move with the image and labels
+            images, labels, weights = augment_batch(Batch(images, labels, weights), self.augmentation,
+                                                    self.config.seed, self.ctx.rank, iteration)
         with autocast_for(device, self.config.amp):
             logits = forward(images)
         loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
@@ -450,12 +460,14 @@ def _data_fingerprint(data: PreparedData) -> str:
 
 def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Optional[TrainConfig] = None,
           model: Optional[UNetConfig] = None, device: Optional[str] = None, resume: bool = False,
-          progress: bool = True, sites: Any = None, on_iteration: Optional[IterationCallback] = None) -> RunInfo:
+          progress: bool = True, sites: Any = None, on_iteration: Optional[IterationCallback] = None,
+          augmentation: Optional[AugmentConfig] = None) -> RunInfo:
     """Train a source U-Net from scratch on ``task`` (a method with ``source_training`` in METHODS).
 
     Args:
         model: depth, width and norm of the U-Net (default ``UNetConfig()``); its in_channels and
             num_classes are taken from the task.
+        augmentation: the transforms when ``config.augment`` (default ``AugmentConfig()``).
 
     Example:
         >>> from trmcore.data import parse_task
@@ -479,7 +491,8 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
         data = prepare_data(data_root, task, config, model_config.divisor, ctx, progress, sites)
         model_config = replace(model_config, in_channels=len(data.task_info.channels))
         network = UNet(model_config).to(ctx.device)
-        info = _run_info(network, data, config, task, data_root, method=config.method, source=None)
+        info = _run_info(network, data, config, task, data_root, method=config.method, source=None,
+                         augmentation=augmentation)
         if state is not None:
             _check_same_run(run_dir, info)
         weighting = create_weighting(config, network.config, data.slices, data.task_info.num_classes, ctx)
@@ -491,7 +504,8 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
 def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir: PathLike,
              config: Optional[TrainConfig] = None, device: Optional[str] = None, resume: bool = False,
              progress: bool = True, reset_head: Optional[bool] = None, sites: Any = None,
-             on_iteration: Optional[IterationCallback] = None) -> RunInfo:
+             on_iteration: Optional[IterationCallback] = None,
+             augmentation: Optional[AugmentConfig] = None) -> RunInfo:
     """Fine-tune the model of ``source_run`` on ``task`` with ``config.method`` (SPEC 5).
 
     The head is re-initialised (seeded) when the target has a different number
@@ -528,7 +542,7 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         if config.freeze == "encoder":
             model.freeze_encoder()
         info = _run_info(model, data, config, task, data_root, method=config.method,
-                         source=str(Path(source_run).resolve()))
+                         source=str(Path(source_run).resolve()), augmentation=augmentation)
         info.source_fingerprint = _digest_file(Path(source_run) / "model.safetensors")
         if state is not None:
             _check_same_run(run_dir, info)
@@ -543,13 +557,15 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
 
 
 def _run_info(model: UNet, data: PreparedData, config: TrainConfig, task: TaskSpec, data_root: PathLike,
-              method: Optional[str], source: Optional[str]) -> RunInfo:
+              method: Optional[str], source: Optional[str], augmentation: Optional[AugmentConfig] = None) -> RunInfo:
+    augment = (augmentation or AugmentConfig()) if config.augment else None
     return RunInfo(model=model.config, channels=list(data.task_info.channels),
                    label_names=list(data.task_info.label_names), label_values=list(data.task_info.label_values),
                    axis=config.axis, divisor=model.config.divisor, method=method, source=source,
                    site=task.site, data=str(Path(data_root).resolve()), training=config,
                    train_cases=data.train_cases, val_cases=data.val_cases, data_fingerprint=_data_fingerprint(data),
-                   split=data.split,
+                   split=data.split, augmentation=None if augment is None else augment.to_dict(),
+                   mirror_axes=[] if augment is None else list(augment.trained_mirror_axes),
                    **_preprocessing_record(data.task_info))
 
 
