@@ -218,3 +218,26 @@ def test_fold_trains_on_the_fold_and_prints_the_split(tmp_path, capsys):
     assert "2 fold run(s)" in scored["scope"]
     assert main(["evaluate", str(data), "--folds", str(tmp_path / "f2"), str(tmp_path / "f2"), "-q"]) == 2
     assert "validation case of both" in capsys.readouterr().err
+
+
+def test_resume_state_from_before_the_recipe_keeps_its_settings(phantom, tmp_path):
+    """A state written before issue 22 (no lr_schedule / augment keys) ran constant and unaugmented:
+    resuming it under the new defaults is refused naming them, and resumes with them set."""
+    from trmcore.training.checkpoint import save_train_state
+
+    from .helpers import Interrupt, stop_at
+
+    task, model, run = parse_task("T1", "CSF"), UNetConfig(depth=2, width=4), tmp_path / "old"
+    old = tiny_config(iterations=4, checkpoint_every=1, freeze="none", lr_schedule="constant", augment=False)
+    with pytest.raises(Interrupt):
+        train(phantom, task, run, old, model, progress=False, on_iteration=stop_at(2))
+    state = load_train_state(run)
+    for key in ("lr_schedule", "augment", "warmup", "lr_horizon", "optimizer", "momentum", "weight_decay"):
+        del state["config"][key]
+    del state["lr_schedule"]
+    save_train_state(run, state)
+    with pytest.raises(ValueError, match=r"lr_schedule 'constant' -> 'poly'.*augment False -> True"):
+        train(phantom, task, run, tiny_config(iterations=4, checkpoint_every=1, freeze="none"), model,
+              progress=False, resume=True)
+    info = train(phantom, task, run, old, model, progress=False, resume=True)
+    assert info.iterations_done == 4 and info.lr_schedule["kind"] == "constant"

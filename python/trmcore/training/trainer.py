@@ -170,8 +170,12 @@ def describe_split(data: PreparedData) -> str:
     return (f"split ({rule}): {len(data.train_cases)} training case(s), {len(data.val_cases)} held out: {held}")
 
 
+# What a resume state from before a setting existed ran with (its config lacks the key).
+LEGACY_SETTINGS = {"lr_schedule": "constant", "augment": False}
+
+
 def _check_resume(run_dir: Path, config: TrainConfig, state: Dict[str, Any]) -> None:
-    saved = TrainConfig.from_dict(state["config"])
+    saved = TrainConfig.from_dict({**LEGACY_SETTINGS, **state["config"]})
     differing = [k for k, v in config.to_dict().items()
                  if k not in RESUMABLE_CHANGES and saved.to_dict().get(k) != v]
     if differing:
