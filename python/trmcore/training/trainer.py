@@ -213,7 +213,7 @@ def _validate(model: UNet, data: PreparedData, info: RunInfo, ctx: DistContext, 
 class _TrainLoop:
     """The state of one :func:`fit`: optimiser, loss scaler, metrics and the running loss.
 
-    Split by what happens per iteration: :meth:`step` (one Adam step),
+    Split by what happens per iteration: :meth:`step` (one optimiser step, after the augmentation),
     :meth:`log` (running loss and validation Dice), :meth:`checkpoint`
     (run folder and resumable state).
     """
@@ -367,7 +367,7 @@ class _TrainLoop:
 def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: TrainConfig, run_dir: PathLike,
         info: RunInfo, ctx: DistContext, resume_state: Optional[Dict[str, Any]] = None, progress: bool = True,
         on_iteration: Optional[IterationCallback] = None) -> RunInfo:
-    """Train ``model`` for ``config.iterations`` Adam steps and write the run folder (main rank).
+    """Train ``model`` for ``config.iterations`` optimiser steps and write the run folder (main rank).
 
     Args:
         model: the UNet, already on ``ctx.device``, frozen as wanted.
