@@ -241,3 +241,20 @@ def test_resume_state_from_before_the_recipe_keeps_its_settings(phantom, tmp_pat
               progress=False, resume=True)
     info = train(phantom, task, run, old, model, progress=False, resume=True)
     assert info.iterations_done == 4 and info.lr_schedule["kind"] == "constant"
+
+
+def test_cli_extends_a_finished_run(phantom, tmp_path, capsys):
+    """The issue's symptom: `--resume --iterations N` on a finished run answered "nothing to resume"."""
+    from trmcore.cli.main import main
+
+    run = tmp_path / "run"
+    base = ["train", str(phantom), "--channel", "T1", "--labels", "CSF", "-o", str(run), "--depth", "2", "--width",
+            "4", "--batch-size", "4", "--val-every", "2", "-q"]
+    assert main(base + ["--iterations", "2"]) == 0
+    assert main(base + ["--iterations", "2", "--resume"]) == 2
+    assert "already finished 2 iterations; pass a larger --iterations" in capsys.readouterr().err
+    assert main(base + ["--iterations", "4", "--resume"]) == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["iterations_done"] == 4
+    assert record["lr_schedule"]["segments"] == [{"start": 0, "horizon": 2}, {"start": 2, "horizon": 4}]
+    assert [int(r["iteration"]) for r in _rows(run)] == [2, 4]
