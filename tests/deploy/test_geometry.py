@@ -124,7 +124,7 @@ def test_predict_refuses_channels_on_different_grids(phantom, onnx_model, tmp_pa
     assert not (tmp_path / "out" / "c.nii.gz").exists()
 
 
-def test_continue_ensemble_mirror_and_provenance(phantom, onnx_model, tmp_path, capsys):
+def test_continue_ensemble_mirror_and_provenance(phantom, onnx_model, run_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["predict", "-m", str(onnx_model), "-i", str(phantom / "imagesTr"), "-o", str(out), "-q"]
     assert main(args) == 0
@@ -137,11 +137,21 @@ def test_continue_ensemble_mirror_and_provenance(phantom, onnx_model, tmp_path, 
     assert printed.count("kept complete") == 2 and "phantom_001: wrote" in printed
     assert (out / "phantom_000.nii.gz").stat().st_mtime_ns == first["phantom_000.nii.gz"]
     assert nib.load(str(out / "phantom_001.nii.gz")).shape == nib.load(str(case_files(phantom, "phantom_001")[0])).shape
-    # two copies of one model ensembled and mirroring: probabilities still sum to one, labels mostly agree
+    # two copies of one model ensembled and mirroring: probabilities still sum to one, labels mostly agree.
+    # Mirroring needs a model trained with flips (issue 22): the same weights, recorded as trained so.
+    from trmcore.export import export_run
+    from trmcore.training.runinfo import read_run_info, write_run_info
+
+    flipped_run = tmp_path / "run-flips"
+    shutil.copytree(run_dir, flipped_run)
+    info = read_run_info(flipped_run)
+    info.mirror_axes = [0, 1]
+    write_run_info(flipped_run, info)
+    flipped = export_run(flipped_run, tmp_path / "flips.onnx").path
     twin = tmp_path / "twin.onnx"
-    shutil.copy(onnx_model, twin)
+    shutil.copy(flipped, twin)
     ens = tmp_path / "ens"
-    assert main(["predict", "-m", str(onnx_model), "-m", str(twin), "-i", str(phantom / "imagesTr"), "-o", str(ens),
+    assert main(["predict", "-m", str(flipped), "-m", str(twin), "-i", str(phantom / "imagesTr"), "-o", str(ens),
                  "--mirror", "--probabilities", "-q"]) == 0
     probs = nib.load(str(ens / "phantom_002_probabilities.nii.gz")).get_fdata()
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-4)
@@ -149,7 +159,7 @@ def test_continue_ensemble_mirror_and_provenance(phantom, onnx_model, tmp_path, 
     assert (np.asarray(nib.load(str(ens / "phantom_002.nii.gz")).dataobj) == plain).mean() > 0.8
     record = json.loads((ens / "predict.json").read_text())
     assert [m["sha256"] for m in record["models"]][0] == record["models"][1]["sha256"]
-    assert record["mirroring"] is True and record["ensemble"] and record["trmcore_version"]
+    assert record["mirroring"] == [0, 1] and record["ensemble"] and record["trmcore_version"]
     assert record["arguments"]["mirror"] is True
 
 

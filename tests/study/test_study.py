@@ -248,6 +248,19 @@ def test_study_folder_refuses_other_settings(tmp_path):
         reproduce(out, changed, seeds=[0], tables=["fig2"], workers=1, progress=False)
 
 
+def test_study_folder_from_before_the_training_recipe_is_refused(tmp_path):
+    """A study.json without lr_schedule / augment (before issue 22) ran constant and unaugmented: its cached
+    results must not mix with runs of the new recipe."""
+    out = tmp_path / "study"
+    reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
+    record = json.loads((out / "study.json").read_text())
+    for key in ("lr_schedule", "augment", "optimizer"):
+        del record["profile"]["training"][key]
+    (out / "study.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="other settings.*differing: lr_schedule, augment\\)"):
+        reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
+
+
 def test_study_folder_of_the_flat_profile_format_resumes(tmp_path):
     """study.json written before the profile nested model/training settings still matches the same profile."""
     out = tmp_path / "study"
@@ -257,6 +270,11 @@ def test_study_folder_of_the_flat_profile_format_resumes(tmp_path):
     model, training = profile.pop("model"), profile.pop("training")
     profile.update(depth=model["depth"], width=model["width"], batch_size=training["batch_size"], lr=training["lr"],
                    finetune_iterations=training["iterations"], val_fraction=training["val_fraction"])
+    # A flat record without the training recipe (issue 22) ran constant and unaugmented: refused.
+    (out / "study.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="other settings.*lr_schedule, augment"):
+        reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
+    profile.update(lr_schedule=training["lr_schedule"], augment=training["augment"], optimizer=training["optimizer"])
     (out / "study.json").write_text(json.dumps(record))
     outcome = reproduce(out, "tiny", seeds=[0], tables=["fig2"], workers=1, progress=False)
     assert not outcome.summary.executed and not outcome.summary.failed

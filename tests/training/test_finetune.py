@@ -29,7 +29,8 @@ def test_source_run_folder(source_run):
     rows = list(csv.DictReader((source_run / "metrics.csv").open()))
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6]
     assert (source_run / "curves.png").stat().st_size > 1000
-    assert not (source_run / TRAIN_STATE_FILE).exists()
+    # The final state stays (issue 22): a finished run can be extended with --resume --iterations N.
+    assert (source_run / TRAIN_STATE_FILE).exists()
     # the working grid and normalisation are recorded: RAS at the phantom's (median) spacing
     assert info.orientation == "RAS" and info.normalization == "zscore-foreground"
     assert info.spacing == pytest.approx([200 / 32, 220 / 32, 160 / 8])

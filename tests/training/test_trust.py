@@ -119,7 +119,8 @@ def test_resume_with_other_data_or_source_refused(phantom, source_run, interrupt
     with pytest.raises(ValueError, match="source_fingerprint"):
         _resume(phantom, other, interrupted)
     _resume(phantom, source_run, interrupted)  # the same run resumes
-    assert not (interrupted / TRAIN_STATE_FILE).exists()
+    # and finishes; its final state stays for an extension (issue 22)
+    assert torch.load(interrupted / TRAIN_STATE_FILE, weights_only=True)["iteration"] == 4
 
 
 @pytest.mark.parametrize("change, match", [(dict(depth=3), r"model.depth 2 -> 3"),

@@ -136,9 +136,13 @@ def _register_predict(subparsers) -> None:
     p.add_argument("--continue", action="store_true", dest="resume",
                    help="skip cases whose outputs exist and are complete (readable, on the input's grid); "
                         "redo the others")
+    p.add_argument("--mirror-axes", default=None, metavar="AXES",
+                   help="mirror only along these in-plane axes, e.g. 1 or 0,1 (implies --mirror; each one an "
+                        "axis the model was trained with flipped)")
     p.add_argument("--mirror", action="store_true",
-                   help="test-time augmentation: also segment the slices mirrored in-plane (4 passes) and "
-                        "average the probabilities")
+                   help="test-time augmentation: also segment the slices mirrored along the in-plane axes the "
+                        "model was trained with flipped (ONNX metadata mirror_axes; both: 4 passes) and average "
+                        "the probabilities; refused for a model trained without flips")
     _add_crop_options(p)
     _add_dicom_options(p)
     p.set_defaults(func=_run_predict)
@@ -191,6 +195,19 @@ def _open_segmenter(args: argparse.Namespace, model=None):
     return segmenter
 
 
+def _mirror_request(args: argparse.Namespace):
+    """False, True (every trained axis) or the --mirror-axes list."""
+    if args.mirror_axes is None:
+        return bool(args.mirror)
+    try:
+        axes = [int(a) for a in args.mirror_axes.split(",") if a.strip()]
+    except ValueError:
+        raise ValueError(f"--mirror-axes takes in-plane axes 0 and/or 1 (e.g. 0,1), got {args.mirror_axes!r}") from None
+    if not axes or not set(axes) <= {0, 1}:
+        raise ValueError(f"--mirror-axes takes in-plane axes 0 and/or 1 (e.g. 0,1), got {args.mirror_axes!r}")
+    return axes
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from trmcore.infer import predict_files
     from trmcore.data.dicom import is_dicom_input
@@ -215,7 +232,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     channels = None if args.channels is None else [c.strip() for c in args.channels.split(",") if c.strip()]
     results = predict_files(segmenters, args.input, args.output, probabilities=args.probabilities,
                             overwrite=args.overwrite, channels=channels, progress=not args.quiet,
-                            resume=args.resume, mirror=args.mirror, resample=not args.no_resample,
+                            resume=args.resume, mirror=_mirror_request(args), resample=not args.no_resample,
                             arguments=arguments)
     for case in results:
         if case.skipped:

@@ -27,8 +27,9 @@ from trmcore.extras import evaluate_source
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
-from trmcore.training.config import (AXES, FREEZE_CHOICES, RISK_SCALINGS, RISK_SCOPES,
+from trmcore.training.config import (AXES, FREEZE_CHOICES, OPTIMIZERS, RISK_SCALINGS, RISK_SCOPES,
                                      TRM_NORMALIZATIONS, TrainConfig)
+from trmcore.training.schedule import LR_SCHEDULES
 from trmcore.training.methods import DEFAULT_METHOD, METHODS, method_names, source_method_names
 
 
@@ -43,7 +44,22 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     add_output(parser, required=True, help="run folder to write")
     parser.add_argument("--iterations", type=int, default=TrainConfig.iterations,
                         help="optimiser steps (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate (default %(default)g)")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr,
+                        help="base learning rate, the peak of the schedule (default %(default)g; nnU-Net's SGD "
+                             "uses 0.01)")
+    parser.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=LR_SCHEDULES,
+                        help="poly: nnU-Net's lr * (1 - t/H)**0.9 over the run; constant (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup, metavar="N",
+                        help="linear learning-rate warm-up over the first N steps (default %(default)s)")
+    parser.add_argument("--lr-horizon", type=int, default=TrainConfig.lr_horizon, metavar="H",
+                        help="plan the poly decay for H steps (default: --iterations); a run stopped earlier "
+                             "extends up to H with --resume exactly as if trained at once")
+    parser.add_argument("--optimizer", default=TrainConfig.optimizer, choices=OPTIMIZERS,
+                        help="adam, or sgd with Nesterov momentum as nnU-Net (default %(default)s)")
+    parser.add_argument("--momentum", type=float, default=TrainConfig.momentum,
+                        help="sgd: momentum (default %(default)g, as nnU-Net)")
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                        help="L2 weight decay (default %(default)g; nnU-Net's SGD: 3e-5)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
                         help="slices per step and process (default %(default)s)")
     parser.add_argument("--few-shot", type=int, default=TrainConfig.few_shot, metavar="N",
@@ -53,6 +69,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="validate every N iterations, 0: only at the end (default %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
                         help="share of cases held out (default %(default)s)")
+    parser.add_argument("--fold", type=int, default=TrainConfig.fold, metavar="K",
+                        help="validate on fold K of the dataset's splits_final.json (5 folds, nnU-Net's format; "
+                             "written once when absent, never overwritten, editable) instead of --val-fraction")
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
                         help="also write a resumable state every N iterations (default: at validation)")
     parser.add_argument("--axis", type=int, default=TrainConfig.axis, choices=AXES,
@@ -65,7 +84,12 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="share of each batch drawn from slices holding foreground, as nnU-Net "
                              "(default %(default).3g; 0 = uniform batches)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output exactly")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train on the slices as they are (default: augment each batch on the fly: rotation, "
+                             "scaling, mirroring, noise, blur, brightness, contrast, low resolution, gamma)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --output exactly, or extend a finished one to a "
+                             "larger --iterations")
     add_quiet(parser)
 
 
@@ -143,12 +167,16 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         example_lines=["trm evaluate data/ --channel T2 --labels CSF --site site-B -m runs/trm -o dice.json",
                        "trm evaluate data/ -m runs/trm --all",
                        "trm evaluate data/ -m model.onnx",
+                       "trm evaluate data/ --folds runs/fold0 runs/fold1 runs/fold2 runs/fold3 runs/fold4",
                        "trm evaluate data/ --labels CSF --predictions pred/"])
     _add_task(evaluate, required=False)
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("-m", "--model", type=Path, help="run folder or ONNX model (trm export)")
     source.add_argument("--predictions", type=Path, default=None,
                         help="folder of predicted label files CASE.nii.gz (dataset label values) to score")
+    source.add_argument("--folds", type=Path, nargs="+", default=None, metavar="RUN",
+                        help="cross-validation: score each run (one per --fold) on its own validation cases and "
+                             "pool them in one table (a case validated by two runs is refused)")
     add_output(evaluate, help="write the results as JSON here")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
     add_time_limit(evaluate)
@@ -217,7 +245,8 @@ def _task(args: argparse.Namespace):
 def _config(args: argparse.Namespace, **extra) -> TrainConfig:
     """The TrainConfig of the options named after its fields (plus the negated flags and ``extra``)."""
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, resample=not args.no_resample, **extra)
+    values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, resample=not args.no_resample,
+                  augment=not args.no_augment, **extra)
     return TrainConfig(**values)
 
 
@@ -263,6 +292,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         result = _evaluate_predictions(args)
         source = str(args.predictions)
+    elif args.folds is not None:
+        result = _evaluate_folds(args)
+        source = [str(run) for run in args.folds]
     elif evaluate_source(args.model, None) == "onnx":  # the rule trm's extras check uses
         result = _evaluate_onnx(args)
         source = str(args.model)
@@ -287,7 +319,35 @@ def _evaluate_inputs(args: argparse.Namespace) -> list:
     model = getattr(args, "model", None)
     if model is not None:
         inputs += [model / "run.json", model / "model.safetensors"] if model.is_dir() else [model]
+    for run in getattr(args, "folds", None) or []:
+        inputs += [run / "run.json", run / "model.safetensors"]
     return inputs
+
+
+def _evaluate_folds(args: argparse.Namespace):
+    """Each fold's run on its own validation cases, pooled (nnU-Net's cross-validation score)."""
+    from trmcore.data.scoring import summarize
+    from trmcore.training.evaluate import evaluate_run
+    from trmcore.training.runinfo import read_run_info
+
+    volumes, class_names, scored_by = [], None, {}
+    for run in args.folds:
+        info = read_run_info(run)
+        if not info.val_cases:
+            raise ValueError(f"run {run} has no validation cases (train it with --fold K)")
+        for case in info.val_cases:
+            if case in scored_by:
+                raise ValueError(f"case {case} is a validation case of both {scored_by[case]} and {run}: "
+                                 "not folds of one split")
+            scored_by[case] = run
+        result = evaluate_run(run, args.data, args.channel, args.labels, args.site, info.val_cases, args.device,
+                              progress=not args.quiet, sites=args.sites_csv, resample=not args.no_resample)
+        if class_names is not None and result.class_names != class_names:
+            raise ValueError(f"run {run} scores classes {result.class_names}, the first run {class_names}")
+        class_names = result.class_names
+        volumes += result.volumes
+    return summarize(volumes, class_names,
+                     scope=f"validation case(s) of {len(args.folds)} fold run(s), each scored by its own run")
 
 
 def _evaluate_run(args: argparse.Namespace):

@@ -80,6 +80,7 @@ def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, f
         orientation=info.orientation, spacing=info.spacing,
         axis=int(info.axis), divisor=int(info.divisor), dtype="float16" if fp16 else "float32",
         precision=precision or ("fp16" if fp16 else "fp32"),
+        mirror_axes=None if info.mirror_axes is None else [int(a) for a in info.mirror_axes],
         input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         provenance=Provenance(
             run=Path(run_dir).resolve().name, source_model=info.source, method=info.method,

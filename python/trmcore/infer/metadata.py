@@ -23,7 +23,8 @@ from trmcore.limits import check_divisor
 METADATA_KEY = "trmcore"
 # 2: orientation and spacing (version 1 records have neither and are read as "use volumes as stored").
 # 3: ``precision`` (older records are read as fp32 or fp16 by their dtype).
-SCHEMA_VERSION = 3
+# 4: ``mirror_axes`` (older records: None, "not recorded": those models trained without flips).
+SCHEMA_VERSION = 4
 #: Numeric precision of the network's weights and arithmetic (``trm export --precision``).
 PRECISIONS = ("fp32", "fp16", "int8")
 # The input/output dtype each precision implies: int8 graphs quantise inside, at float32 edges.
@@ -73,6 +74,9 @@ class ModelMetadata:
     - ``dtype``: the network's input and output dtype (``float32`` or ``float16``).
     - ``precision``: the arithmetic inside the network: ``fp32``, ``fp16`` or
       ``int8`` (static quantisation, float32 inputs and outputs).
+    - ``mirror_axes``: the in-plane slice axes (0: the slice's first, 1: its
+      second) the model saw flipped in training; test-time mirroring uses only
+      these. ``[]``: trained without flips; None: not recorded (older models).
     """
 
     channels: List[str]
@@ -89,6 +93,7 @@ class ModelMetadata:
     output_name: str = "logits"
     provenance: Provenance = field(default_factory=Provenance)
     schema_version: int = SCHEMA_VERSION
+    mirror_axes: Optional[List[int]] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -128,6 +133,10 @@ class ModelMetadata:
             recorded_geometry(self.orientation or "native", self.spacing, self.axis, "metadata")  # raises if invalid
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"metadata dtype must be float32 or float16, got {self.dtype!r}")
+        if self.mirror_axes is not None and (not isinstance(self.mirror_axes, list) or not set(self.mirror_axes) <= {0, 1}
+                                             or len(set(self.mirror_axes)) != len(self.mirror_axes)):
+            raise ValueError(f"metadata mirror_axes must be a list of distinct in-plane axes 0 and 1, "
+                             f"got {self.mirror_axes!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown model precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if PRECISION_DTYPE[self.precision] != self.dtype:
@@ -177,6 +186,7 @@ class ModelMetadata:
             "orientation": str(self.orientation),
             "spacing": "x".join(f"{v:g}" for v in self.spacing) if self.spacing else "None",
             "precision": self.precision,
+            "mirror_axes": "not recorded" if self.mirror_axes is None else ",".join(map(str, self.mirror_axes)),
             "trmcore_version": self.provenance.trmcore_version,
         }
         if self.provenance.source_model:

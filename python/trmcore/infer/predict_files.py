@@ -12,6 +12,7 @@ written with the input's affine and header.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -43,8 +44,37 @@ def model_geometries(segmenters: Sequence[Segmenter], resample: bool = True) -> 
     return [s.metadata.geometry(f"model {s.model_path}", resample) for s in segmenters]
 
 
+MirrorRequest = Union[bool, Sequence[int], None]
+
+
+def mirror_axes_for(segmenters: Sequence[Segmenter], requested: MirrorRequest) -> List[int]:
+    """The in-plane axes to mirror at test time: only axes every model was trained with flipped.
+
+    ``requested``: False/None (no mirroring), True (every axis all models were trained with) or
+    in-plane axes (0, 1). ValueError (one line) for a model that never saw flips along a requested axis.
+    """
+    if requested is None or requested is False:
+        return []
+    for segmenter in segmenters:
+        trained = segmenter.metadata.mirror_axes or []
+        wanted = sorted(set(trained if requested is True else requested))
+        if requested is True and not trained or not set(wanted) <= set(trained):
+            seen = ("no flips" if not trained else f"flips along in-plane axes {trained} only")
+            recorded = "" if segmenter.metadata.mirror_axes is not None else " (it does not record mirror axes)"
+            axes = "" if requested is True else f" along axes {wanted}"
+            raise ValueError(f"cannot mirror{axes}: model {segmenter.model_path} was trained with {seen}{recorded}; "
+                             "test-time mirroring would feed it images it never saw")
+    if requested is not True:
+        return sorted(set(requested))
+    common = set.intersection(*[set(s.metadata.mirror_axes or []) for s in segmenters])
+    if not common:
+        raise ValueError("cannot mirror: the ensembled models were trained with flips along different in-plane axes "
+                         + ", ".join(f"{s.model_path}: {s.metadata.mirror_axes}" for s in segmenters))
+    return sorted(common)
+
+
 def predict_case(segmenters: Union[Segmenter, Sequence[Segmenter]], images: Sequence,
-                 geometries: Optional[Sequence[Geometry]] = None, mirror: bool = False,
+                 geometries: Optional[Sequence[Geometry]] = None, mirror: MirrorRequest = False,
                  progress: bool = False) -> np.ndarray:
     """Class probabilities float32 ``[C, X, Y, Z]`` on the grid of ``images`` (nibabel images, one per channel).
 
@@ -53,11 +83,13 @@ def predict_case(segmenters: Union[Segmenter, Sequence[Segmenter]], images: Sequ
             (their probabilities are averaged).
         images: the case's channel images in the models' channel order, on one grid.
         geometries: each model's working grid (default: :func:`model_geometries`).
-        mirror: also run the slices flipped along each in-plane axis and both
-            (4 passes) and average the probabilities.
+        mirror: also run the slices flipped along every combination of the in-plane axes the
+            models were trained with flipped (True; or the given axes, a subset of those) and
+            average the probabilities (4 passes for both axes). See :func:`mirror_axes_for`.
     """
     segmenters = [segmenters] if isinstance(segmenters, Segmenter) else list(segmenters)
     check_ensemble(segmenters)
+    axes = mirror_axes_for(segmenters, mirror)
     if geometries is None:
         geometries = model_geometries(segmenters)
     reference = images[0]
@@ -69,7 +101,7 @@ def predict_case(segmenters: Union[Segmenter, Sequence[Segmenter]], images: Sequ
         grid = plan_grid(data.shape[1:], reference.affine, geometry, source, per_voxel)
         segmenter.check_volume(grid.working_shape, source)  # its working copies, named by the file
         working = grid.to_working(data, "linear")
-        probs = _probabilities(segmenter, working, mirror, progress)
+        probs = _probabilities(segmenter, working, axes, progress)
         probs = grid.to_native(probs, "linear")
         total = probs if total is None else total + probs
     return (total / len(segmenters)).astype(np.float32, copy=False)
@@ -89,7 +121,8 @@ def check_ensemble(segmenters: Sequence[Segmenter]) -> None:
 
 def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, output, probabilities: bool = False,
                   overwrite: bool = False, channels: Optional[Sequence[str]] = None,
-                  progress: bool = True, resume: bool = False, mirror: bool = False, resample: bool = True,
+                  progress: bool = True, resume: bool = False, mirror: MirrorRequest = False,
+                  resample: bool = True,
                   arguments: Optional[dict] = None) -> List[PredictedCase]:
     """Segment every case under ``input_path`` and write ``CASE.nii.gz`` label volumes.
 
@@ -111,7 +144,8 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
             in the model's order.
         resume: ``--continue``: keep the outputs of cases that are complete
             (readable, on the input's grid), redo the others.
-        mirror: test-time augmentation by in-plane mirroring.
+        mirror: test-time augmentation by in-plane mirroring, only along axes the models were trained
+            with flipped (True: all of those; or a list of in-plane axes); see :func:`mirror_axes_for`.
         resample: False (``--no-resample``): use the volumes as stored.
         arguments: recorded in the provenance file (the command line's options).
 
@@ -123,6 +157,7 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
     """
     segmenters = [segmenter] if isinstance(segmenter, Segmenter) else list(segmenter)
     check_ensemble(segmenters)
+    mirror_axes = mirror_axes_for(segmenters, mirror)  # refused before any case is read
     first = segmenters[0]
     input_path, output = Path(input_path), Path(output)
     # --channels lists names in file order; a dataset.json maps file suffix numbers to names (one rule with training).
@@ -143,7 +178,7 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
                 prob_path is None or output_complete(prob_path, images[0], first.num_classes)):
             results.append(PredictedCase(case.case_id, labels_path, prob_path, {}, skipped=True))
         else:
-            probs = predict_case(segmenters, images, geometries, mirror, progress)
+            probs = predict_case(segmenters, images, geometries, mirror_axes, progress)
             labels = values[probs.argmax(axis=0)]
             if prob_path is not None:
                 # [X, Y, Z, C]: NIfTI keeps the 4th axis last
@@ -159,14 +194,14 @@ def predict_files(segmenter: Union[Segmenter, Sequence[Segmenter]], input_path, 
             bar.update(1)
     if bar is not None:
         bar.close()
-    record = provenance(segmenters, geometries, cases, results, arguments, mirror)
+    record = provenance(segmenters, geometries, cases, results, arguments, mirror_axes)
     atomic_write_text(provenance_path(input_path, output), json.dumps(record, indent=2, default=str) + "\n",
                       overwrite=overwrite or resume)
     return results
 
 
 def provenance(segmenters: Sequence[Segmenter], geometries: Sequence[Geometry], cases, results,
-               arguments: Optional[dict], mirror: bool) -> dict:
+               arguments: Optional[dict], mirror: Sequence[int]) -> dict:
     """The record written beside the outputs: which models, which trmcore, which options, which cases."""
     from trmcore import __version__
 
@@ -175,7 +210,7 @@ def provenance(segmenters: Sequence[Segmenter], geometries: Sequence[Geometry], 
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "arguments": arguments or {},
         "ensemble": "mean of softmax probabilities" if len(segmenters) > 1 else None,
-        "mirroring": mirror,
+        "mirroring": list(mirror),  # the in-plane axes mirrored at test time ([]: none)
         "models": [{"path": str(s.model_path.resolve()), "sha256": file_sha256(s.model_path),
                     "provider": s.provider, "working_grid": asdict(g), "metadata": asdict(s.metadata)}
                    for s, g in zip(segmenters, geometries)],
@@ -218,17 +253,21 @@ def channel_indices(input_names: Union[Mapping[int, str], Sequence[str]], model_
     return [by_name[name.lower()] for name in model_channels]
 
 
-def _probabilities(segmenter: Segmenter, working: np.ndarray, mirror: bool, progress: bool) -> np.ndarray:
-    """Softmax float32 ``[C, X, Y, Z]`` of a raw ``[Cin, X, Y, Z]`` volume on the model's grid."""
+def _probabilities(segmenter: Segmenter, working: np.ndarray, mirror_axes: Sequence[int],
+                   progress: bool) -> np.ndarray:
+    """Softmax float32 ``[C, X, Y, Z]`` of a raw ``[Cin, X, Y, Z]`` volume on the model's grid, averaged over
+    the flips along every non-empty combination of ``mirror_axes`` (in-plane axes of the slice)."""
     probs = softmax(segmenter.predict_logits(working, progress=progress), axis=0)
-    if not mirror:
+    if not mirror_axes:
         return probs
-    # The network is 2D: mirror the two in-plane axes (array axes 1..3 = X, Y, Z of [C, X, Y, Z]).
+    # The network is 2D: in-plane axis k of a slice is array axis plane[k] of [C, X, Y, Z].
     plane = [1 + a for a in range(3) if a != segmenter.metadata.axis]
-    for flip in ([plane[0]], [plane[1]], plane):
+    flips = [[plane[a] for a in combo] for r in range(1, len(mirror_axes) + 1)
+             for combo in itertools.combinations(sorted(mirror_axes), r)]
+    for flip in flips:
         flipped = np.ascontiguousarray(np.flip(working, axis=flip))
         probs += np.flip(softmax(segmenter.predict_logits(flipped, progress=progress), axis=0), axis=flip)
-    return probs / 4.0
+    return probs / float(len(flips) + 1)
 
 
 def _as_3d(image) -> np.ndarray:

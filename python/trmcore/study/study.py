@@ -59,7 +59,9 @@ def parse_seeds(text: Union[str, Sequence[int]]) -> List[int]:
 
 # Profile fields that change what a cached job holds; a study folder refuses a profile that differs in any.
 RESULT_FIELDS = ("depth", "width", "batch_size", "lr", "source_iterations", "finetune_iterations", "val_fraction",
-                 "tissue_data", "tumour_data", "tumour_source_iterations")
+                 "tissue_data", "tumour_data", "tumour_source_iterations", "lr_schedule", "augment", "optimizer")
+# The training recipe of study folders written before issue 22 (their study.json lacks these keys).
+_LEGACY_TRAINING = {"lr_schedule": "constant", "augment": False, "optimizer": "adam"}
 
 
 #: The schema of OUT/study.json (trmcore.schema): the profile as written (free-form, NaN allowed) and the
@@ -78,8 +80,11 @@ def read_study_json(out: Path) -> dict:
 def _flat_profile(profile: dict) -> dict:
     """The RESULT_FIELDS of a study.json profile, whether it nests model and training (now) or not (before)."""
     model, training = profile.get("model"), profile.get("training")
+    profile = {**_LEGACY_TRAINING, **profile}
     if isinstance(model, dict) and isinstance(training, dict):
-        profile = {**profile, "depth": model.get("depth"), "width": model.get("width"),
+        training = {**_LEGACY_TRAINING, **training}
+        profile = {**profile, **{k: training[k] for k in _LEGACY_TRAINING}, "depth": model.get("depth"),
+                   "width": model.get("width"),
                    "batch_size": training.get("batch_size"), "lr": training.get("lr"),
                    "finetune_iterations": training.get("iterations"), "val_fraction": training.get("val_fraction")}
     return profile

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Optional
 
 from trmcore.ops import RISK_BASE, RISK_SCOPES
 from trmcore.training.methods import METHODS
+from trmcore.training.schedule import LR_SCHEDULES
 
 # Allowed values of the TrainConfig fields with a fixed set (the CLI reads its choices here;
 # RISK_SCOPES and RISK_BASE are the ops' own, SPEC 3).
@@ -18,6 +19,8 @@ TRM_NORMALIZATIONS = ("bounded", "batch", "image")
 # How T becomes T' before R = base ** T' (trmcore.training.risk_scaling): "minmax" is TRM Eq. 5,
 # "robust" clips T to per-class quantiles first.
 RISK_SCALINGS = ("minmax", "robust")
+# The optimiser: Adam, or SGD with Nesterov momentum (nnU-Net: lr 0.01, momentum 0.99, weight decay 3e-5).
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
@@ -26,7 +29,15 @@ class TrainConfig:
 
     Args:
         iterations: optimiser steps.
-        lr: Adam learning rate.
+        lr: base learning rate (the peak of the schedule).
+        lr_schedule: "poly" (nnU-Net's lr * (1 - t / H) ** 0.9, the default) or "constant";
+            see trmcore.training.schedule.
+        warmup: linear warm-up steps before the schedule (0 = none).
+        lr_horizon: H, the steps the poly decay is planned for (None = ``iterations``); a run
+            stopped before H (``--iterations`` < H) extends up to H exactly as one trained at once.
+        optimizer: "adam" or "sgd" (SGD with Nesterov momentum, as nnU-Net).
+        momentum: SGD momentum (nnU-Net: 0.99); Adam ignores it.
+        weight_decay: L2 weight decay of the optimiser (nnU-Net's SGD: 3e-5).
         batch_size: slices per step (per process under DDP).
         method: loss weighting, a name of the METHODS registry (trmcore.training.methods);
             ``None`` for a source model (plain CE).
@@ -39,12 +50,16 @@ class TrainConfig:
         seed: seeds data order, initialisation and few-shot sampling.
         val_every: validate (3D Dice on the validation volumes) every this many iterations;
             0 = only at the end.
-        val_fraction: share of cases held out for validation.
+        val_fraction: share of cases held out for validation (when ``fold`` is None).
+        fold: K, validate on fold K of the dataset's splits_final.json (written once, 5 folds,
+            nnU-Net's format; trmcore.data.splits) instead of a ``val_fraction`` split.
         axis: slicing axis of the volumes (2 = axial).
         skip_empty: drop training slices without brain (all-zero image).
         resample: bring volumes to RAS and the median in-plane spacing (fine-tuning:
             the source run's); False (``--no-resample``) uses them as stored.
         amp: autocast on CUDA (ignored on CPU).
+        augment: augment every batch on the fly (trmcore.training.augment, nnU-Net-like defaults);
+            False (``--no-augment``) trains on the slices as they are.
         checkpoint_every: write a resumable state every this many iterations (0 = at validation only).
         foreground_share: share of each batch drawn from slices holding foreground (nnU-Net's
             oversampling, every method alike); 0 = uniform batches.
@@ -57,6 +72,12 @@ class TrainConfig:
 
     iterations: int = 5000
     lr: float = 1e-4
+    lr_schedule: str = "poly"
+    warmup: int = 0
+    lr_horizon: Optional[int] = None
+    optimizer: str = "adam"
+    momentum: float = 0.99
+    weight_decay: float = 0.0
     batch_size: int = 8
     method: Optional[str] = None
     freeze: str = "encoder"
@@ -68,10 +89,12 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 500
     val_fraction: float = 0.2
+    fold: Optional[int] = None
     axis: int = 2
     skip_empty: bool = True
     resample: bool = True
     amp: bool = True
+    augment: bool = True
     checkpoint_every: int = 0
     foreground_share: float = 1.0 / 3.0
     trm_normalize: str = "bounded"
@@ -86,6 +109,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not isinstance(self.warmup, int) or not 0 <= self.warmup < self.iterations:
+            raise ValueError(f"warmup must be an integer in [0, iterations), got {self.warmup!r}")
+        if self.lr_horizon is not None and (not isinstance(self.lr_horizon, int) or self.lr_horizon < self.iterations):
+            raise ValueError(f"lr_horizon must be an integer >= iterations ({self.iterations}), got {self.lr_horizon!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.method is not None and self.method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
         if self.freeze not in FREEZE_CHOICES:
@@ -101,6 +136,8 @@ class TrainConfig:
             raise ValueError(f"risk_base must be > 1, got {self.risk_base!r}")
         if self.trs_stride < 1:
             raise ValueError(f"trs_stride must be >= 1, got {self.trs_stride!r}")
+        if self.fold is not None and (not isinstance(self.fold, int) or self.fold < 0):
+            raise ValueError(f"fold must be an integer >= 0, got {self.fold!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not 0.0 <= self.foreground_share <= 1.0:
@@ -115,6 +152,11 @@ class TrainConfig:
             raise ValueError(f"risk_quantile must be in [0, 0.5), got {self.risk_quantile!r}")
         if self.axis not in AXES:
             raise ValueError(f"axis must be 0, 1 or 2, got {self.axis!r}")
+
+    @property
+    def planned_horizon(self) -> int:
+        """The steps the learning-rate decay is planned for: ``lr_horizon`` or ``iterations``."""
+        return self.iterations if self.lr_horizon is None else self.lr_horizon
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,7 +15,7 @@ CURVES_FILE = "curves.png"
 
 
 class MetricsLog:
-    """Rows of (iteration, loss, val_dice, val_dice_<class>..., elapsed_s), rewritten atomically.
+    """Rows of (iteration, loss, objective, lr, val_dice, val_dice_<class>..., elapsed_s), rewritten atomically.
 
     Example:
         >>> log = MetricsLog(["CSF"])
@@ -26,12 +26,17 @@ class MetricsLog:
 
     def __init__(self, class_names: Sequence[str], rows: Optional[List[Dict[str, Any]]] = None) -> None:
         self.class_names = list(class_names)
-        self.columns = ["iteration", "loss", "val_dice", *[f"val_dice_{n}" for n in self.class_names], "elapsed_s"]
+        self.columns = ["iteration", "loss", "objective", "lr", "val_dice",
+                        *[f"val_dice_{n}" for n in self.class_names], "elapsed_s"]
         self.rows: List[Dict[str, Any]] = list(rows or [])
 
     def add(self, iteration: int, loss: float, elapsed_s: float, val_dice: Optional[float] = None,
-            val_dice_per_class: Optional[Dict[str, float]] = None) -> None:
-        row: Dict[str, Any] = {"iteration": iteration, "loss": loss, "val_dice": val_dice, "elapsed_s": elapsed_s}
+            val_dice_per_class: Optional[Dict[str, float]] = None, lr: Optional[float] = None,
+            objective: Optional[float] = None) -> None:
+        """One row: ``loss`` on the scale of mean cross-entropy, ``objective`` the optimised loss
+        (None when they are the same), ``lr`` the learning rate of the row's last step."""
+        row: Dict[str, Any] = {"iteration": iteration, "loss": loss, "objective": objective, "lr": lr,
+                               "val_dice": val_dice, "elapsed_s": elapsed_s}
         for name in self.class_names:
             row[f"val_dice_{name}"] = None if val_dice_per_class is None else val_dice_per_class.get(name)
         self.rows.append(row)
@@ -47,7 +52,7 @@ class MetricsLog:
         return path
 
     def plot(self, run_dir: Union[str, Path], title: str = "") -> Optional[Path]:
-        """Loss and validation Dice against iteration as a PNG (None when there is nothing to plot)."""
+        """Loss, learning rate and validation Dice against iteration as a PNG (None when nothing to plot)."""
         if not self.rows:
             return None
         import matplotlib
@@ -58,11 +63,16 @@ class MetricsLog:
         iterations = [r["iteration"] for r in self.rows]
         losses = [r["loss"] for r in self.rows]
         validated = [r for r in self.rows if r.get("val_dice") is not None and not math.isnan(r["val_dice"])]
-        fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (ax_loss, ax_lr, ax_dice) = plt.subplots(1, 3, figsize=(14, 4))
         ax_loss.plot(iterations, losses, color="tab:blue")
         ax_loss.set_xlabel("iteration")
-        ax_loss.set_ylabel("training loss")
+        ax_loss.set_ylabel("training loss (mean-CE scale)")
         ax_loss.set_yscale("log" if min(losses) > 0 else "linear")
+        with_lr = [r for r in self.rows if r.get("lr") is not None]
+        if with_lr:
+            ax_lr.plot([r["iteration"] for r in with_lr], [r["lr"] for r in with_lr], color="tab:orange")
+        ax_lr.set_xlabel("iteration")
+        ax_lr.set_ylabel("learning rate")
         if validated:
             its = [r["iteration"] for r in validated]
             ax_dice.plot(its, [r["val_dice"] for r in validated], "k-o", label="mean", markersize=3)

@@ -43,6 +43,14 @@ class RunInfo:
     and warnings (trmcore.training.risk_diagnostics).
     ``data_fingerprint`` is a digest of the training slices and case split,
     ``source_fingerprint`` of the source weights: ``--resume`` checks both.
+    ``lr_schedule``: the learning-rate schedule as run (trmcore.training.schedule.LRSchedule.to_dict:
+    kind, lr, warm-up, exponent and the segments an extended run added).
+    ``augmentation``: the AugmentConfig a run trained with (trmcore.training.augment), None without;
+    ``mirror_axes``: the in-plane slice axes (0, 1) the model saw flipped in training, [] for none,
+    None for runs from before trmcore recorded it (they trained without flips): test-time
+    mirroring (``trm predict --mirror``) uses only these.
+    ``split``: how train_cases / val_cases were chosen: ``{"kind": "fold", "fold", "folds", "file"}``
+    (splits_final.json, trmcore.data.splits) or ``{"kind": "val_fraction", "val_fraction", "seed"}``.
     """
 
     model: UNetConfig
@@ -68,6 +76,10 @@ class RunInfo:
     risk_diagnostics: Optional[dict] = None
     data_fingerprint: Optional[str] = None
     source_fingerprint: Optional[str] = None
+    lr_schedule: Optional[dict] = None
+    augmentation: Optional[dict] = None
+    mirror_axes: Optional[List[int]] = None
+    split: Optional[dict] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.
@@ -163,9 +175,9 @@ def read_run_info(run_dir: Union[str, Path]) -> RunInfo:
 # some of them may change on resume).
 RUN_IDENTITY_FIELDS = ("model", "channels", "label_names", "label_values", "site", "axis", "divisor",
                        "normalization", "orientation", "spacing", "method", "source_fingerprint",
-                       "data_fingerprint")
+                       "data_fingerprint", "augmentation")
 # Fields older run.json files lack (None there): not compared.
-_RECORDED_LATER = ("orientation", "spacing", "source_fingerprint", "data_fingerprint")
+_RECORDED_LATER = ("orientation", "spacing", "source_fingerprint", "data_fingerprint", "augmentation")
 
 
 def resume_differences(saved: RunInfo, new: RunInfo) -> List[str]:

@@ -9,7 +9,8 @@ A frozen encoder runs under ``torch.no_grad``: its features are computed
 without an autograd graph and only the decoder and head build one.
 
 Run folder contents: model.safetensors + run.json (see checkpoint), metrics.csv,
-curves.png and, while a run is unfinished, train_state.pt for ``resume=True``.
+curves.png and train_state.pt for ``resume=True``: an interrupted run continues
+exactly, a finished one extends with more iterations (``--resume --iterations N``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,11 +33,12 @@ from trmcore.data.geometry import native_geometry
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION
 from trmcore.fileio import ALL_ENTRIES, folder_lock, prepare_output_folder, visible_entries
 from trmcore.models import UNet, UNetConfig
-from trmcore.training.checkpoint import (load_run, load_train_state, remove_train_state, save_run,
-                                         save_train_state)
+from trmcore.training.augment import AugmentConfig, Batch, augment_batch
+from trmcore.training.checkpoint import load_run, load_train_state, save_run, save_train_state
 from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.evaluate import EvaluationResult, evaluate_volumes
+from trmcore.training.loss_display import mean_ce_scale
 from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
 from trmcore.training.metrics import MetricsLog
 from trmcore.training.normalization import foreground_per_slice, loss_normalization
@@ -44,13 +46,14 @@ from trmcore.training.risk_diagnostics import report as report_risk, weighting_d
 from trmcore.training.runinfo import RunInfo, read_run_info, resume_differences
 from trmcore.training.precision import autocast_for, needs_loss_scaling
 from trmcore.training.sampling import SliceSampler
+from trmcore.training.schedule import LRSchedule
 from trmcore.training.shards import TrainingSlices, shard_indices
 from trmcore.training.weighting import IGNORE_INDEX, LossWeighting, create_weighting
 
 PathLike = Union[str, Path]
 IterationCallback = Callable[[int], None]
 # Config fields that may change on --resume (everything else must match the interrupted run).
-RESUMABLE_CHANGES = {"iterations", "val_every", "checkpoint_every"}
+RESUMABLE_CHANGES = {"iterations", "val_every", "checkpoint_every", "lr_horizon"}
 
 
 @dataclass
@@ -62,6 +65,7 @@ class PreparedData:
     task_info: Any
     train_cases: List[str]
     val_cases: List[str]
+    split: Optional[Dict[str, Any]] = None
 
 
 class TrainStep(nn.Module):
@@ -117,10 +121,7 @@ def prepare_data(data_root: PathLike, task: TaskSpec, config: TrainConfig, divis
         geometry = native_geometry(config.axis)
     volumes, task_info = load_task_volumes(data_root, task, progress=progress and ctx.is_main, sites=sites,
                                            geometry=geometry, normalization=normalization, axis=config.axis)
-    if config.val_fraction > 0 and len(volumes) > 1:
-        train_volumes, val_volumes = split_cases(volumes, config.val_fraction, seed=config.seed)
-    else:
-        train_volumes, val_volumes = list(volumes), []
+    train_volumes, val_volumes, split = _split(volumes, data_root, config, sites, ctx)
     slice_set = volumes_to_slices(train_volumes, axis=config.axis, divisor=divisor, skip_empty=config.skip_empty)
     if config.few_shot is not None:
         slice_set = few_shot(slice_set, config.few_shot, seed=config.seed)
@@ -129,12 +130,53 @@ def prepare_data(data_root: PathLike, task: TaskSpec, config: TrainConfig, divis
     images = torch.from_numpy(np.ascontiguousarray(slice_set.images))
     labels = torch.from_numpy(np.ascontiguousarray(slice_set.labels)).long()
     shard = shard_indices(len(slice_set), ctx.rank, ctx.world_size)
-    return PreparedData(TrainingSlices(images, labels, shard), val_volumes, task_info,
-                        [v.case_id for v in train_volumes], [v.case_id for v in val_volumes])
+    data = PreparedData(TrainingSlices(images, labels, shard), val_volumes, task_info,
+                        [v.case_id for v in train_volumes], [v.case_id for v in val_volumes], split)
+    if progress and ctx.is_main:
+        print(describe_split(data), flush=True)
+    return data
+
+
+def _split(volumes: list, data_root: PathLike, config: TrainConfig, sites: Any,
+           ctx: DistContext) -> Tuple[list, list, Dict[str, Any]]:
+    """(train volumes, validation volumes, run.json's ``split`` record): fold K, or val_fraction."""
+    if config.fold is not None:
+        from trmcore.data import DatasetLayout
+        from trmcore.data.splits import dataset_splits, fold_cases
+
+        # Every process reads the same file; the main one writes it first when absent.
+        if ctx.is_main:
+            dataset_splits(data_root, DatasetLayout.read(data_root, sites=sites).cases())
+        ctx.barrier()
+        splits, path, _ = dataset_splits(data_root, [])
+        train_ids, val_ids = fold_cases(splits, config.fold, [v.case_id for v in volumes], str(path))
+        if not train_ids:
+            raise ValueError(f"fold {config.fold} of {path} trains on none of the task's cases")
+        chosen = set(train_ids)
+        return ([v for v in volumes if v.case_id in chosen], [v for v in volumes if v.case_id not in chosen],
+                {"kind": "fold", "fold": config.fold, "folds": len(splits), "file": str(path.resolve())})
+    record = {"kind": "val_fraction", "val_fraction": config.val_fraction, "seed": config.seed}
+    if config.val_fraction > 0 and len(volumes) > 1:
+        train_volumes, val_volumes = split_cases(volumes, config.val_fraction, seed=config.seed)
+        return train_volumes, val_volumes, record
+    return list(volumes), [], record
+
+
+def describe_split(data: PreparedData) -> str:
+    """One line: how many cases train, which are held out, and by what rule."""
+    split = data.split or {}
+    rule = (f"fold {split['fold']} of {split['folds']} in {split['file']}" if split.get("kind") == "fold"
+            else f"val_fraction {split.get('val_fraction')}, seed {split.get('seed')}")
+    held = ", ".join(data.val_cases) if data.val_cases else "none (no validation)"
+    return (f"split ({rule}): {len(data.train_cases)} training case(s), {len(data.val_cases)} held out: {held}")
+
+
+# What a resume state from before a setting existed ran with (its config lacks the key).
+LEGACY_SETTINGS = {"lr_schedule": "constant", "augment": False}
 
 
 def _check_resume(run_dir: Path, config: TrainConfig, state: Dict[str, Any]) -> None:
-    saved = TrainConfig.from_dict(state["config"])
+    saved = TrainConfig.from_dict({**LEGACY_SETTINGS, **state["config"]})
     differing = [k for k, v in config.to_dict().items()
                  if k not in RESUMABLE_CHANGES and saved.to_dict().get(k) != v]
     if differing:
@@ -143,6 +185,22 @@ def _check_resume(run_dir: Path, config: TrainConfig, state: Dict[str, Any]) -> 
     if state["iteration"] > config.iterations:
         raise ValueError(f"cannot resume {run_dir}: it already ran {state['iteration']} iterations "
                          f"> --iterations {config.iterations}")
+    if state["iteration"] == config.iterations:
+        raise ValueError(f"cannot resume {run_dir}: it already finished {config.iterations} iterations; "
+                         "pass a larger --iterations to extend it")
+
+
+def augmentation_of(info: RunInfo) -> Optional[AugmentConfig]:
+    """The run's AugmentConfig from run.json's record (None: no augmentation)."""
+    return None if info.augmentation is None else AugmentConfig.from_dict(info.augmentation)
+
+
+def make_optimizer(parameters: List[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum (nnU-Net's), at the schedule's first learning rate."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _validate(model: UNet, data: PreparedData, info: RunInfo, ctx: DistContext, batch_size: int,
@@ -156,7 +214,7 @@ def _validate(model: UNet, data: PreparedData, info: RunInfo, ctx: DistContext, 
 class _TrainLoop:
     """The state of one :func:`fit`: optimiser, loss scaler, metrics and the running loss.
 
-    Split by what happens per iteration: :meth:`step` (one Adam step),
+    Split by what happens per iteration: :meth:`step` (one optimiser step, after the augmentation),
     :meth:`log` (running loss and validation Dice), :meth:`checkpoint`
     (run folder and resumable state).
     """
@@ -170,7 +228,11 @@ class _TrainLoop:
                                     foreground_share=config.foreground_share)
         self.normalization = loss_normalization(weighting.normalize, config, data.slices.labels)
         info.loss_normalization = self.normalization.to_dict()
-        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+        self.schedule = LRSchedule.planned(config.lr_schedule, config.lr, config.planned_horizon, config.warmup)
+        info.lr_schedule = self.schedule.to_dict()
+        self.lr = config.lr
+        self.augmentation = augmentation_of(info)
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_loss_scaling(ctx.device, config.amp))
         self.metrics = MetricsLog(info.label_names[1:])
         self.log_every = max(1, min(50, config.val_every or config.iterations))
@@ -178,7 +240,10 @@ class _TrainLoop:
         self.started = self.last_plot = time.perf_counter()
         # The running loss stays on the device (float64, the same sum as Python floats would give) and
         # is read at log points only: no host sync per step. first_bad: first non-finite iteration, or -1.
+        # loss_sum: the optimised loss (metrics.csv "objective"); shown_sum: the same batches on the scale
+        # of mean cross-entropy (the bar and metrics.csv "loss", trmcore.training.loss_display).
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self.shown_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         self.loss_count = 0
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=ctx.device)
         self.last_loss: Optional[float] = None
@@ -192,36 +257,54 @@ class _TrainLoop:
         self.metrics.rows = list(state["history"])
         self.weighting.load_state_dict(state.get("weighting", {}))
         _set_rng_state(state["rng"])
+        done = int(state["iteration"])
+        if "lr_schedule" in state:
+            saved = LRSchedule.from_dict(state["lr_schedule"])
+        else:  # a state from before schedules: it ran at a constant learning rate
+            saved = LRSchedule("constant", self.config.lr, 0, ((0, max(done + 1, self.config.iterations)),))
+        # More iterations than planned: the steps from here follow the decay planned for the new horizon.
+        self.schedule = saved.extended(done, self.config.planned_horizon)
+        self.info.lr_schedule = self.schedule.to_dict()
         if self.metrics.rows:
             self.elapsed_before = float(self.metrics.rows[-1]["elapsed_s"])
             self.last_dice = self.metrics.rows[-1]["val_dice"]
-        return int(state["iteration"])
+        return done
 
-    def step(self, forward: nn.Module, iteration: int) -> torch.Tensor:
-        """One optimiser step on the batch of ``iteration``; returns the (detached) loss."""
+    def step(self, forward: nn.Module, iteration: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the batch of ``iteration``; returns the (detached) loss and its
+        mean-cross-entropy-scale value (float64)."""
         device = self.ctx.device
         self.weighting.maybe_refresh(self.model, iteration)
+        self.lr = self.schedule.lr_at(iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
         index = self.sampler.batch(iteration)
         images = self.data.slices.images[index].to(device, non_blocking=True)
         labels = self.data.slices.labels[index].to(device, non_blocking=True)
         weights = self.weighting.weights(index, labels)
+        if self.augmentation is not None:  # after the weights, so they move with the image and labels
+            images, labels, weights = augment_batch(Batch(images, labels, weights), self.augmentation,
+                                                    self.config.seed, self.ctx.rank, iteration)
         with autocast_for(device, self.config.amp):
             logits = forward(images)
         loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
                                     normalize=self.normalization.normalize,
                                     min_foreground=self.normalization.min_foreground)
+        shown = mean_ce_scale(loss, labels, weights, self.normalization.normalize,
+                              self.normalization.min_foreground, logits)
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                      torch.full_like(self.first_bad, iteration), self.first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach()
+        return loss.detach(), shown
 
-    def after_step(self, done: int, loss: torch.Tensor) -> None:
+    def after_step(self, done: int, loss: torch.Tensor, shown: torch.Tensor) -> None:
         """Account the loss of iteration ``done``; log, validate and checkpoint when due."""
         config = self.config
         self.loss_sum += loss.double()
+        self.shown_sum += shown
         self.loss_count += 1
         validate_now = done == config.iterations or bool(config.val_every and done % config.val_every == 0)
         checkpoint_now = validate_now or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
@@ -241,7 +324,8 @@ class _TrainLoop:
 
     def log(self, done: int, validate: bool) -> None:
         """A metrics row: mean loss since the last row and, when ``validate``, the held-out Dice."""
-        self.last_loss = float(self.loss_sum) / self.loss_count
+        self.last_loss = float(self.shown_sum) / self.loss_count
+        objective = float(self.loss_sum) / self.loss_count
         result = None
         if validate and self.ctx.is_main:
             result = _validate(self.model, self.data, self.info, self.ctx, self.config.batch_size, self.config.amp)
@@ -249,10 +333,16 @@ class _TrainLoop:
             self.metrics.add(done, self.last_loss,
                              self.elapsed_before + time.perf_counter() - self.started,
                              None if result is None else result.mean,
-                             None if result is None else result.mean_per_class)
+                             None if result is None else result.mean_per_class, lr=self.lr, objective=objective)
+            # The curves at every log row, not only at validation (the plot at most once a minute).
+            self.metrics.write_csv(self.run_dir)
+            if time.perf_counter() - self.last_plot > 60:
+                self.metrics.plot(self.run_dir, _curves_title(self.info))
+                self.last_plot = time.perf_counter()
         if result is not None:
             self.last_dice = result.mean
         self.loss_sum.zero_()
+        self.shown_sum.zero_()
         self.loss_count = 0
 
     def checkpoint(self, done: int) -> None:
@@ -265,18 +355,20 @@ class _TrainLoop:
             plot = done == config.iterations or time.perf_counter() - self.last_plot > 60
             _write_run(self.run_dir, self.model, info, self.metrics, plot)
             self.last_plot = time.perf_counter() if plot else self.last_plot
-            if done < config.iterations:
-                save_train_state(self.run_dir, {
-                    "iteration": done, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict(), "rng": _rng_state(), "history": self.metrics.rows,
-                    "weighting": self.weighting.state_dict(), "config": config.to_dict()})
+            # Also at the end: a finished run extends with --resume --iterations N (the optimiser,
+            # loss scaler, RNG, weighting and schedule states; the sampler is a function of the step).
+            save_train_state(self.run_dir, {
+                "iteration": done, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _rng_state(), "history": self.metrics.rows,
+                "weighting": self.weighting.state_dict(), "config": config.to_dict(),
+                "lr_schedule": self.schedule.to_dict()})
         self.ctx.barrier()
 
 
 def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: TrainConfig, run_dir: PathLike,
         info: RunInfo, ctx: DistContext, resume_state: Optional[Dict[str, Any]] = None, progress: bool = True,
         on_iteration: Optional[IterationCallback] = None) -> RunInfo:
-    """Train ``model`` for ``config.iterations`` Adam steps and write the run folder (main rank).
+    """Train ``model`` for ``config.iterations`` optimiser steps and write the run folder (main rank).
 
     Args:
         model: the UNet, already on ``ctx.device``, frozen as wanted.
@@ -299,8 +391,8 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
     bar = tqdm(total=config.iterations, initial=start, disable=not (progress and ctx.is_main),
                desc=f"{info.method or 'source'}", unit="it", dynamic_ncols=True)
     for iteration in range(start, config.iterations):
-        loss = loop.step(forward, iteration)
-        loop.after_step(iteration + 1, loss)
+        loss, shown = loop.step(forward, iteration)
+        loop.after_step(iteration + 1, loss, shown)
         bar.update(1)
         postfix = {}  # the mean loss of the last log row: reading this step's loss would sync the GPU
         if loop.last_loss is not None:
@@ -311,8 +403,6 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
         if on_iteration is not None:
             on_iteration(iteration + 1)
     bar.close()
-    if ctx.is_main:
-        remove_train_state(run_dir)
     ctx.barrier()
     return info
 
@@ -322,8 +412,11 @@ def _write_run(run_dir: Path, model: UNet, info: RunInfo, metrics: MetricsLog, p
     metrics.write_csv(run_dir)
     if not plot:
         return
-    title = f"{info.method or 'source'}: {'+'.join(info.channels)} -> {', '.join(info.label_names[1:])}"
-    metrics.plot(run_dir, title)
+    metrics.plot(run_dir, _curves_title(info))
+
+
+def _curves_title(info: RunInfo) -> str:
+    return f"{info.method or 'source'}: {'+'.join(info.channels)} -> {', '.join(info.label_names[1:])}"
 
 
 def _own_run_dir(lock: contextlib.ExitStack, run_dir: Path, ctx: DistContext, command: str) -> None:
@@ -378,12 +471,14 @@ def _data_fingerprint(data: PreparedData) -> str:
 
 def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Optional[TrainConfig] = None,
           model: Optional[UNetConfig] = None, device: Optional[str] = None, resume: bool = False,
-          progress: bool = True, sites: Any = None, on_iteration: Optional[IterationCallback] = None) -> RunInfo:
+          progress: bool = True, sites: Any = None, on_iteration: Optional[IterationCallback] = None,
+          augmentation: Optional[AugmentConfig] = None) -> RunInfo:
     """Train a source U-Net from scratch on ``task`` (a method with ``source_training`` in METHODS).
 
     Args:
         model: depth, width and norm of the U-Net (default ``UNetConfig()``); its in_channels and
             num_classes are taken from the task.
+        augmentation: the transforms when ``config.augment`` (default ``AugmentConfig()``).
 
     Example:
         >>> from trmcore.data import parse_task
@@ -409,7 +504,8 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
         data = prepare_data(data_root, task, config, model_config.divisor, ctx, progress, sites)
         model_config = replace(model_config, in_channels=len(data.task_info.channels))
         network = UNet(model_config).to(ctx.device)
-        info = _run_info(network, data, config, task, data_root, method=config.method, source=None)
+        info = _run_info(network, data, config, task, data_root, method=config.method, source=None,
+                         augmentation=augmentation)
         if state is not None:
             _check_same_run(run_dir, info)
         weighting = create_weighting(config, network.config, data.slices, data.task_info.num_classes, ctx)
@@ -422,7 +518,8 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
 def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir: PathLike,
              config: Optional[TrainConfig] = None, device: Optional[str] = None, resume: bool = False,
              progress: bool = True, reset_head: Optional[bool] = None, sites: Any = None,
-             on_iteration: Optional[IterationCallback] = None) -> RunInfo:
+             on_iteration: Optional[IterationCallback] = None,
+             augmentation: Optional[AugmentConfig] = None) -> RunInfo:
     """Fine-tune the model of ``source_run`` on ``task`` with ``config.method`` (SPEC 5).
 
     The head is re-initialised (seeded) when the target has a different number
@@ -461,7 +558,7 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         if config.freeze == "encoder":
             model.freeze_encoder()
         info = _run_info(model, data, config, task, data_root, method=config.method,
-                         source=str(Path(source_run).resolve()))
+                         source=str(Path(source_run).resolve()), augmentation=augmentation)
         info.source_fingerprint = _digest_file(Path(source_run) / "model.safetensors")
         if state is not None:
             _check_same_run(run_dir, info)
@@ -477,12 +574,15 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
 
 
 def _run_info(model: UNet, data: PreparedData, config: TrainConfig, task: TaskSpec, data_root: PathLike,
-              method: Optional[str], source: Optional[str]) -> RunInfo:
+              method: Optional[str], source: Optional[str], augmentation: Optional[AugmentConfig] = None) -> RunInfo:
+    augment = (augmentation or AugmentConfig()) if config.augment else None
     return RunInfo(model=model.config, channels=list(data.task_info.channels),
                    label_names=list(data.task_info.label_names), label_values=list(data.task_info.label_values),
                    axis=config.axis, divisor=model.config.divisor, method=method, source=source,
                    site=task.site, data=str(Path(data_root).resolve()), training=config,
                    train_cases=data.train_cases, val_cases=data.val_cases, data_fingerprint=_data_fingerprint(data),
+                   split=data.split, augmentation=None if augment is None else augment.to_dict(),
+                   mirror_axes=[] if augment is None else list(augment.trained_mirror_axes),
                    **_preprocessing_record(data.task_info))
 
 
