@@ -18,6 +18,11 @@ TRM_NORMALIZATIONS = ("bounded", "batch", "image")
 # How T becomes T' before R = base ** T' (trmcore.training.risk_scaling): "minmax" is TRM Eq. 5,
 # "robust" clips T to per-class quantiles first.
 RISK_SCALINGS = ("minmax", "robust")
+# How R is balanced between the target classes (trmcore.training.risk_scaling.balance_risk): "none" is TRM
+# Eq. 7's weights as published; "per-class" divides R by its mean over the training pixels of the pixel's
+# class (mean weight 1 in every class: only the emphasis inside a class changes, the class balance stays
+# vanilla's); "foreground" does so on foreground classes and gives background pixels weight 1.
+RISK_BALANCES = ("none", "per-class", "foreground")
 
 
 @dataclass
@@ -53,6 +58,9 @@ class TrainConfig:
             expected foreground count E (the denominator is at least E / trm_bound).
         risk_scaling: "minmax" (TRM Eq. 5) or "robust" (T clipped to the per-class quantiles
             risk_quantile and 1 - risk_quantile before the min-max).
+        risk_balance: one of RISK_BALANCES; "none" keeps TRM's weights R as published.
+        risk_anneal: move trm's weights linearly from their value at iteration 0 to 1 at the last
+            iteration (the end of training is plain cross-entropy).
     """
 
     iterations: int = 5000
@@ -78,6 +86,8 @@ class TrainConfig:
     trm_bound: float = 4.0
     risk_scaling: str = "minmax"
     risk_quantile: float = 0.05
+    risk_balance: str = "none"
+    risk_anneal: bool = False
 
     def __post_init__(self) -> None:
         positive = {"iterations": self.iterations, "batch_size": self.batch_size}
@@ -113,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"risk_scaling must be one of {RISK_SCALINGS}, got {self.risk_scaling!r}")
         if not 0.0 <= self.risk_quantile < 0.5:
             raise ValueError(f"risk_quantile must be in [0, 0.5), got {self.risk_quantile!r}")
+        if self.risk_balance not in RISK_BALANCES:
+            raise ValueError(f"risk_balance must be one of {RISK_BALANCES}, got {self.risk_balance!r}")
         if self.axis not in AXES:
             raise ValueError(f"axis must be 0, 1 or 2, got {self.axis!r}")
 
