@@ -59,6 +59,8 @@ COLUMNS: Dict[str, Tuple[str, Dict[str, object]]] = {
     "trm-eq7w": ("trm", {"risk_balance": "none"}),
     "trm-per-class": ("trm", {"risk_balance": "per-class"}),
     "trm-foreground": ("trm", {"risk_balance": "foreground"}),
+    "trm-per-class-mean": ("trm", {"risk_balance": "per-class", "trm_normalize": "mean"}),
+    "trm-eq7w-mean": ("trm", {"risk_balance": "none", "trm_normalize": "mean"}),
     "trm-anneal": ("trm", {"risk_balance": "none", "risk_anneal": True}),
 }
 
@@ -216,14 +218,39 @@ def build_jobs(pairs: Sequence[Tuple[str, str]], seeds: Sequence[int], columns: 
     return grid, cells
 
 
-def summarise(cells, results: Dict[str, dict], columns: Sequence[str]) -> Tuple[List[dict], str]:
-    """CSV rows (one per run) and a markdown table: per pair, per column, every seed, and the means."""
+def run_diagnostics(run_dir: Path) -> Dict[str, Optional[float]]:
+    """The numbers of trmcore.training.risk_diagnostics a trm run recorded in run.json (empty for vanilla)."""
+    try:
+        summary = json.loads((run_dir / "run.json").read_text()).get("risk_diagnostics") or {}
+    except (OSError, ValueError):
+        return {}
+    mass, grads = summary.get("mass") or {}, summary.get("gradients") or {}
+    classes = list((mass.get("target_classes") or {}).values())
+    out = {"bg_emphasis": mass.get("background_emphasis"), "conflict_share": mass.get("conflict_share"),
+           "fg_weight_share": sum(c["weight_share"] or 0 for c in classes[1:]) if classes else None,
+           "fg_pixel_share": sum(c["pixel_share"] or 0 for c in classes[1:]) if classes else None,
+           "grad_fg_bg": grads.get("fg_bg_ratio"), "vanilla_grad_fg_bg": grads.get("vanilla_fg_bg_ratio"),
+           "loss_over_vanilla": (grads["loss"] / grads["vanilla_loss"]) if grads.get("vanilla_loss") else None,
+           "denominator_factor": grads.get("denominator_factor"), "weight_factor": grads.get("weight_factor")}
+    return {k: None if v is None else round(float(v), 4) for k, v in out.items()}
+
+
+DIAGNOSTIC_FIELDS = ("bg_emphasis", "conflict_share", "fg_weight_share", "fg_pixel_share", "grad_fg_bg",
+                     "vanilla_grad_fg_bg", "loss_over_vanilla", "denominator_factor", "weight_factor")
+
+
+def summarise(cells, results: Dict[str, dict], columns: Sequence[str], runs: Optional[Path] = None
+              ) -> Tuple[List[dict], str]:
+    """CSV rows (one per run, with the run's trm diagnostics) and a markdown table: per pair, per column,
+    every seed, and the means."""
     rows = []
     for source, target, seed, label, key in cells:
         result = results.get(key)
+        diagnostics = run_diagnostics(runs / key) if runs is not None else {}
         rows.append({"source": source, "target": target, "seed": seed, "column": label,
                      "dice": None if result is None else round(float(result["dice"]), 4),
-                     "risk_warnings": "" if result is None else ";".join(result.get("risk_warnings", []))})
+                     "risk_warnings": "" if result is None else ";".join(result.get("risk_warnings", [])),
+                     **{k: diagnostics.get(k) for k in DIAGNOSTIC_FIELDS}})
     dice = {(r["source"], r["target"], r["seed"], r["column"]): r["dice"] for r in rows}
     pairs = list(dict.fromkeys((r["source"], r["target"]) for r in rows))
     seeds = sorted({r["seed"] for r in rows})
@@ -307,7 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     grid, cells = build_jobs(pairs, seeds, columns, None if args.source_per_seed else 0)
     summary = run_grid(grid, ctx, workers=1, progress=True, log=lambda m: print(m, file=sys.stderr))
     results = load_results(ctx, grid)
-    rows, table = summarise(cells, results, columns)
+    rows, table = summarise(cells, results, columns, args.out / "runs")
     from trmcore.fileio import atomic_write_text
 
     buffer = io.StringIO()

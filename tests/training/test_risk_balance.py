@@ -183,3 +183,25 @@ def test_weighting_diagnostics_report_mass_and_gradients(setting):
     assert summary["gradients"]["batches"] >= 1
     direct = mass_diagnostics(weighting, data.slices, ["background", "CSF", "GM"], setting["ctx"])
     assert direct["background_emphasis"] == pytest.approx(summary["mass"]["background_emphasis"])
+
+
+def test_mean_normalization_is_vanillas_denominator():
+    labels = torch.zeros(4, 8, 8, dtype=torch.int64)
+    labels[0, :2, :2] = 1
+    assert loss_normalization("batch", TrainConfig(trm_normalize="mean"), labels) == LossNormalization("valid")
+    assert loss_normalization("batch", TrainConfig(trm_normalize="batch"), labels) == LossNormalization("batch")
+    logits = torch.randn(4, 2, 8, 8)
+    weights = torch.ones(4, 8, 8)
+    mean_ce = torch.nn.functional.cross_entropy(logits, labels)
+    torch.testing.assert_close(ops.risk_weighted_ce(logits, labels, weights, normalize="valid"), mean_ce)
+
+
+def test_cli_passes_balance_and_anneal():
+    from trmcore.cli.main import build_parser
+    from trmcore.cli.train import _config
+
+    args = build_parser().parse_args(["finetune", "data", "--channel", "T2", "--labels", "CSF", "--source", "src",
+                                      "-o", "out", "--trm-class-balance", "foreground", "--risk-anneal",
+                                      "--trm-normalize", "mean"])
+    config = _config(args, method="trm")
+    assert (config.risk_balance, config.risk_anneal, config.trm_normalize) == ("foreground", True, "mean")

@@ -13,8 +13,9 @@ from trmcore.training.methods import METHODS
 FREEZE_CHOICES = ("encoder", "none")
 AXES = (0, 1, 2)
 # How trm's Eq. 7 denominator is formed (trmcore.training.normalization): "bounded" (default) floors the
-# batch's foreground count at E / trm_bound, "batch" is TRM Eq. 7 as published, "image" per image.
-TRM_NORMALIZATIONS = ("bounded", "batch", "image")
+# batch's foreground count at E / trm_bound, "batch" is TRM Eq. 7 as published, "image" per image, "mean" the
+# mean over valid pixels as vanilla (no Eq. 7: with class-balanced weights, only the emphasis within a class differs).
+TRM_NORMALIZATIONS = ("bounded", "batch", "image", "mean")
 # How T becomes T' before R = base ** T' (trmcore.training.risk_scaling): "minmax" is TRM Eq. 5,
 # "robust" clips T to per-class quantiles first.
 RISK_SCALINGS = ("minmax", "robust")
