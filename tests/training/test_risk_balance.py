@@ -183,6 +183,13 @@ def test_weighting_diagnostics_report_mass_and_gradients(setting):
     assert summary["gradients"]["batches"] >= 1
     direct = mass_diagnostics(weighting, data.slices, ["background", "CSF", "GM"], setting["ctx"])
     assert direct["background_emphasis"] == pytest.approx(summary["mass"]["background_emphasis"])
+    # Background of the slices without foreground, by hand.
+    index, labels = _all(data)
+    empty = (labels == 0) & ~(labels > 0).flatten(1).any(dim=1)[:, None, None]
+    risk = weighting.risk(index, labels)
+    assert direct["background_of_empty_slices"]["pixels"] == int(empty.sum())
+    if int(empty.sum()):
+        assert direct["background_of_empty_slices"]["mean_risk"] == pytest.approx(float(risk[empty].mean()), rel=1e-5)
 
 
 def test_mean_normalization_is_vanillas_denominator():

@@ -155,6 +155,10 @@ def summary_lines(summary: Dict[str, Any], title: str = "risk map") -> List[str]
             if c["pixels"]:
                 lines.append(f"  {name:<12} {c['pixel_share']:.2%} -> {c['weight_share']:.2%}  "
                              f"effective weight {c['effective_weight']:.2f}")
+        empty = mass.get("background_of_empty_slices") or {}
+        if empty.get("pixels"):
+            lines.append(f"  background of slices without foreground: mean risk {empty['mean_risk']:.2f}, "
+                         f"{empty['weight_share']:.1%} of the loss weight")
         if mass.get("background_emphasis") is not None:
             lines.append(f"  background / foreground effective weight {mass['background_emphasis']:.2f} (vanilla 1)")
     grads = summary.get("gradients")
@@ -408,13 +412,25 @@ def mass_diagnostics(weighting: Any, slices: Any, class_names: Sequence[str], ct
         return None
     num_source = int(weighting.joint.sums.shape[1])
     mass = WeightMass(len(class_names), num_source)
+    # Background of slices without any foreground: [pixels, sum R, sum weight] (per-image min-max stretches
+    # their nearly constant T over the whole range [1, base]).
+    empty = torch.zeros(3, dtype=torch.float64)
     for index in slices.shard_batches(batch_size):
         labels = slices.labels[index].to(ctx.device)
         rows = weighting.row_of[index.cpu()]
-        mass.update(weighting.risk(index, labels), weighting.weights(index, labels), labels,
-                    weighting.source_classes[rows])
-    return mass.all_reduce(ctx).summary(class_names, ["source background"] +
-                                        [f"source class {z}" for z in range(1, num_source)])
+        risk, weights = weighting.risk(index, labels), weighting.weights(index, labels)
+        mass.update(risk, weights, labels, weighting.source_classes[rows])
+        no_fg = ~((labels != 0) & (labels != IGNORE_INDEX)).flatten(1).any(dim=1)
+        pick = (labels == 0) & no_fg[:, None, None]
+        empty += torch.stack([pick.sum().double(), risk[pick].double().sum(), weights[pick].double().sum()]).cpu()
+    summary = mass.all_reduce(ctx).summary(class_names, ["source background"] +
+                                           [f"source class {z}" for z in range(1, num_source)])
+    empty = ctx.all_reduce_sum(empty)
+    total_weight = float(mass.sums[2].sum())
+    summary["background_of_empty_slices"] = {
+        "pixels": int(empty[0]), "mean_risk": float(empty[1] / empty[0]) if empty[0] else None,
+        "weight_share": float(empty[2]) / total_weight if total_weight else None}
+    return summary
 
 
 def harm_warnings(mass: Optional[Dict[str, Any]], balance: str = "none") -> List[str]:
