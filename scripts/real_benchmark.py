@@ -277,6 +277,28 @@ def summarise(cells, results: Dict[str, dict], columns: Sequence[str], runs: Opt
     lines.append("")
     lines.append(f"Per cell: mean over seeds {seeds} (each seed's held-out Dice in brackets). Collapse: Dice < "
                  f"{COLLAPSE_DICE} where vanilla > {COLLAPSE_REFERENCE}.")
+    lines += ["", "Diagnostics of the trm runs before training (mean over seeds): background / foreground "
+              "effective weight (vanilla 1), foreground share of pixels -> of loss weight, gradient norm "
+              "foreground / background (vanilla's), loss / vanilla's loss = denominator factor x weight factor.", "",
+              "| source -> target | column | bg/fg weight | fg pixels -> weight | grad fg/bg (vanilla) | "
+              "loss / vanilla = denominator x weight |", "|---|---|---|---|---|---|"]
+
+    def avg(source, target, column, field):
+        values = [r[field] for r in rows if (r["source"], r["target"], r["column"]) == (source, target, column)
+                  and r[field] is not None]
+        return mean(values) if values else None
+
+    for source, target in pairs:
+        for c in columns:
+            if COLUMNS[c][0] != "trm" or avg(source, target, c, "bg_emphasis") is None:
+                continue
+            a = {f: avg(source, target, c, f) for f in DIAGNOSTIC_FIELDS}
+            fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+            lines.append(f"| {source} -> {target} | {c} | {fmt(a['bg_emphasis'], '.2f')} | "
+                         f"{fmt(a['fg_pixel_share'], '.2%')} -> {fmt(a['fg_weight_share'], '.2%')} | "
+                         f"{fmt(a['grad_fg_bg'], '.2f')} ({fmt(a['vanilla_grad_fg_bg'], '.2f')}) | "
+                         f"{fmt(a['loss_over_vanilla'], '.0f')} = {fmt(a['denominator_factor'], '.0f')} x "
+                         f"{fmt(a['weight_factor'], '.2f')} |")
     return rows, "\n".join(lines) + "\n"
 
 
