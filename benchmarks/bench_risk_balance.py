@@ -26,16 +26,6 @@ from trmcore.training.trainer import TrainStep
 from trmcore.training.weighting import RiskMapWeighting
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -53,10 +43,11 @@ def main() -> None:
     slices = TrainingSlices(images, labels, torch.arange(args.slices))
     source = create_unet(in_channels=1, num_classes=2, depth=3, width=args.width).eval()
 
-    built = {}
-    setup_ms = {}
-    for name, kwargs in (("none", {}), ("per-class", {"balance": "per-class"}),
-                         ("foreground", {"balance": "foreground"}), ("none + anneal", {"anneal_over": 100})):
+    variants = (("none", {}), ("per-class", {"balance": "per-class"}), ("foreground", {"balance": "foreground"}),
+                ("none + anneal", {"anneal_over": 100}))
+    RiskMapWeighting(source, slices, 2, ctx, amp=False)  # warm-up: first-call allocations are nobody's cost
+    built, setup_ms = {}, {}
+    for name, kwargs in variants:
         start = time.perf_counter()
         built[name] = RiskMapWeighting(source, slices, 2, ctx, amp=False, **kwargs)
         setup_ms[name] = (time.perf_counter() - start) * 1e3
@@ -80,13 +71,24 @@ def main() -> None:
     print(f"{args.slices} slices {args.size}x{args.size}, batch {args.batch}, U-Net width {args.width}, "
           f"{args.threads} thread(s); median of {args.repeats}")
     print(f"{'variant':<16}{'setup ms':>10}{'weights ms':>12}{'ratio':>8}{'step ms':>10}{'ratio':>8}")
-    base_w = base_s = None
-    for name, weighting in built.items():
-        w_ms = _timed(lambda: weighting.weights(index, batch_labels), args.repeats)
-        s_ms = _timed(train_step(weighting), max(3, args.repeats // 4))
-        base_w = base_w or w_ms
-        base_s = base_s or s_ms
-        print(f"{name:<16}{setup_ms[name]:>10.1f}{w_ms:>12.3f}{w_ms / base_w:>7.2f}x{s_ms:>10.1f}{s_ms / base_s:>7.2f}x")
+    # Round-robin over the variants, so a change of machine load hits all of them alike.
+    weight_ms = {name: [] for name in built}
+    step_ms = {name: [] for name in built}
+    steps = {name: train_step(weighting) for name, weighting in built.items()}
+    for name in built:
+        steps[name]()  # warm-up
+    for _ in range(args.repeats):
+        for name, weighting in built.items():
+            start = time.perf_counter()
+            weighting.weights(index, batch_labels)
+            weight_ms[name].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            steps[name]()
+            step_ms[name].append((time.perf_counter() - start) * 1e3)
+    base_w, base_s = statistics.median(weight_ms["none"]), statistics.median(step_ms["none"])
+    for name in built:
+        w, s_ = statistics.median(weight_ms[name]), statistics.median(step_ms[name])
+        print(f"{name:<16}{setup_ms[name]:>10.1f}{w:>12.3f}{w / base_w:>7.2f}x{s_:>10.1f}{s_ / base_s:>7.2f}x")
 
 
 if __name__ == "__main__":

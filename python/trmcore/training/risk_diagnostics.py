@@ -442,7 +442,8 @@ def harm_warnings(mass: Optional[Dict[str, Any]], balance: str = "none") -> List
     if emphasis is not None and emphasis > BACKGROUND_EMPHASIS_WARN and balance == "none":
         warnings.append(f"background emphasis: trm gives a background pixel {emphasis:.2f} times the mean weight of a "
                         "foreground pixel (vanilla: 1), so it tilts the class balance towards background and can "
-                        "under-segment; use --trm-class-balance per-class (weights of mean 1 in every class)")
+                        "under-segment; use --trm-class-balance per-class (weights of mean 1 in every class: "
+                        "vanilla's class balance, only the emphasis inside a class stays) or --method vanilla")
     if conflict is not None and conflict >= CONFLICT_MASS_WARN:
         warnings.append(f"source/target conflict: {conflict:.0%} of the loss weight sits on target background that "
                         "the source model calls foreground (a source trained on a wider label, e.g. whole tumour "
