@@ -143,6 +143,10 @@ def test_harm_warnings_name_the_remedy():
     assert "--trm-class-balance per-class" in warnings[0] and "40%" in warnings[1]
     assert harm_warnings({"background_emphasis": 0.9, "conflict_share": 0.1}, "none") == []
     assert len(harm_warnings(mass, "per-class")) == 1  # the balance answers the emphasis, not the conflict
+    strong = harm_warnings({"background_emphasis": 0.12, "conflict_share": 0.0}, "none")
+    assert len(strong) == 1 and "foreground pixel 8.3 times" in strong[0] and "per-class" in strong[0]
+    assert harm_warnings({"background_emphasis": 0.12, "conflict_share": 0.0}, "per-class") == []
+    assert harm_warnings({"background_emphasis": 0.2, "conflict_share": 0.0}, "none") == []
 
 
 def test_gradient_diagnostics_decompose_the_loss(setting):
