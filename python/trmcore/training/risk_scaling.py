@@ -106,10 +106,10 @@ def balance_risk(risk: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, 
 
     Example:
         >>> r = torch.tensor([[[2.0, 4.0, 10.0, 6.0]]]); y = torch.tensor([[[0, 0, 1, 1]]])
-        >>> balance_risk(r, y, torch.tensor([3.0, 8.0]), "per-class").tolist()
-        [[[0.6666666865348206, 1.3333333730697632, 1.25, 0.75]]]
-        >>> balance_risk(r, y, torch.tensor([3.0, 8.0]), "foreground").tolist()
-        [[[1.0, 1.0, 1.25, 0.75]]]
+        >>> [round(v, 4) for v in balance_risk(r, y, torch.tensor([3.0, 8.0]), "per-class").flatten().tolist()]
+        [0.6667, 1.3333, 1.25, 0.75]
+        >>> balance_risk(r, y, torch.tensor([3.0, 8.0]), "foreground").flatten().tolist()
+        [1.0, 1.0, 1.25, 0.75]
     """
     if balance not in RISK_BALANCES:
         raise ValueError(f"risk balance must be one of {RISK_BALANCES}, got {balance!r}")
