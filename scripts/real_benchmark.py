@@ -110,15 +110,26 @@ def prepare_scan_dataset(scan: Path, out: Path, factor: int = 2, slabs: int = 3,
 
     from trmcore.fileio import atomic_write_json, prepare_output_folder, save_image
 
+    settings = {"scan": str(scan.resolve()), "inplane_factor": factor, "slabs": slabs, "rim": rim}
     if (out / "dataset.json").is_file():
+        made = json.loads((out / "dataset.json").read_text()).get("benchmark")
+        if made != settings:
+            _fail(f"{out}: holds a dataset made with {made}, not {settings}; choose another -o")
         return out
     for name in (*CHANNELS, "label"):
         if not (scan / f"{name}.nii.gz").is_file():
             _fail(f"{scan / (name + '.nii.gz')}: missing (the scan folder needs FLAIR, T1, T2 and label .nii.gz)")
     images = {}
     for name in (*CHANNELS, "label"):
-        img = nib.as_closest_canonical(nib.load(str(scan / f"{name}.nii.gz")))  # RAS: x runs left -> right
-        images[name] = (np.asarray(img.dataobj, dtype=np.float32), img.affine)
+        path = scan / f"{name}.nii.gz"
+        try:
+            img = nib.as_closest_canonical(nib.load(str(path)))  # RAS: x runs left -> right
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is one line and exit code 2
+            _fail(f"{path}: cannot read it as NIfTI ({type(err).__name__}: {err})")
+        if data.ndim != 3 or not np.all(np.isfinite(data)):
+            _fail(f"{path}: expected a 3-D volume of finite values, got shape {data.shape}")
+        images[name] = (data, img.affine)
     shape = images["label"][0].shape
     if any(images[c][0].shape != shape for c in CHANNELS):
         _fail(f"{scan}: images and label differ in shape")
@@ -184,7 +195,7 @@ def prepare_scan_dataset(scan: Path, out: Path, factor: int = 2, slabs: int = 3,
         "name": f"real benchmark from {scan.name}",
         "channel_names": {str(i): c for i, c in enumerate(CHANNELS)},
         "labels": {"background": 0, "lesion": 1, "abnormal": [1, 2], "CSF": 3, "GM": 4, "WM": [1, 2, 5]},
-        "file_ending": ".nii.gz", "sites": sites, "voxels": counts,
+        "file_ending": ".nii.gz", "sites": sites, "voxels": counts, "benchmark": settings,
         "notes": f"derived from {scan}: RAS, in-plane factor {factor}, hemispheres x {slabs} axial slabs, "
                  f"rim {rim} voxels, tissue = 1-D k-means of T1"}, overwrite=False, indent=1)
     return out
@@ -335,6 +346,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _fail(f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     quick = get_profile("quick")
+    if args.scan is not None and not args.scan.is_dir():
+        _fail(f"{args.scan}: not a folder")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.phantom:
         from trmcore.study.study import _phantom
@@ -344,8 +357,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         defaults = dict(width=quick.model.width, iterations=quick.training.iterations,
                         source_iterations=quick.tumour_source_iterations, val_fraction=quick.training.val_fraction)
     else:
-        if not args.scan.is_dir():
-            _fail(f"{args.scan}: not a folder")
         data = prepare_scan_dataset(args.scan, args.out / "data", args.inplane_factor, args.slabs, args.rim)
         pairs = REAL_PAIRS
         defaults = dict(width=16, iterations=200, source_iterations=600, val_fraction=args.val_fraction)
