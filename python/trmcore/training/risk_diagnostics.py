@@ -458,6 +458,7 @@ def harm_warnings(mass: Optional[Dict[str, Any]], balance: str = "none") -> List
         warnings.append(f"source/target conflict: {conflict:.0%} of the loss weight sits on target background that "
                         "the source model calls foreground (a source trained on a wider label, e.g. whole tumour "
                         "for an enhancing-tumour target); the risk map there teaches the model to shrink the "
-                        "lesion" + ("; use --trm-class-balance per-class" if balance == "none" else
-                                    "; if trm still trails vanilla, use vanilla or a source with the target's labels"))
+                        "lesion; the safe choices are --method vanilla or a source trained on the target's labels"
+                        + ("; --trm-class-balance per-class at least keeps vanilla's class balance (no evidence yet "
+                           "that it helps here: docs/results.md, Issue 24)" if balance == "none" else ""))
     return warnings
