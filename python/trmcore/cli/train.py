@@ -27,7 +27,7 @@ from trmcore.extras import evaluate_source
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
-from trmcore.training.config import (AXES, FREEZE_CHOICES, OPTIMIZERS, RISK_SCALINGS, RISK_SCOPES,
+from trmcore.training.config import (AXES, FREEZE_CHOICES, OPTIMIZERS, RISK_BALANCES, RISK_SCALINGS, RISK_SCOPES,
                                      TRM_NORMALIZATIONS, TrainConfig)
 from trmcore.training.schedule import LR_SCHEDULES
 from trmcore.training.methods import DEFAULT_METHOD, METHODS, method_names, source_method_names
@@ -147,11 +147,19 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
                           help="trs-map: block size (default %(default)s)")
     finetune.add_argument("--trm-normalize", default=TrainConfig.trm_normalize, choices=TRM_NORMALIZATIONS,
                           help="trm: loss denominator; 'batch' = TRM Eq. 7 as published, 'bounded' = Eq. 7 with "
-                               "a floor (default %(default)s)")
+                               "a floor, 'mean' = the mean over pixels as vanilla (default %(default)s)")
     finetune.add_argument("--trm-bound", type=float, default=TrainConfig.trm_bound, metavar="K",
                           help="trm, bounded: no batch weighs more than K x a batch with the expected foreground "
                                "(default %(default)g)")
     _add_risk_scaling(finetune)
+    finetune.add_argument("--trm-class-balance", dest="risk_balance", default=TrainConfig.risk_balance,
+                          choices=RISK_BALANCES,
+                          help="trm: 'none' = the risk map R as the weight (TRM Eq. 7); 'per-class' = R divided by "
+                               "its class's mean (mean weight 1 in every class: the class balance stays "
+                               "vanilla's); 'foreground' = per-class on foreground, 1 on background "
+                               "(default %(default)s)")
+    finetune.add_argument("--risk-anneal", action="store_true",
+                          help="trm: move the weights linearly to 1 over the run")
     finetune.add_argument("--reset-head", action="store_true",
                           help="re-initialise the head even when source and target have as many classes")
     finetune.set_defaults(func=_run_finetune)

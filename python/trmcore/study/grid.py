@@ -50,6 +50,7 @@ class Job:
         foreground_share: the batches' foreground share (None: TrainConfig's default).
         trm_normalize: trm's loss denominator (None: TrainConfig's default).
         risk_scaling: trm's scaling of T (None: TrainConfig's default, "minmax").
+        risk_balance, risk_anneal: trm's class balance and annealing of the weights (None: TrainConfig's).
     """
 
     kind: str
@@ -65,6 +66,8 @@ class Job:
     foreground_share: Optional[float] = None
     trm_normalize: Optional[str] = None
     risk_scaling: Optional[str] = None
+    risk_balance: Optional[str] = None
+    risk_anneal: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -91,6 +94,10 @@ class Job:
             parts.append(self.trm_normalize)
         if self.risk_scaling is not None:
             parts.append(self.risk_scaling)
+        if self.risk_balance is not None:
+            parts.append(f"bal-{self.risk_balance}")
+        if self.risk_anneal:
+            parts.append("anneal")
         parts.append(f"s{self.seed}")
         return "_".join(parts) + "_" + digest
 
@@ -106,7 +113,9 @@ class Job:
             return f"risk maps {self.source} -> {self.target} (seed {self.seed})"
         variant = "".join(f", {k} {v}" for k, v in (("foreground share", self.foreground_share),
                                                         ("trm normalize", self.trm_normalize),
-                                                        ("risk scaling", self.risk_scaling)) if v is not None)
+                                                        ("risk scaling", self.risk_scaling),
+                                                        ("risk balance", self.risk_balance),
+                                                        ("risk anneal", self.risk_anneal)) if v is not None)
         return f"{self.method} {self.source} -> {self.target}, {shots} slices{variant} (seed {self.seed})"
 
 

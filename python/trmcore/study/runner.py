@@ -114,7 +114,8 @@ def _train_config(ctx: StudyContext, job: Job):
     if source and job.dataset == TUMOUR and ctx.profile.tumour_source_iterations is not None:
         iterations = ctx.profile.tumour_source_iterations
     variant = {k: v for k, v in (("foreground_share", job.foreground_share), ("trm_normalize", job.trm_normalize),
-                                 ("risk_scaling", job.risk_scaling)) if v is not None}
+                                 ("risk_scaling", job.risk_scaling), ("risk_balance", job.risk_balance),
+                                 ("risk_anneal", job.risk_anneal)) if v is not None}
     return replace(base, iterations=iterations, seed=job.seed, method=job.method,
                    freeze="none" if source else base.freeze, few_shot=job.shots, val_every=iterations, **variant)
 

@@ -14,13 +14,19 @@ from trmcore.training.schedule import LR_SCHEDULES
 FREEZE_CHOICES = ("encoder", "none")
 AXES = (0, 1, 2)
 # How trm's Eq. 7 denominator is formed (trmcore.training.normalization): "bounded" (default) floors the
-# batch's foreground count at E / trm_bound, "batch" is TRM Eq. 7 as published, "image" per image.
-TRM_NORMALIZATIONS = ("bounded", "batch", "image")
+# batch's foreground count at E / trm_bound, "batch" is TRM Eq. 7 as published, "image" per image, "mean" the
+# mean over valid pixels as vanilla (no Eq. 7: with class-balanced weights, only the emphasis within a class differs).
+TRM_NORMALIZATIONS = ("bounded", "batch", "image", "mean")
 # How T becomes T' before R = base ** T' (trmcore.training.risk_scaling): "minmax" is TRM Eq. 5,
 # "robust" clips T to per-class quantiles first.
 RISK_SCALINGS = ("minmax", "robust")
 # The optimiser: Adam, or SGD with Nesterov momentum (nnU-Net: lr 0.01, momentum 0.99, weight decay 3e-5).
 OPTIMIZERS = ("adam", "sgd")
+# How R is balanced between the target classes (trmcore.training.risk_scaling.balance_risk): "none" is TRM
+# Eq. 7's weights as published; "per-class" divides R by its mean over the training pixels of the pixel's
+# class (mean weight 1 in every class: only the emphasis inside a class changes, the class balance stays
+# vanilla's); "foreground" does so on foreground classes and gives background pixels weight 1.
+RISK_BALANCES = ("none", "per-class", "foreground")
 
 
 @dataclass
@@ -68,6 +74,9 @@ class TrainConfig:
             expected foreground count E (the denominator is at least E / trm_bound).
         risk_scaling: "minmax" (TRM Eq. 5) or "robust" (T clipped to the per-class quantiles
             risk_quantile and 1 - risk_quantile before the min-max).
+        risk_balance: one of RISK_BALANCES; "none" keeps TRM's weights R as published.
+        risk_anneal: move trm's weights linearly from their value at iteration 0 to 1 at the last
+            iteration (the end of training is plain cross-entropy).
     """
 
     iterations: int = 5000
@@ -101,6 +110,8 @@ class TrainConfig:
     trm_bound: float = 4.0
     risk_scaling: str = "minmax"
     risk_quantile: float = 0.05
+    risk_balance: str = "none"
+    risk_anneal: bool = False
 
     def __post_init__(self) -> None:
         positive = {"iterations": self.iterations, "batch_size": self.batch_size}
@@ -150,6 +161,8 @@ class TrainConfig:
             raise ValueError(f"risk_scaling must be one of {RISK_SCALINGS}, got {self.risk_scaling!r}")
         if not 0.0 <= self.risk_quantile < 0.5:
             raise ValueError(f"risk_quantile must be in [0, 0.5), got {self.risk_quantile!r}")
+        if self.risk_balance not in RISK_BALANCES:
+            raise ValueError(f"risk_balance must be one of {RISK_BALANCES}, got {self.risk_balance!r}")
         if self.axis not in AXES:
             raise ValueError(f"axis must be 0, 1 or 2, got {self.axis!r}")
 

@@ -6,6 +6,8 @@ foreground pixel count. Where most slices hold little or no foreground
 and gradient orders of magnitude larger than the others, and Adam follows
 those batches towards background (docs/training.md, "Bounded Eq. 7").
 
+``"mean"`` divides by the valid pixel count as vanilla does (no Eq. 7).
+
 ``"bounded"`` keeps Eq. 7 for every batch with at least ``E / bound``
 foreground pixels and floors the denominator there otherwise, where ``E``
 is the expected foreground count of a batch under the sampler (from the
@@ -79,6 +81,8 @@ def loss_normalization(method_normalize: str, config: TrainConfig, labels: torch
     """
     if method_normalize != "batch":
         return LossNormalization(method_normalize)
+    if config.trm_normalize == "mean":
+        return LossNormalization("valid")
     if config.trm_normalize == "image":
         return LossNormalization("image")
     if config.trm_normalize == "batch":

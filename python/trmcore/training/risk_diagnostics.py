@@ -147,6 +147,26 @@ def summary_lines(summary: Dict[str, Any], title: str = "risk map") -> List[str]
             continue
         lines.append(f"  {name:<12} mean {c['mean_risk']:.2f}  std {c['std_risk']:.2f}  "
                      f"above midpoint {c['share_above_midpoint']:.1%}  near 1 {c['share_near_one']:.1%}")
+    mass = summary.get("mass")
+    if mass:
+        lines.append(f"  loss weight (balance {summary.get('balance', 'none')}): share of pixels -> share of weight, "
+                     "effective weight per pixel (vanilla: the same shares, weight 1)")
+        for name, c in mass["target_classes"].items():
+            if c["pixels"]:
+                lines.append(f"  {name:<12} {c['pixel_share']:.2%} -> {c['weight_share']:.2%}  "
+                             f"effective weight {c['effective_weight']:.2f}")
+        empty = mass.get("background_of_empty_slices") or {}
+        if empty.get("pixels"):
+            lines.append(f"  background of slices without foreground: mean risk {empty['mean_risk']:.2f}, "
+                         f"{empty['weight_share']:.1%} of the loss weight")
+        if mass.get("background_emphasis") is not None:
+            lines.append(f"  background / foreground effective weight {mass['background_emphasis']:.2f} (vanilla 1)")
+    grads = summary.get("gradients")
+    if grads and grads.get("batches"):
+        lines.append(f"  gradient norm foreground / background {grads['fg_bg_ratio']:.2f} "
+                     f"(vanilla {grads['vanilla_fg_bg_ratio']:.2f}); loss {grads['loss']:.3g} = vanilla's "
+                     f"{grads['vanilla_loss']:.3g} x {grads['denominator_factor']:.3g} (pixels / Eq. 7 denominator) "
+                     f"x {grads['weight_factor']:.3g} (weighted / plain mean CE)")
     lines += [f"  warning: {w}" for w in summary["warnings"]]
     return lines
 
@@ -196,17 +216,249 @@ def panel_caption(summary: Dict[str, Any]) -> str:
 
 
 def weighting_diagnostics(weighting: Any, slices: Any, class_names: Sequence[str], ctx: Any,
-                          base: float, batch_size: int = 16) -> Optional[Dict[str, Any]]:
-    """Summary of the risk weights a trm weighting gives the training slices (None for other methods).
+                          base: float, batch_size: int = 16, model: Any = None,
+                          normalization: Any = None) -> Optional[Dict[str, Any]]:
+    """Summary of the risk maps a trm weighting gives the training slices (None for other methods).
 
     Args:
         weighting: a LossWeighting; only one with transferability ``maps`` (trm) is diagnosed.
         slices: the TrainingSlices (this rank's shard is summarised, then summed across ranks).
+        model: the model about to be fine-tuned; with it (and ``normalization``, the run's
+            LossNormalization) the summary gets ``gradients`` (:func:`gradient_diagnostics`).
+    Returns:
+        The :class:`RiskStatistics` summary of R, plus ``mass`` (:func:`mass_diagnostics`: where the
+        loss weight sits per target and source class) and the harm warnings of :func:`harm_warnings`
+        appended to ``warnings``.
     """
     if not hasattr(weighting, "maps"):
         return None
     stats = RiskStatistics(len(class_names), base)
+    risk_of = getattr(weighting, "risk", weighting.weights)  # R itself, before any class balance
     for index in slices.shard_batches(batch_size):
         labels = slices.labels[index]
-        stats.update(weighting.weights(index, labels.to(ctx.device)), labels)
-    return stats.all_reduce(ctx).summary(class_names)
+        stats.update(risk_of(index, labels.to(ctx.device)), labels)
+    summary = stats.all_reduce(ctx).summary(class_names)
+    summary["mass"] = mass_diagnostics(weighting, slices, class_names, ctx, batch_size)
+    summary["balance"] = getattr(weighting, "balance", "none")
+    summary["warnings"] = summary["warnings"] + harm_warnings(summary["mass"], summary["balance"])
+    if model is not None and normalization is not None:
+        summary["gradients"] = gradient_diagnostics(model, weighting, slices, normalization, ctx,
+                                                    batch_size=min(batch_size, 8), max_batches=2)
+    return summary
+
+
+# --- Where the loss weight goes (issue 24) -------------------------------------------------------------------
+# Background's effective weight (mean loss weight per pixel) relative to the foreground's, above which trm
+# shifts the class balance towards background compared with vanilla (where the ratio is 1): under-segmentation.
+BACKGROUND_EMPHASIS_WARN = 1.0
+# Share of the loss-weight mass on target-background pixels that the source model calls a foreground class,
+# above which the source's idea of "foreground" covers much target background (a superset task: whole tumour
+# for an enhancing-tumour target); the risk map then puts its weight around the lesion.
+CONFLICT_MASS_WARN = 0.25
+# Background / foreground effective weight below which trm acts as a strong foreground class weight (the
+# foreground weighs more than 1 / this times the background). On the real MS benchmark (docs/results.md,
+# "Issue 24") the 4 runs below it include the pair where trm trailed vanilla (0.076 vs 0.085, bg/fg 0.12), and
+# per-class scored 0.011 above trm on average over them; no phantom run fell below it (lowest 0.164).
+FOREGROUND_EMPHASIS_WARN = 0.15
+
+
+class WeightMass:
+    """Additive sums per (target class y, source class z): pixels, sum of R, sum of loss weights.
+
+    Args:
+        num_classes: C target classes; num_source: Z source classes (the source head's outputs).
+    """
+
+    def __init__(self, num_classes: int, num_source: int, ignore_index: int = IGNORE_INDEX) -> None:
+        self.ignore_index = ignore_index
+        self.sums = torch.zeros(3, num_classes, num_source, dtype=torch.float64)
+
+    def update(self, risk: Any, weights: Any, labels: Any, source_classes: Any) -> None:
+        """Add ``[N, H, W]`` maps: R, the loss weights, target labels and the source's argmax class."""
+        labels = torch.as_tensor(labels).detach().to("cpu", torch.int64).flatten()
+        valid = labels != self.ignore_index
+        y = labels[valid]
+        z = torch.as_tensor(source_classes).detach().to("cpu", torch.int64).flatten()[valid]
+        cells = y * self.sums.shape[2] + z
+        size = self.sums.shape[1] * self.sums.shape[2]
+        for k, values in enumerate((torch.ones_like(y, dtype=torch.float64),
+                                    torch.as_tensor(risk).detach().to("cpu", torch.float64).flatten()[valid],
+                                    torch.as_tensor(weights).detach().to("cpu", torch.float64).flatten()[valid])):
+            self.sums[k] += torch.bincount(cells, weights=values, minlength=size)[:size].view(self.sums.shape[1:])
+
+    def all_reduce(self, ctx: Any) -> "WeightMass":
+        self.sums = ctx.all_reduce_sum(self.sums)
+        return self
+
+    def summary(self, class_names: Sequence[str], source_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """Per target class and per source class: pixel share, weight-mass share, effective weight, mean R.
+
+        ``effective_weight`` = sum of loss weights / pixels of the class (vanilla: 1 for every class);
+        ``weight_share`` = the class's share of all loss weight (vanilla: its pixel share).
+        ``background_emphasis`` = background's effective weight / the pixel-weighted mean effective
+        weight of the foreground classes (vanilla: 1). ``conflict_share`` = share of the weight mass on
+        target-background pixels whose source class is not the source's class 0.
+        """
+        pixels, risk, weight = self.sums
+        source_names = list(source_names or [f"source class {z}" for z in range(pixels.shape[1])])
+        total_pixels, total_weight = float(pixels.sum()), float(weight.sum())
+
+        def row(p: torch.Tensor, r: torch.Tensor, w: torch.Tensor) -> Dict[str, Optional[float]]:
+            count = float(p.sum())
+            return {"pixels": int(count), "pixel_share": count / total_pixels if total_pixels else None,
+                    "weight_share": float(w.sum()) / total_weight if total_weight else None,
+                    "effective_weight": float(w.sum()) / count if count else None,
+                    "mean_risk": float(r.sum()) / count if count else None}
+
+        target = {name: row(pixels[c], risk[c], weight[c]) for c, name in enumerate(class_names)}
+        source = {name: row(pixels[:, z], risk[:, z], weight[:, z]) for z, name in enumerate(source_names)}
+        cross = {f"{class_names[c]} / {source_names[z]}": row(pixels[c, z], risk[c, z], weight[c, z])
+                 for c in range(pixels.shape[0]) for z in range(pixels.shape[1]) if pixels[c, z] > 0}
+        fg_pixels, fg_weight = float(pixels[1:].sum()), float(weight[1:].sum())
+        bg_pixels = float(pixels[0].sum())
+        emphasis = None
+        if fg_pixels and bg_pixels and fg_weight:
+            emphasis = (float(weight[0].sum()) / bg_pixels) / (fg_weight / fg_pixels)
+        conflict = float(weight[0, 1:].sum()) / total_weight if total_weight and pixels.shape[1] > 1 else None
+        return {"target_classes": target, "source_classes": source, "cells": cross,
+                "background_emphasis": emphasis, "conflict_share": conflict}
+
+
+def _masked_gradient_norm(model: Any, images: Any, labels: Any, weights: Any, normalization: Any, mask: Any) -> float:
+    """L2 norm of the trainable parameters' gradient of the run's loss restricted to the ``mask`` pixels."""
+    import torch.nn.functional as F
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or not bool(mask.any()):
+        return 0.0
+    logits = model(images).float()
+    ce = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    valid = labels != IGNORE_INDEX
+    numerator = (weights * ce * (mask & valid)).sum()
+    loss = numerator / _denominator(labels, normalization)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+
+
+def _denominator(labels: Any, normalization: Any) -> float:
+    """What risk_weighted_ce divides by: valid pixels ("valid"), max(#foreground, floor) ("batch")."""
+    valid = labels != IGNORE_INDEX
+    if normalization.normalize == "valid":
+        return float(max(1, int(valid.sum())))
+    foreground = int(((labels != 0) & valid).sum())
+    if normalization.normalize == "image":  # per image then averaged: approximate by the batch
+        return float(max(1, foreground))
+    return float(max(normalization.min_foreground, foreground, 1))
+
+
+def gradient_diagnostics(model: Any, weighting: Any, slices: Any, normalization: Any, ctx: Any,
+                         batch_size: int = 8, max_batches: int = 4) -> Dict[str, Any]:
+    """Foreground vs background gradient and the loss scale, at the start of fine-tuning.
+
+    Over up to ``max_batches`` batches of this rank's shard that hold foreground: the norm of the
+    trainable parameters' gradient of the run's loss from foreground pixels only and from background
+    pixels only, the same for vanilla (weights 1, mean over valid pixels), and the run's loss next to
+    vanilla's with its two factors: ``denominator_factor`` = valid pixels / the run's denominator
+    (Eq. 7 divides by the foreground count, not the pixel count) and ``weight_factor`` = the weighted
+    mean CE / the plain mean CE. loss / vanilla loss = denominator_factor * weight_factor.
+    The model is run in eval mode (no BatchNorm statistics change) and its gradients are not kept.
+    """
+    import torch.nn.functional as F
+
+    from trmcore.training.normalization import LossNormalization
+
+    was_training = model.training
+    model.eval()
+    vanilla = LossNormalization("valid")
+    rows = []
+    try:
+        for index in slices.shard_batches(batch_size):
+            labels = slices.labels[index].to(ctx.device)
+            if not bool(((labels != 0) & (labels != IGNORE_INDEX)).any()):
+                continue
+            images = slices.images[index].to(ctx.device)
+            weights = weighting.weights(index, labels)
+            ones = torch.where(labels == IGNORE_INDEX, torch.zeros_like(weights), torch.ones_like(weights))
+            fg = (labels != 0) & (labels != IGNORE_INDEX)
+            bg = labels == 0
+            with torch.no_grad():
+                ce = F.cross_entropy(model(images).float(), labels.clamp_min(0), reduction="none")
+                valid = labels != IGNORE_INDEX
+                loss = float((weights * ce * valid).sum()) / _denominator(labels, normalization)
+                plain = float((ce * valid).sum()) / _denominator(labels, vanilla)
+                weighted_mean = float((weights * ce * valid).sum()) / max(1, int(valid.sum()))
+            rows.append({"loss": loss, "vanilla_loss": plain,
+                         "denominator_factor": _denominator(labels, vanilla) / _denominator(labels, normalization),
+                         "weight_factor": weighted_mean / plain if plain else None,
+                         "grad_fg": _masked_gradient_norm(model, images, labels, weights, normalization, fg),
+                         "grad_bg": _masked_gradient_norm(model, images, labels, weights, normalization, bg),
+                         "vanilla_grad_fg": _masked_gradient_norm(model, images, labels, ones, vanilla, fg),
+                         "vanilla_grad_bg": _masked_gradient_norm(model, images, labels, ones, vanilla, bg)})
+            if len(rows) >= max_batches:
+                break
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if not rows:
+        return {"batches": 0}
+    out: Dict[str, Any] = {"batches": len(rows)}
+    for key in rows[0]:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = sum(values) / len(values) if values else None
+    out["fg_bg_ratio"] = out["grad_fg"] / out["grad_bg"] if out["grad_bg"] else None
+    out["vanilla_fg_bg_ratio"] = out["vanilla_grad_fg"] / out["vanilla_grad_bg"] if out["vanilla_grad_bg"] else None
+    return out
+
+
+def mass_diagnostics(weighting: Any, slices: Any, class_names: Sequence[str], ctx: Any,
+                     batch_size: int = 16) -> Optional[Dict[str, Any]]:
+    """:class:`WeightMass` summary of a trm weighting over the training slices (None for other methods)."""
+    if not hasattr(weighting, "source_classes"):
+        return None
+    num_source = int(weighting.joint.sums.shape[1])
+    mass = WeightMass(len(class_names), num_source)
+    # Background of slices without any foreground: [pixels, sum R, sum weight] (per-image min-max stretches
+    # their nearly constant T over the whole range [1, base]).
+    empty = torch.zeros(3, dtype=torch.float64)
+    for index in slices.shard_batches(batch_size):
+        labels = slices.labels[index].to(ctx.device)
+        rows = weighting.row_of[index.cpu()]
+        risk, weights = weighting.risk(index, labels), weighting.weights(index, labels)
+        mass.update(risk, weights, labels, weighting.source_classes[rows])
+        no_fg = ~((labels != 0) & (labels != IGNORE_INDEX)).flatten(1).any(dim=1)
+        pick = (labels == 0) & no_fg[:, None, None]
+        empty += torch.stack([pick.sum().double(), risk[pick].double().sum(), weights[pick].double().sum()]).cpu()
+    summary = mass.all_reduce(ctx).summary(class_names, ["source background"] +
+                                           [f"source class {z}" for z in range(1, num_source)])
+    empty = ctx.all_reduce_sum(empty)
+    total_weight = float(mass.sums[2].sum())
+    summary["background_of_empty_slices"] = {
+        "pixels": int(empty[0]), "mean_risk": float(empty[1] / empty[0]) if empty[0] else None,
+        "weight_share": float(empty[2]) / total_weight if total_weight else None}
+    return summary
+
+
+def harm_warnings(mass: Optional[Dict[str, Any]], balance: str = "none") -> List[str]:
+    """Warnings when the weight mass predicts that trm hurts, with what to use instead."""
+    if not mass:
+        return []
+    warnings = []
+    emphasis, conflict = mass.get("background_emphasis"), mass.get("conflict_share")
+    if emphasis is not None and emphasis > BACKGROUND_EMPHASIS_WARN and balance == "none":
+        warnings.append(f"background emphasis: trm gives a background pixel {emphasis:.2f} times the mean weight of a "
+                        "foreground pixel (vanilla: 1), so it tilts the class balance towards background and can "
+                        "under-segment; use --trm-class-balance per-class (weights of mean 1 in every class: "
+                        "vanilla's class balance, only the emphasis inside a class stays) or --method vanilla")
+    if emphasis is not None and emphasis < FOREGROUND_EMPHASIS_WARN and balance == "none":
+        warnings.append(f"foreground emphasis: trm weighs a foreground pixel {1 / emphasis:.1f} times a background "
+                        f"pixel on average (vanilla: 1), a strong class weight that can over-segment; in the 4 runs "
+                        "of the real MS benchmark with this emphasis, --trm-class-balance per-class scored 0.011 Dice "
+                        "above trm on average (docs/results.md, Issue 24); consider it")
+    if conflict is not None and conflict >= CONFLICT_MASS_WARN:
+        warnings.append(f"source/target conflict: {conflict:.0%} of the loss weight sits on target background that "
+                        "the source model calls foreground (a source trained on a wider label, e.g. whole tumour "
+                        "for an enhancing-tumour target); the risk map there teaches the model to shrink the "
+                        "lesion; the safe choices are --method vanilla or a source trained on the target's labels"
+                        + ("; --trm-class-balance per-class at least keeps vanilla's class balance (no evidence yet "
+                           "that it helps here: docs/results.md, Issue 24)" if balance == "none" else ""))
+    return warnings

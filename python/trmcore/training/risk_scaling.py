@@ -1,4 +1,5 @@
-"""How the transferability map T becomes the risk map R (SPEC 3, and the robust option of SPEC 8).
+"""How the transferability map T becomes the risk map R (SPEC 3, and the robust option of SPEC 8),
+and how R is balanced between the target classes and annealed (SPEC 8, issue 24).
 
 ``"minmax"`` is TRM Eq. 5-6: ``T' = (max T - T) / (max T - min T)`` per image
 (or batch), ``R = base ** T'``. Min-max follows the extremes: a few pixels
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from trmcore import ops
-from trmcore.training.config import RISK_SCALINGS
+from trmcore.training.config import RISK_BALANCES, RISK_SCALINGS
 
 # As trmcore.ops (and training.weighting); not imported from weighting, which imports this module.
 IGNORE_INDEX = -100
@@ -72,3 +73,64 @@ def scaled_risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = 
     if scaling == "robust":
         leep_map = clip_to_class_quantiles(leep_map, labels, quantile, scope, ignore_index)
     return ops.risk_map(leep_map, labels, base=base, scope=scope, ignore_index=ignore_index)
+
+
+def class_risk_sums(risk: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """float64 ``[C, 2]``: (sum of R, pixel count) per target class over valid pixels (adds across batches)."""
+    valid = labels != ignore_index
+    classes = labels[valid].long().flatten().cpu()
+    values = risk[valid].double().flatten().cpu()
+    sums = torch.bincount(classes, weights=values, minlength=num_classes)[:num_classes]
+    counts = torch.bincount(classes, minlength=num_classes)[:num_classes].double()
+    return torch.stack([sums, counts], dim=1)
+
+
+def class_means(sums: torch.Tensor) -> torch.Tensor:
+    """float32 ``[C]``: mean R per class from :func:`class_risk_sums` (1 for a class without pixels)."""
+    return torch.where(sums[:, 1] > 0, sums[:, 0] / sums[:, 1].clamp_min(1), torch.ones_like(sums[:, 0])).float()
+
+
+def balance_risk(risk: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, balance: str = "none",
+                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Loss weights from R, float32 ``[N, H, W]`` (0 at ignored pixels).
+
+    Args:
+        risk: R ``[N, H, W]`` (0 at ignored pixels).
+        labels: int ``[N, H, W]`` target classes or ``ignore_index``.
+        means: float ``[C]``, the mean R of each class over the training pixels (:func:`class_means`).
+        balance: "none" (R itself, TRM Eq. 7's weights), "per-class" (R / means[class]: mean weight 1
+            in every class over the training set, so the classes weigh as in vanilla cross-entropy and
+            only the emphasis within a class remains) or "foreground" ("per-class" on the foreground
+            classes, weight 1 on background).
+
+    Example:
+        >>> r = torch.tensor([[[2.0, 4.0, 10.0, 6.0]]]); y = torch.tensor([[[0, 0, 1, 1]]])
+        >>> [round(v, 4) for v in balance_risk(r, y, torch.tensor([3.0, 8.0]), "per-class").flatten().tolist()]
+        [0.6667, 1.3333, 1.25, 0.75]
+        >>> balance_risk(r, y, torch.tensor([3.0, 8.0]), "foreground").flatten().tolist()
+        [1.0, 1.0, 1.25, 0.75]
+    """
+    if balance not in RISK_BALANCES:
+        raise ValueError(f"risk balance must be one of {RISK_BALANCES}, got {balance!r}")
+    if balance == "none":
+        return risk
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    weights = risk / means.to(risk.device)[safe].clamp_min(1e-12)
+    if balance == "foreground":
+        weights = torch.where(safe == 0, torch.ones_like(weights), weights)
+    return torch.where(valid, weights, torch.zeros_like(weights))
+
+
+def anneal_weights(weights: torch.Tensor, labels: torch.Tensor, iteration: int, iterations: int,
+                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``1 + (w - 1) * (1 - iteration / iterations)`` on valid pixels: w at iteration 0, 1 at the end.
+
+    Example:
+        >>> anneal_weights(torch.tensor([[5.0, 1.0]]), torch.tensor([[1, 0]]), 3, 4).tolist()
+        [[2.0, 1.0]]
+    """
+    keep = max(0.0, 1.0 - iteration / max(iterations, 1))
+    annealed = 1.0 + (weights - 1.0) * keep
+    return torch.where(labels != ignore_index, annealed, torch.zeros_like(annealed))

@@ -564,7 +564,9 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             _check_same_run(run_dir, info)
         weighting = create_weighting(config, model.config, data.slices, num_classes, ctx, source)
         del source
-        info.risk_diagnostics = weighting_diagnostics(weighting, data.slices, info.label_names, ctx, config.risk_base)
+        info.risk_diagnostics = weighting_diagnostics(
+            weighting, data.slices, info.label_names, ctx, config.risk_base, model=model,
+            normalization=loss_normalization(weighting.normalize, config, data.slices.labels))
         if info.risk_diagnostics is not None and ctx.is_main and (progress or info.risk_diagnostics["warnings"]):
             report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)

@@ -39,7 +39,8 @@ from trmcore.training.shards import TrainingSlices
 
 if TYPE_CHECKING:
     from trmcore.training.config import TrainConfig
-from trmcore.training.risk_scaling import scaled_risk_map
+from trmcore.training.risk_scaling import (anneal_weights, balance_risk, class_means, class_risk_sums,
+                                           scaled_risk_map)
 
 IGNORE_INDEX = -100
 # SPEC 5: trs-map blocks with fewer valid pixels keep weight 1.
@@ -77,12 +78,19 @@ def leep_statistics(model: nn.Module, data: TrainingSlices, num_classes: int, ct
 
 
 def leep_maps(model: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
-              batch_size: int = 16, amp: bool = True) -> Tuple[torch.Tensor, ops.LeepJoint]:
-    """Transferability maps T (SPEC 2) of this rank's shard: float32 ``[len(shard), H, W]`` on CPU."""
+              batch_size: int = 16, amp: bool = True,
+              source_classes: Optional[list] = None) -> Tuple[torch.Tensor, ops.LeepJoint]:
+    """Transferability maps T (SPEC 2) of this rank's shard: float32 ``[len(shard), H, W]`` on CPU.
+
+    ``source_classes``: a list that receives the model's argmax class per pixel, int16 ``[B, H, W]``
+    per batch (for the diagnostics: which source class a pixel's risk comes from).
+    """
     joint = leep_statistics(model, data, num_classes, ctx, batch_size, amp)
     maps = []
     for _, logits, labels in _shard_logits(model, data, batch_size, ctx.device, amp):
         maps.append(ops.pixel_leep(logits, labels, joint).float().cpu())
+        if source_classes is not None:
+            source_classes.append(logits.argmax(dim=1).to(torch.int16).cpu())
     ops.check_pending()
     return torch.cat(maps), joint
 
@@ -219,6 +227,10 @@ class RiskMapWeighting(LossWeighting):
     current model every K iterations. ``scaling`` / ``quantile``: how T becomes
     R (trmcore.training.risk_scaling; "minmax" is TRM Eq. 5). ``normalize = "batch"``
     asks for Eq. 7; trmcore.training.normalization picks its form (bounded by default).
+    ``balance``: the loss weight is R ("none", TRM Eq. 7) or R divided by its class's mean over the
+    training pixels ("per-class"; "foreground": on foreground classes, background weighs 1), see
+    :func:`trmcore.training.risk_scaling.balance_risk`. ``anneal_over = T > 0``: the weights move
+    linearly to 1 over T iterations.
     """
 
     normalize = "batch"
@@ -226,8 +238,11 @@ class RiskMapWeighting(LossWeighting):
     def __init__(self, source: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
                  base: float = 10.0, scope: str = "image", refresh_every: int = 0, batch_size: int = 16,
                  amp: bool = True, model_config: Optional[UNetConfig] = None, scaling: str = "minmax",
-                 quantile: float = 0.05) -> None:
+                 quantile: float = 0.05, balance: str = "none", anneal_over: int = 0) -> None:
         self.data = data
+        self.balance = balance
+        self.anneal_over = anneal_over
+        self.iteration = 0
         self.model_config = model_config  # shape of the refreshed model, to rebuild it on --resume
         self.scaling = scaling
         self.quantile = quantile
@@ -241,7 +256,11 @@ class RiskMapWeighting(LossWeighting):
         # Global slice index -> row of self.maps (this rank's shard only).
         self.row_of = torch.full((len(data.labels),), -1, dtype=torch.int64)
         self.row_of[data.shard] = torch.arange(len(data.shard))
-        self.maps, self.joint = leep_maps(source, data, num_classes, ctx, batch_size, amp)
+        argmax: list = []
+        self.maps, self.joint = leep_maps(source, data, num_classes, ctx, batch_size, amp, argmax)
+        # The frozen source model's class per pixel of this rank's shard, int16 [len(shard), H, W].
+        self.source_classes = torch.cat(argmax)
+        self.class_mean_risk = self._class_means()
         self.refreshed_at: Optional[int] = None
         self.refresh_state: Optional[Dict[str, torch.Tensor]] = None
 
@@ -249,16 +268,34 @@ class RiskMapWeighting(LossWeighting):
     def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "RiskMapWeighting":
         return cls(source, data, num_classes, ctx, base=config.risk_base, scope=config.risk_scope,
                    refresh_every=config.risk_refresh, batch_size=leep_batch_size(config), amp=config.amp,
-                   model_config=model_config, scaling=config.risk_scaling, quantile=config.risk_quantile)
+                   model_config=model_config, scaling=config.risk_scaling, quantile=config.risk_quantile,
+                   balance=config.risk_balance, anneal_over=config.iterations if config.risk_anneal else 0)
 
-    def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def risk(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """R of TRM Eq. 6 (with the run's scaling) for the slices ``index``, float32 ``[B, H, W]``."""
         rows = self.row_of[index.cpu()]
         if bool((rows < 0).any()):
             raise ValueError("risk map requested for a slice outside this rank's shard")
         leep_map = self.maps[rows].to(labels.device)
         return scaled_risk_map(leep_map, labels, self.base, self.scope, self.scaling, self.quantile, IGNORE_INDEX)
 
+    def weights(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weights = balance_risk(self.risk(index, labels), labels, self.class_mean_risk, self.balance, IGNORE_INDEX)
+        if self.anneal_over > 0:
+            weights = anneal_weights(weights, labels, self.iteration, self.anneal_over, IGNORE_INDEX)
+        return weights
+
+    def _class_means(self) -> torch.Tensor:
+        """Mean R per target class over the training pixels (all ranks), float32 ``[C]``."""
+        sums = torch.zeros(self.num_classes, 2, dtype=torch.float64)
+        for index in self.data.shard_batches(self.batch_size):
+            labels = self.data.labels[index]
+            sums += class_risk_sums(self.risk(index, labels.to(self.ctx.device)), labels, self.num_classes,
+                                    IGNORE_INDEX)
+        return class_means(self.ctx.all_reduce_sum(sums))
+
     def maybe_refresh(self, model: nn.Module, iteration: int) -> bool:
+        self.iteration = iteration  # called before every step: the annealing's clock
         if self.refresh_every <= 0 or iteration == 0 or iteration % self.refresh_every:
             return False
         self._refresh(model, iteration)
@@ -266,6 +303,7 @@ class RiskMapWeighting(LossWeighting):
 
     def _refresh(self, model: nn.Module, iteration: int) -> None:
         self.maps, self.joint = leep_maps(model, self.data, self.num_classes, self.ctx, self.batch_size, self.amp)
+        self.class_mean_risk = self._class_means()
         self.refreshed_at = iteration
         # The weights the maps came from: enough to rebuild them exactly on --resume.
         self.refresh_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
