@@ -111,7 +111,7 @@ def test_streaming_maps_equal_the_all_at_once_computation(scaling):
     risk = source_risk_maps(source, data, num_classes=3, scaling=scaling)
     assert source.calls == len(data)  # pass 1: one forward per batch
     streamed = list(risk)
-    assert source.calls == 2 * len(data)
+    assert source.calls == 2 * len(data) - 1  # pass 2 reuses the first batch's logits
     images = torch.cat([d[0] for d in data])
     labels = torch.cat([d[1] for d in data])
     with torch.no_grad():
@@ -154,3 +154,31 @@ def test_bad_batches():
         SourceRiskMaps(source, [{"img": 1}], 3)
     with pytest.raises(ValueError, match="scope"):
         SourceRiskMaps(source, dataset(), 3, scope="volume")
+
+
+class Reordered:
+    """A re-iterable whose second pass yields the batches in another order (a shuffling loader)."""
+
+    def __init__(self, data):
+        self.data, self.passes = data, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.data if self.passes == 1 else self.data[::-1])
+
+
+def test_first_batch_logits_are_reused_only_for_the_same_batch():
+    data = dataset()
+    source = CountingSource()
+    risk = source_risk_maps(source, Reordered(data), num_classes=3)
+    streamed = list(risk)
+    assert source.calls == 2 * len(data)  # pass 2 starts with another batch: nothing reused
+    for item, (images, labels) in zip(streamed, data[::-1]):
+        torch.testing.assert_close(item.transferability, risk.maps(images, labels)[0], rtol=0, atol=0)
+    single = CountingSource()
+    one = source_risk_maps(single, data[:1], num_classes=3)
+    (item,) = list(one)
+    assert single.calls == 1  # one volume: one forward pass
+    with torch.no_grad():
+        expected = ops.pixel_leep(single(data[0][0]), data[0][1], ops.leep_joint(single(data[0][0]), data[0][1], 3))
+    torch.testing.assert_close(item.transferability, expected)

@@ -25,6 +25,7 @@ Example (see docs/api.md for a whole fine-tuning loop)::
 from __future__ import annotations
 
 from collections.abc import Iterable as IterableABC
+from collections.abc import Iterator as IteratorABC
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple
@@ -150,6 +151,10 @@ class SourceRiskMaps:
         expected_foreground: mean foreground pixels (label not 0, not ignored) per batch:
             E of :class:`RiskWeightedCE` for a loader that draws batches like this one.
         batches: how many batches pass 1 saw.
+
+    The source must stay as it was in pass 1 (frozen). The first batch's logits are kept
+    (one batch, as pass 1 held anyway) and pass 2 reuses them when its first batch holds
+    bitwise the same images and labels, so a set of one batch (one volume) costs one forward.
     """
 
     def __init__(self, source: nn.Module, batches: Iterable[Any], num_classes: int, *,
@@ -157,7 +162,7 @@ class SourceRiskMaps:
                  scaling: str = TrainConfig.risk_scaling, quantile: float = TrainConfig.risk_quantile,
                  device: Optional[torch.device] = None, amp: bool = TrainConfig.amp,
                  ignore_index: int = IGNORE_INDEX, keys: Sequence[str] = ("image", "label")) -> None:
-        if not isinstance(batches, IterableABC) or iter(batches) is batches:
+        if not isinstance(batches, IterableABC) or isinstance(batches, IteratorABC):  # iter() would start workers
             raise ValueError("batches must be re-iterable (a DataLoader, a list...), not a one-shot iterator: "
                              "the maps need a second pass over the same data")
         if scope not in ops.RISK_SCOPES:
@@ -174,8 +179,13 @@ class SourceRiskMaps:
         self.keys = tuple(keys)
         accumulator = ops.LeepAccumulator(num_classes, ignore_index=ignore_index)
         foreground, count = 0, 0
-        for logits, labels in self._logits():
+        # The first batch's images and logits stay for pass 2: a set of one batch (one volume) then
+        # costs one forward pass, not two. Reused only where pass 2 yields bitwise the same images.
+        self._first: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        for images, logits, labels in self._logits():
             accumulator.update(logits, labels)
+            if count == 0:
+                self._first = (images.detach().clone(), logits, labels)
             foreground += int(((labels != 0) & (labels != ignore_index)).sum())
             count += 1
         if count == 0:
@@ -199,7 +209,7 @@ class SourceRiskMaps:
 
     def __iter__(self) -> Iterator[RiskMapBatch]:
         """Pass 2: T and R of every batch of the iterable, in order, one batch in memory at a time."""
-        for index, (logits, labels) in enumerate(self._logits()):
+        for index, (images, logits, labels) in enumerate(self._logits(reuse_first=True)):
             leep_map, risk = self._maps(logits, labels)
             yield RiskMapBatch(index, leep_map, risk, labels)
         ops.check_pending()
@@ -221,9 +231,20 @@ class SourceRiskMaps:
             self.source.train(was_training)
         return logits, as_label_tensor(labels, logits.dim()).to(self.device)
 
-    def _logits(self) -> Iterator[Tuple[Tensor, Tensor]]:
-        for batch in self.data:
-            yield self._forward(*_split_batch(batch, self.keys))
+    def _logits(self, reuse_first: bool = False) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+        """(images, logits float32, labels int64) per batch, one batch at a time."""
+        for index, batch in enumerate(self.data):
+            images, labels = _split_batch(batch, self.keys)
+            if reuse_first and index == 0 and self._first is not None and _same(images, self._first[0]):
+                first_labels = as_label_tensor(labels, self._first[1].dim()).to(self.device)
+                if torch.equal(first_labels, self._first[2]):
+                    yield images, self._first[1], self._first[2]
+                    continue
+            yield (images, *self._forward(images, labels))
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return isinstance(a, Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.to(b.device), b)
 
 
 def _module_device(module: nn.Module) -> torch.device:
