@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 pip install -q ".[train,cpu,dev]"
+# The [monai] and [nnunet] extras, so their tests run rather than skip; --no-deps because they need
+# only torch and numpy, and pip must never replace the installed torch.
+pip install -q --no-deps "monai>=1.3" "dynamic_network_architectures>=0.4"
 # Run from outside the source tree so the tests import the installed package.
 cd tests
 python -m pytest -q -p no:cacheprovider "$@" .
