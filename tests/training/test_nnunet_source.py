@@ -161,6 +161,7 @@ def test_a_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_plain_pickle_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "checkpoint_final.pth"
@@ -211,3 +212,40 @@ def test_normalization_is_nnunets(tmp_path):
     np.testing.assert_allclose(out[1], (np.clip(ct, -100.0, 200.0) - 40.0) / 10.0, rtol=1e-6)
     with pytest.raises(ValueError, match="expected \\[2, \\*spatial\\]"):
         model.normalize(t1[None])
+
+
+def test_fine_tune_an_nnunet_2d_source_with_the_risk_weighted_loss(tmp_path):
+    """New head for the target's classes, encoder frozen, a few steps of RiskWeightedCE with the source's maps."""
+    from trmcore.models.nnunet import freeze_encoder, replace_head
+    from trmcore.training.loss import RiskWeightedCE
+
+    folder, _ = write_nnunet_folder(tmp_path, "2d")
+    source = load_nnunet_model(folder).network
+    target = replace_head(load_nnunet_model(folder).network, num_classes=2)
+    freeze_encoder(target)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(3):
+        images = torch.randn(2, 2, 32, 32, generator=gen)
+        batches.append((images, (images[:, 0] > 0.7).long()))
+    risk = source_risk_maps(source, batches, num_classes=2)
+    criterion = RiskWeightedCE(expected_foreground=risk.expected_foreground)
+    encoder_before = {k: v.clone() for k, v in target.encoder.state_dict().items()}
+    head_before = target.decoder.seg_layers[-1].weight.clone()
+    optimizer = torch.optim.Adam([p for p in target.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(2):
+        for images, labels in batches:
+            target.train()
+            target.encoder.eval()
+            _, weights = risk.maps(images, labels)
+            loss = criterion(target(images), labels, weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[3] < losses[0]  # batch 0, second epoch vs first
+    assert target(batches[0][0]).shape == (2, 2, 32, 32)
+    for key, value in target.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key
+    assert not torch.equal(target.decoder.seg_layers[-1].weight, head_before)

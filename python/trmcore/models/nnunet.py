@@ -355,3 +355,42 @@ def load_nnunet_model(folder: PathLike, fold: Union[int, str] = 0, device: Any =
                        _normalizations(plans, configuration, len(channels), folder / "plans.json"),
                        tuple(float(s) for s in configuration.get("spacing", ())), transpose,
                        _divisor(configuration, dims), patch_size, path)
+
+
+def replace_head(network: Any, num_classes: int) -> Any:
+    """Give a dynamic_network_architectures U-Net new segmentation layers for ``num_classes`` (SPEC 5).
+
+    Every ``decoder.seg_layers`` entry (one per decoder stage; the last is the full-resolution
+    head) becomes a freshly initialised 1x1 convolution of the same kind. Returns ``network``.
+    """
+    from torch import nn
+
+    decoder = getattr(network, "decoder", None)
+    layers = getattr(decoder, "seg_layers", None)
+    if not isinstance(layers, nn.ModuleList) or not all(isinstance(layer, nn.modules.conv._ConvNd)
+                                                         for layer in layers):
+        raise ValueError(f"{type(network).__name__} has no decoder.seg_layers of convolutions to replace")
+    decoder.seg_layers = nn.ModuleList(
+        type(layer)(layer.in_channels, int(num_classes), 1, 1, 0, bias=True).to(layer.weight.device)
+        for layer in layers)
+    if hasattr(decoder, "num_classes"):
+        decoder.num_classes = int(num_classes)
+    return network
+
+
+def freeze_encoder(network: Any) -> Any:
+    """Freeze ``network.encoder`` (SPEC 5: contracting path frozen; its norm layers kept in eval mode).
+
+    Call :func:`encoder_eval` after every ``network.train()``, as the trainer does for trmcore's U-Net.
+    """
+    encoder = getattr(network, "encoder", None)
+    if encoder is None:
+        raise ValueError(f"{type(network).__name__} has no encoder to freeze")
+    encoder.requires_grad_(False)
+    return encoder_eval(network)
+
+
+def encoder_eval(network: Any) -> Any:
+    """Put the encoder of ``network`` in eval mode (frozen norm statistics); returns ``network``."""
+    network.encoder.eval()
+    return network
