@@ -152,7 +152,8 @@ def test_a_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     folder, _ = write_nnunet_folder(tmp_path, "2d", extra=MarkerPayload(marker))
     checkpoint = folder / "fold_0" / "checkpoint_final.pth"
-    with pytest.raises(ValueError, match=r"holds a pickled \S+, which trmcore does not load \(it could run code\)") as err:
+    refused = r"holds a pickled \S+, which trmcore does not load \(it could run code\)"
+    with pytest.raises(ValueError, match=refused) as err:
         load_nnunet_model(folder, fold=0)
     assert str(checkpoint) in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
