@@ -19,7 +19,10 @@ rm -rf "$wheels"
 pip wheel -q --no-deps -w "$wheels" .
 wheel="$(cd "$wheels" && ls "$PWD"/trmcore-*.whl)"
 pip uninstall -q -y trmcore 2>/dev/null || true  # the same version would count as installed
-pip install -q "$wheel[train,cpu,dev]"
+pip install -q "$wheel[train,cpu,dicom,dev]"
+# The [monai] and [nnunet] extras, so their tests run rather than skip; --no-deps because they need
+# only torch and numpy, and pip must never replace the installed torch.
+pip install -q --no-deps "monai>=1.3" "dynamic_network_architectures>=0.4"
 export TRM_TEST_WHEEL="$wheel"
 echo "test.sh: built and installed $(basename "$wheel") (TRMCORE_CUDA=$TRMCORE_CUDA) in $((SECONDS - started))s"
 

@@ -12,8 +12,8 @@ IGNORE = -100
 
 @dataclass
 class OpsCase:
-    logits: np.ndarray  # float32 [N, K, H, W]
-    labels: np.ndarray  # int64 [N, H, W]
+    logits: np.ndarray  # float32 [N, K, H, W] (any_rank_cases: [N, K, *spatial])
+    labels: np.ndarray  # int64 [N, H, W] (any_rank_cases: [N, *spatial])
     num_classes: int
 
 
@@ -36,6 +36,29 @@ def ops_cases(draw, max_classes: int = 256, logit_classes: str = "source") -> Op
     ignore_fraction = draw(st.sampled_from([0.0, 0.1, 0.5]))
     labels[rng.random(size=labels.shape) < ignore_fraction] = IGNORE
     if (labels == IGNORE).all():  # keep at least one valid pixel; all-ignored is a bad-input test
+        labels.flat[0] = 0
+    return OpsCase(logits, labels.astype(np.int64), c)
+
+
+@st.composite
+def any_rank_cases(draw, spatial_rank: int, max_classes: int = 6, logit_classes: str = "source") -> OpsCase:
+    """A random batch of ``spatial_rank`` spatial dims: logits ``[N, K, *spatial]``, labels ``[N, *spatial]``.
+
+    Sizes stay small (at most a few hundred voxels per image) so that a 3-D case is as quick as a 2-D one.
+    """
+    n = draw(st.integers(1, 3))
+    limits = {1: (1, 40), 2: (1, 13), 3: (1, 7)}[spatial_rank]
+    spatial = tuple(draw(st.integers(*limits)) for _ in range(spatial_rank))
+    c = draw(st.integers(1, max_classes))
+    z = c if logit_classes == "target" else draw(st.integers(1, max_classes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    scale = draw(st.sampled_from([0.1, 1.0, 8.0]))
+    logits = (rng.normal(size=(n, z, *spatial)) * scale).astype(np.float32)
+    labels = rng.integers(0, c, size=(n, *spatial))
+    if draw(st.booleans()):  # an image without foreground
+        labels[0] = 0
+    labels[rng.random(size=labels.shape) < draw(st.sampled_from([0.0, 0.1, 0.5]))] = IGNORE
+    if (labels == IGNORE).all():
         labels.flat[0] = 0
     return OpsCase(logits, labels.astype(np.int64), c)
 

@@ -35,9 +35,9 @@ def all_entry_points(logits, labels):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wrong_rank(backend, batch):
     logits, labels = batch
-    with pytest.raises(ValueError, match=r"logits must have shape \[N, K, H, W\]"):
-        ops.leep_joint(make(backend, logits[0]), make(backend, labels[0]), 3)
-    with pytest.raises(ValueError, match=r"labels must have shape \[N, H, W\]"):
+    with pytest.raises(ValueError, match=r"logits must have shape \[N, K, \*spatial\]"):
+        ops.leep_joint(make(backend, logits[0, 0]), make(backend, labels[0, 0]), 3)
+    with pytest.raises(ValueError, match=r"labels must have shape \[N, \*spatial\] \(3 dims"):
         ops.leep_joint(make(backend, logits), make(backend, labels[:, None]), 3)
 
 

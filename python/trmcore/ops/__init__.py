@@ -4,9 +4,14 @@ Every function takes torch tensors (CPU or CUDA; float32, float16 or bfloat16
 logits) or NumPy arrays. With NumPy input the result is NumPy and torch is
 never imported, so deployment code can use these ops without torch.
 
-Shapes: logits ``[N, K, H, W]`` (K = Z source classes for the LEEP ops, C
-target classes for the loss), labels ``[N, H, W]`` of any integer dtype, maps
-and weights ``[N, H, W]``. Pixels labelled ``ignore_index`` take part in nothing.
+Shapes: logits ``[N, K, *spatial]`` (K = Z source classes for the LEEP ops, C
+target classes for the loss) with 1 to 3 spatial dims (``[N, K, H, W]`` slices,
+``[N, K, D, H, W]`` volumes), labels ``[N, *spatial]`` of any integer dtype, maps
+and weights ``[N, *spatial]``. Pixels labelled ``ignore_index`` take part in nothing.
+Every rank runs the same kernels: a C-contiguous ``[N, K, *spatial]`` buffer is
+``[N, K, S]`` with S the pixels (voxels) of one image, so a contiguous volume is
+used in place and the result equals the 2-D op on ``[N, K, S, 1]`` (a
+non-contiguous input is copied once to contiguous memory first).
 
 Example::
 
@@ -67,8 +72,8 @@ def leep_joint(logits: Any, labels: Any, num_classes: int, ignore_index: int = -
     """Unnormalised joint of target label and source class over valid pixels.
 
     Args:
-        logits: source-model logits ``[N, Z, H, W]``.
-        labels: target labels ``[N, H, W]`` in ``[0, num_classes)`` or ``ignore_index``.
+        logits: source-model logits ``[N, Z, *spatial]`` (1-3 spatial dims).
+        labels: target labels ``[N, *spatial]`` in ``[0, num_classes)`` or ``ignore_index``.
         num_classes: C, the number of target classes.
 
     Returns:
@@ -81,7 +86,7 @@ def leep_joint(logits: Any, labels: Any, num_classes: int, ignore_index: int = -
 
 
 def pixel_leep(logits: Any, labels: Any, joint: LeepJoint) -> Any:
-    """Transferability map: log EEP per pixel, float32 ``[N, H, W]`` (0 at ignored pixels).
+    """Transferability map: log EEP per pixel, float32 ``[N, *spatial]`` (0 at ignored pixels).
 
     ``joint`` is the :class:`LeepJoint` of the target data (usually the whole
     training set, from :func:`leep_joint` or :class:`LeepAccumulator`); its
@@ -91,7 +96,8 @@ def pixel_leep(logits: Any, labels: Any, joint: LeepJoint) -> Any:
         raise TypeError(f"joint must be a LeepJoint (from leep_joint or LeepAccumulator), got {type(joint).__name__}")
     if not hasattr(joint.sums, "shape"):
         raise TypeError(f"joint.sums must be a NumPy array or torch tensor, got {type(joint.sums).__name__}")
-    logits_classes = logits.shape[1] if len(getattr(logits, "shape", ())) == 4 else None
+    rank = len(getattr(logits, "shape", ()))
+    logits_classes = logits.shape[1] if 2 + V.MIN_SPATIAL_DIMS <= rank <= 2 + V.MAX_SPATIAL_DIMS else None
     count = V.check_joint(tuple(joint.sums.shape), joint.count, logits_classes)
     ignore_index = V.check_ignore_index(joint.ignore_index)
     if count == 0:
@@ -132,10 +138,11 @@ def leep(logits: Any, labels: Any, num_classes: int, ignore_index: int = -100) -
 
 
 def risk_map(leep_map: Any, labels: Any, base: float = RISK_BASE, scope: str = "image", ignore_index: int = -100) -> Any:
-    """Transfer risk map R = base ** T', float32 ``[N, H, W]`` in ``[1, base]`` (SPEC section 3).
+    """Transfer risk map R = base ** T', float32 ``[N, *spatial]`` in ``[1, base]`` (SPEC section 3).
 
     T' rescales the transferability map to [0, 1] per image (``scope="image"``)
-    or over the whole batch (``scope="batch"``); 1 = hardest pixel. Ignored
+    (over all its spatial dims: a whole volume for 3-D maps) or over the whole
+    batch (``scope="batch"``); 1 = hardest pixel. Ignored
     pixels get R = 0.
     """
     base = V.check_base(base)
@@ -150,9 +157,9 @@ def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int =
     """Risk-weighted, foreground-normalised cross-entropy (TRM Eq. 7).
 
     Args:
-        logits: target-model logits ``[N, C, H, W]`` (differentiable).
-        labels: ``[N, H, W]`` in ``[0, C)`` or ``ignore_index``; 0 is background.
-        weights: per-pixel weights ``[N, H, W]`` (the risk map), >= 0, no gradient.
+        logits: target-model logits ``[N, C, *spatial]`` (1-3 spatial dims; differentiable).
+        labels: ``[N, *spatial]`` in ``[0, C)`` or ``ignore_index``; 0 is background.
+        weights: per-pixel weights ``[N, *spatial]`` (the risk map), >= 0, no gradient.
         normalize: ``"batch"``: sum(w * CE) / max(1, #foreground pixels in the batch);
             ``"image"``: the same per image, then the mean over images;
             ``"valid"``: sum(w * CE) / #valid pixels (a weighted mean; all-ones

@@ -19,6 +19,7 @@ checks every call at once, for debugging; CPU calls are always checked at once
 (no device to wait for).
 """
 
+import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +40,11 @@ def _device_params(tensor: Tensor) -> Dict[str, object]:
     if tensor.is_cuda:
         return {"cuda": True, "stream": torch.cuda.current_stream(tensor.device).cuda_stream, "num_threads": 0}
     return {"cuda": False, "stream": 0, "num_threads": torch.get_num_threads()}
+
+
+def _sizes(logits: Tensor) -> Tuple[int, int, int]:
+    """(N, K, S) of ``[N, K, *spatial]`` logits; the kernels see a C-contiguous buffer as ``[N, K, S]``."""
+    return logits.shape[0], logits.shape[1], math.prod(logits.shape[2:])
 
 
 def _dtype_code(tensor: Tensor) -> int:
@@ -138,13 +144,13 @@ class _DeviceGuard:
 
 @torch.library.custom_op("trmcore::leep_joint", mutates_args=())
 def _leep_joint_op(logits: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> Tuple[Tensor, Tensor]:
-    n, z, h, w = logits.shape
+    n, z, pixels = _sizes(logits)
     logits, labels = logits.contiguous(), labels.contiguous()
     sums = torch.empty((num_classes, z), dtype=torch.float64, device=logits.device)
     status = torch.zeros(V.STATUS_SIZE, dtype=torch.int64, device=logits.device)
     with _DeviceGuard(logits):
         launch("leep_joint", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
-               n=n, z=z, hw=h * w, c=num_classes, ignore_index=ignore_index, joint=sums.data_ptr(),
+               n=n, z=z, hw=pixels, c=num_classes, ignore_index=ignore_index, joint=sums.data_ptr(),
                status=status.data_ptr(), **_device_params(logits))
     # Eager whatever the mode: the wrapper reads the valid count from the status at once anyway.
     V.raise_for_status(status.tolist(), num_classes, ignore_index)
@@ -159,14 +165,14 @@ def _(logits: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> Tu
 
 @torch.library.custom_op("trmcore::pixel_leep", mutates_args=())
 def _pixel_leep_op(logits: Tensor, labels: Tensor, conditional: Tensor, ignore_index: int) -> Tensor:
-    n, z, h, w = logits.shape
+    n, z, pixels = _sizes(logits)
     logits, labels, conditional = logits.contiguous(), labels.contiguous(), conditional.contiguous()
     num_classes = conditional.shape[0]
-    out = torch.empty((n, h, w), dtype=torch.float32, device=logits.device)
+    out = torch.empty(labels.shape, dtype=torch.float32, device=logits.device)
     status = torch.zeros(V.STATUS_SIZE, dtype=torch.int64, device=logits.device)
     with _DeviceGuard(logits):
         launch("pixel_leep", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
-               conditional=conditional.data_ptr(), n=n, z=z, hw=h * w, c=num_classes, ignore_index=ignore_index,
+               conditional=conditional.data_ptr(), n=n, z=z, hw=pixels, c=num_classes, ignore_index=ignore_index,
                out=out.data_ptr(), status=status.data_ptr(), **_device_params(logits))
     _check_status(status, num_classes, ignore_index, "pixel_leep")
     return out
@@ -179,13 +185,13 @@ def _(logits: Tensor, labels: Tensor, conditional: Tensor, ignore_index: int) ->
 
 @torch.library.custom_op("trmcore::risk_map", mutates_args=())
 def _risk_map_op(leep_map: Tensor, labels: Tensor, base: float, per_image: bool, ignore_index: int) -> Tensor:
-    n, h, w = leep_map.shape
+    n, pixels = leep_map.shape[0], math.prod(leep_map.shape[1:])
     leep_map, labels = leep_map.contiguous(), labels.contiguous()
     counts = torch.stack([(~torch.isfinite(leep_map)).sum(), (labels != ignore_index).sum()])
     _defer_check(counts, lambda values: _check_risk_inputs(values, ignore_index), "risk_map")
     risk = torch.empty_like(leep_map)
     with _DeviceGuard(leep_map):
-        launch("risk_map", leep_map=leep_map.data_ptr(), labels=labels.data_ptr(), n=n, hw=h * w,
+        launch("risk_map", leep_map=leep_map.data_ptr(), labels=labels.data_ptr(), n=n, hw=pixels,
                ignore_index=ignore_index, base=base, per_image=per_image, risk=risk.data_ptr(),
                **_device_params(leep_map))
     return risk
@@ -199,13 +205,13 @@ def _(leep_map: Tensor, labels: Tensor, base: float, per_image: bool, ignore_ind
 @torch.library.custom_op("trmcore::rwce_forward", mutates_args=())
 def _rwce_forward_op(logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int,
                      normalize: str, min_foreground: float) -> Tuple[Tensor, Tensor]:
-    n, c, h, w = logits.shape
+    n, c, pixels = _sizes(logits)
     logits, labels, weights = logits.contiguous(), labels.contiguous(), weights.contiguous()
     per_image = torch.empty((n, 3), dtype=torch.float64, device=logits.device)
     status = torch.zeros(V.STATUS_SIZE, dtype=torch.int64, device=logits.device)
     with _DeviceGuard(logits):
         launch("rwce_forward", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
-               weights=weights.data_ptr(), n=n, c=c, hw=h * w, ignore_index=ignore_index,
+               weights=weights.data_ptr(), n=n, c=c, hw=pixels, ignore_index=ignore_index,
                per_image=per_image.data_ptr(), status=status.data_ptr(), **_device_params(logits))
     _check_status(status, c, ignore_index, "risk_weighted_ce")
     loss, inv_denominator = reduce_loss(per_image, normalize, torch, min_foreground)
@@ -220,12 +226,12 @@ def _(logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int, normal
 
 @torch.library.custom_op("trmcore::rwce_backward", mutates_args=())
 def _rwce_backward_op(logits: Tensor, labels: Tensor, weights: Tensor, scale: Tensor, ignore_index: int) -> Tensor:
-    n, c, h, w = logits.shape
+    n, c, pixels = _sizes(logits)
     logits, labels, weights, scale = logits.contiguous(), labels.contiguous(), weights.contiguous(), scale.contiguous()
     grad = torch.empty_like(logits)
     with _DeviceGuard(logits):
         launch("rwce_backward", logits=logits.data_ptr(), dtype=_dtype_code(logits), labels=labels.data_ptr(),
-               weights=weights.data_ptr(), scale=scale.data_ptr(), n=n, c=c, hw=h * w, ignore_index=ignore_index,
+               weights=weights.data_ptr(), scale=scale.data_ptr(), n=n, c=c, hw=pixels, ignore_index=ignore_index,
                grad=grad.data_ptr(), **_device_params(logits))
     return grad
 

@@ -52,36 +52,56 @@ def check_ignore_index(ignore_index: object) -> int:
     return ignore_index
 
 
+# Spatial dims the ops accept: [N, K, W] rows, [N, K, H, W] slices, [N, K, D, H, W] volumes. The kernels
+# see only N, K and the pixel count S (a C-contiguous [N, K, *spatial] is [N, K, S] in memory), so
+# every rank runs the same kernels on the same buffer, without a copy.
+MIN_SPATIAL_DIMS, MAX_SPATIAL_DIMS = 1, 3
+
+
+def _pixels(spatial: Sequence[int]) -> int:
+    count = 1
+    for size in spatial:
+        count *= int(size)
+    return count
+
+
 def check_logits_labels(logits_shape: Sequence[int], labels_shape: Sequence[int],
                         logits_name: str = "logits") -> Tuple[int, int, int]:
-    """Check ``[N, K, H, W]`` against ``[N, H, W]``; return ``(N, K, H*W)``."""
-    if len(logits_shape) != 4:
-        raise ValueError(f"{logits_name} must have shape [N, K, H, W] (4 dims), got {len(logits_shape)} dims "
-                         f"{tuple(logits_shape)}")
-    if len(labels_shape) != 3:
-        raise ValueError(f"labels must have shape [N, H, W] (3 dims), got {len(labels_shape)} dims "
-                         f"{tuple(labels_shape)}")
-    n, k, h, w = logits_shape
-    if tuple(labels_shape) != (n, h, w):
+    """Check ``[N, K, *spatial]`` (1-3 spatial dims) against ``[N, *spatial]``; return ``(N, K, S)``.
+
+    S is the number of pixels (voxels) of one image, the product of the spatial sizes.
+    """
+    rank = len(logits_shape)
+    if not 2 + MIN_SPATIAL_DIMS <= rank <= 2 + MAX_SPATIAL_DIMS:
+        raise ValueError(f"{logits_name} must have shape [N, K, *spatial] with {MIN_SPATIAL_DIMS} to "
+                         f"{MAX_SPATIAL_DIMS} spatial dims (e.g. [N, K, H, W] or [N, K, D, H, W]), got "
+                         f"{rank} dims {tuple(logits_shape)}")
+    if len(labels_shape) != rank - 1:
+        raise ValueError(f"labels must have shape [N, *spatial] ({rank - 1} dims for {logits_name} of shape "
+                         f"{tuple(logits_shape)}), got {len(labels_shape)} dims {tuple(labels_shape)}")
+    n, k, spatial = logits_shape[0], logits_shape[1], tuple(logits_shape[2:])
+    if tuple(labels_shape) != (n, *spatial):
         raise ValueError(f"labels shape {tuple(labels_shape)} does not match {logits_name} shape "
-                         f"{tuple(logits_shape)}: expected {(n, h, w)}")
-    if n == 0 or h * w == 0:
+                         f"{tuple(logits_shape)}: expected {(n, *spatial)}")
+    pixels = _pixels(spatial)
+    if n == 0 or pixels == 0:
         raise ValueError(f"empty batch: {logits_name} has shape {tuple(logits_shape)}")
     if k == 0:
         raise ValueError(f"{logits_name} has no classes (shape {tuple(logits_shape)})")
-    return n, k, h * w
+    return n, k, pixels
 
 
 def check_map_labels(map_shape: Sequence[int], labels_shape: Sequence[int], map_name: str) -> Tuple[int, int]:
-    """Check a ``[N, H, W]`` map against labels; return ``(N, H*W)``."""
-    if len(map_shape) != 3:
-        raise ValueError(f"{map_name} must have shape [N, H, W] (3 dims), got {tuple(map_shape)}")
+    """Check a ``[N, *spatial]`` map (1-3 spatial dims) against labels of the same shape; return ``(N, S)``."""
+    if not 1 + MIN_SPATIAL_DIMS <= len(map_shape) <= 1 + MAX_SPATIAL_DIMS:
+        raise ValueError(f"{map_name} must have shape [N, *spatial] with {MIN_SPATIAL_DIMS} to {MAX_SPATIAL_DIMS} "
+                         f"spatial dims (e.g. [N, H, W]), got {tuple(map_shape)}")
     if tuple(labels_shape) != tuple(map_shape):
         raise ValueError(f"labels shape {tuple(labels_shape)} does not match {map_name} shape {tuple(map_shape)}")
-    n, h, w = map_shape
-    if n == 0 or h * w == 0:
+    n, pixels = map_shape[0], _pixels(map_shape[1:])
+    if n == 0 or pixels == 0:
         raise ValueError(f"empty batch: {map_name} has shape {tuple(map_shape)}")
-    return n, h * w
+    return n, pixels
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:

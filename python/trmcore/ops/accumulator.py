@@ -32,7 +32,7 @@ class LeepAccumulator:
         self._reduced = False
 
     def update(self, logits: Any, labels: Any) -> LeepJoint:
-        """Add one batch (logits ``[N, Z, H, W]``, labels ``[N, H, W]``); returns its joint."""
+        """Add one batch (logits ``[N, Z, *spatial]``, labels ``[N, *spatial]``); returns its joint."""
         from . import leep_joint
 
         if self._reduced:

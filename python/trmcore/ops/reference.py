@@ -4,8 +4,11 @@ Written for clarity, not speed: every formula appears as in the spec, computed
 in float64 from the inputs. The fast ops in :mod:`trmcore.ops` must agree with
 these functions to floating-point tolerance.
 
-Shapes: logits ``[N, K, H, W]`` (K = Z source classes or C target classes),
-labels ``[N, H, W]`` integer, maps ``[N, H, W]``.
+Shapes: logits ``[N, K, *spatial]`` (K = Z source classes or C target classes)
+with any number of spatial dims (the ops take 1 to 3), labels ``[N, *spatial]``
+integer, maps ``[N, *spatial]``. The class axis is moved last (``movedim``)
+and per-image reductions run over every spatial dim, so the oracle of a 3-D op
+does not go through the ops' ``[N, K, S]`` view of the buffer.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ def _valid_mask(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 def leep_joint(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = -100) -> ReferenceJoint:
     """J[y, z] * M: the unnormalised joint of target label and source class."""
-    theta = torch.softmax(logits.double(), dim=1)  # [N, Z, H, W]
+    theta = torch.softmax(logits.double(), dim=1)  # [N, Z, *spatial]
     valid = _valid_mask(labels, ignore_index)
     z = theta.shape[1]
-    theta_pixels = theta.permute(0, 2, 3, 1)[valid]  # [M, Z]
+    theta_pixels = theta.movedim(1, -1)[valid]  # [M, Z]
     label_pixels = labels[valid].long()  # [M]
     sums = torch.zeros(num_classes, z, dtype=torch.float64, device=logits.device)
     sums.index_add_(0, label_pixels, theta_pixels)
@@ -47,13 +50,13 @@ def leep_joint(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ign
 
 
 def pixel_leep(logits: torch.Tensor, labels: torch.Tensor, joint: ReferenceJoint) -> torch.Tensor:
-    """T_i(h, w) = log(sum_z P(y | z) theta[z]), float64 ``[N, H, W]``, 0 at ignored pixels."""
+    """T_i(h, w) = log(sum_z P(y | z) theta[z]), float64 ``[N, *spatial]``, 0 at ignored pixels."""
     theta = torch.softmax(logits.double(), dim=1)
     cond = joint.conditional().to(theta.device)  # [C, Z]
     valid = _valid_mask(labels, joint.ignore_index)
     safe_labels = torch.where(valid, labels.long(), torch.zeros_like(labels.long()))
-    cond_per_pixel = cond[safe_labels]  # [N, H, W, Z]
-    eep = (cond_per_pixel * theta.permute(0, 2, 3, 1)).sum(dim=-1)
+    cond_per_pixel = cond[safe_labels]  # [N, *spatial, Z]
+    eep = (cond_per_pixel * theta.movedim(1, -1)).sum(dim=-1)
     leep_map = torch.log(eep.clamp_min(EEP_FLOOR))
     return torch.where(valid, leep_map, torch.zeros_like(leep_map))
 
@@ -72,8 +75,9 @@ def risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = 10.0, s
     valid = _valid_mask(labels, ignore_index)
     inf = torch.tensor(float("inf"), dtype=torch.float64, device=t.device)
     if scope == "image":
-        t_max = torch.where(valid, t, -inf).amax(dim=(1, 2), keepdim=True)
-        t_min = torch.where(valid, t, inf).amin(dim=(1, 2), keepdim=True)
+        spatial = tuple(range(1, t.dim()))
+        t_max = torch.where(valid, t, -inf).amax(dim=spatial, keepdim=True)
+        t_min = torch.where(valid, t, inf).amin(dim=spatial, keepdim=True)
     elif scope == "batch":
         t_max = torch.where(valid, t, -inf).amax()
         t_min = torch.where(valid, t, inf).amin()
@@ -93,7 +97,7 @@ def risk_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.
     x = logits.double()
     valid = _valid_mask(labels, ignore_index)
     safe_labels = torch.where(valid, labels.long(), torch.zeros_like(labels.long()))
-    ce = torch.logsumexp(x, dim=1) - x.gather(1, safe_labels.unsqueeze(1)).squeeze(1)  # [N, H, W]
+    ce = torch.logsumexp(x, dim=1) - x.gather(1, safe_labels.unsqueeze(1)).squeeze(1)  # [N, *spatial]
     weighted = torch.where(valid, weights.double() * ce, torch.zeros_like(ce))
     foreground = valid & (labels != 0)
     if normalize == "batch":

@@ -88,4 +88,9 @@ def loss_normalization(method_normalize: str, config: TrainConfig, labels: torch
     if config.trm_normalize == "batch":
         return LossNormalization("batch")
     expected = expected_foreground(labels, config.batch_size, config.foreground_share)
-    return LossNormalization("batch", max(1.0, expected / config.trm_bound), expected)
+    return LossNormalization("batch", bounded_min_foreground(expected, config.trm_bound), expected)
+
+
+def bounded_min_foreground(expected_foreground: float, bound: float) -> float:
+    """The floor of Eq. 7's denominator under "bounded": ``max(1, E / bound)`` (also trmcore.training.loss)."""
+    return max(1.0, float(expected_foreground) / float(bound))
