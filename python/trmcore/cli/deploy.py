@@ -234,13 +234,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, channels=channels, progress=not args.quiet,
                             resume=args.resume, mirror=_mirror_request(args), resample=not args.no_resample,
                             arguments=arguments)
-    for case in results:
-        if case.skipped:
-            print(f"{case.case_id}: kept complete {case.labels_path} (--continue)")
-            continue
-        counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
-        extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
-        print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+    _print_cases(results)
     if args.qc is not None:
         from trmcore.infer.qc import qc_from_files
 
@@ -251,8 +245,20 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_cases(results) -> None:
+    """One line per predicted case: what was written (or kept by --continue) and its voxels per label."""
+    for case in results:
+        if case.skipped:
+            print(f"{case.case_id}: kept complete {case.labels_path} (--continue)")
+            continue
+        counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
+        extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
+        print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+
+
 def _run_predict_dicom(args: argparse.Namespace, segmenters, arguments: dict) -> int:
-    from trmcore.infer.dicom_predict import parse_series_map, predict_dicom
+    from trmcore.data.dicom import parse_series_map
+    from trmcore.infer.dicom_predict import predict_dicom
 
     if args.channels is not None:
         raise ValueError("--channels names NIfTI channel files; for DICOM input map series with --series")
@@ -262,13 +268,7 @@ def _run_predict_dicom(args: argparse.Namespace, segmenters, arguments: dict) ->
                             progress=not args.quiet, mirror=args.mirror, resample=not args.no_resample,
                             arguments=arguments, qc_dir=args.qc, qc_risk=args.qc_risk,
                             report=lambda line: print(f"matched {line}", file=sys.stderr))
-    for case in results:
-        if case.skipped:
-            print(f"{case.case_id}: kept complete {case.labels_path} (--continue)")
-            continue
-        counts = ", ".join(f"{v}: {c}" for v, c in case.label_counts.items())
-        extra = f" + {case.probabilities_path}" if case.probabilities_path else ""
-        print(f"{case.case_id}: wrote {case.labels_path}{extra} (voxels per label {counts})")
+    _print_cases(results)
     if args.qc is not None:
         print(f"wrote {args.qc / 'index.html'}")
     return 0

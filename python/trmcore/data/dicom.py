@@ -347,5 +347,20 @@ def series_table(series: Sequence[DicomSeries]) -> str:
     return "; ".join(s.describe() for s in series)
 
 
+def parse_series_map(items: Optional[Sequence[str]]) -> Optional[Dict[str, str]]:
+    """``["T1=1.2.3", "T2=*t2*"]`` -> ``{"T1": "1.2.3", "T2": "*t2*"}`` (ValueError for a malformed item)."""
+    if not items:
+        return None
+    mapping: Dict[str, str] = {}
+    for item in items:
+        name, sep, selector = item.partition("=")
+        if not sep or not name.strip() or not selector.strip():
+            raise ValueError(f"--series {item!r}: expected CHANNEL=SERIES_UID or CHANNEL=DESCRIPTION_PATTERN")
+        if name.strip().lower() in {k.lower() for k in mapping}:
+            raise ValueError(f"--series names channel {name.strip()!r} twice")
+        mapping[name.strip()] = selector.strip()
+    return mapping
+
+
 __all__ = ["DicomSeries", "SeriesVolume", "find_series", "load_series", "is_dicom_input", "is_dicom_file",
-           "require_pydicom", "series_table", "SPACING_TOLERANCE", "DECODERS"]
+           "require_pydicom", "series_table", "parse_series_map", "SPACING_TOLERANCE", "DECODERS"]

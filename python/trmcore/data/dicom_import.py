@@ -52,13 +52,13 @@ def import_dicom(src, dst, series: Optional[List[str]] = None, labels: Optional[
                  label_names: Optional[Dict[str, int]] = None, overwrite: bool = False,
                  progress: bool = True) -> Path:
     """Convert the DICOM studies under ``src`` into a dataset at ``dst`` (see the module docstring)."""
-    from trmcore.data.dicom import find_series, is_dicom_file, require_pydicom
+    from trmcore.data.dicom import find_series, is_dicom_file, parse_series_map, require_pydicom
 
     pydicom = require_pydicom("trm import dicom")
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"DICOM source folder not found: {src}")
-    mapping = _parse_series(series)
+    mapping = parse_series_map(series)
     found = find_series(src)
     if not found:
         raise FileNotFoundError(f"no image series under {src}")
@@ -126,18 +126,6 @@ def _convert(out: Path, cases, mapping, segs: Dict[str, Path], label_dir: Option
     labels_json = {"background": 0, **dict(sorted(declared.items(), key=lambda kv: kv[1]))}
     _write_dataset_json(out, "DICOM import", channels, labels_json, n_train, sites={})
     atomic_write_json(out / "cases.json", records, overwrite=False)
-
-
-def _parse_series(items: Optional[List[str]]) -> Optional[Dict[str, str]]:
-    if not items:
-        return None
-    mapping: Dict[str, str] = {}
-    for item in items:
-        name, sep, selector = item.partition("=")
-        if not sep or not name.strip() or not selector.strip():
-            raise ValueError(f"--series {item!r}: expected CHANNEL=SERIES_UID or CHANNEL=DESCRIPTION_PATTERN")
-        mapping[name.strip()] = selector.strip()
-    return mapping
 
 
 def _cases(found, mapping: Optional[Dict[str, str]]):
