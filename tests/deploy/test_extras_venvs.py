@@ -275,3 +275,25 @@ def test_every_command_works_or_names_its_extra(name, staged_trmcore, phantom, o
         assert (tmp_path / "model.onnx").is_file() and not (tmp_path / "model-int8.onnx").exists()
     if name == "cpu":
         assert (tmp_path / "seg.nii.gz").is_file()
+
+
+def test_dicom_in_and_seg_out_with_cpu_dicom_only(staged_trmcore, phantom, onnx_model, tmp_path):
+    # `pip install "trmcore[cpu,dicom]"` is all a hospital needs for DICOM in and DICOM-SEG out: a real venv
+    # with exactly those extras' dependencies (no torch), predicting a two-series oblique study.
+    pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from .test_dicom import PHANTOM_SPACING, _twins
+    from .dicom_helpers import oblique_affine
+
+    venv = _make_venv(_requirements(("cpu", "dicom")))
+    probe = "import importlib.util as u; print([m for m in ('torch', 'pydicom', 'highdicom') if u.find_spec(m)])"
+    found = _check([venv / "bin" / "python", "-c", probe], env={"PATH": "/usr/bin:/bin"}).stdout.strip()
+    assert found == "['pydicom', 'highdicom']", found
+    dicom, _, uids = _twins(tmp_path, phantom, oblique_affine(PHANTOM_SPACING))
+    out = tmp_path / "out"
+    result = _trm(venv, staged_trmcore, ["predict", "-m", str(onnx_model), "-i", str(dicom), "-o", str(out), "-q",
+                                         "--series", "T1=*t1*", "--series", "T2=*t2*", "--output-format", "both"],
+                  tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / f"{uids[0]}.seg.dcm").is_file() and (out / f"{uids[0]}.nii.gz").is_file()
