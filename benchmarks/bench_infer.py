@@ -145,7 +145,7 @@ def _time(fn) -> float:
 
 
 def executed_gflop(model, segmenter, volume: np.ndarray, cache: dict) -> float:
-    from trmcore.infer.crop import plan_crop, plan_full, volume_foreground
+    from trmcore.data.crop import plan_crop, plan_full, volume_foreground
 
     meta = segmenter.metadata
     if segmenter.crop_margin is None:

@@ -11,6 +11,7 @@ import pytest
 
 from trmcore.cli.main import main
 from trmcore.infer import METADATA_KEY, ModelMetadata, Segmenter
+from trmcore.infer.metadata import SCHEMA_VERSION
 
 from .conftest import CHANNELS, LABEL_NAMES, LABEL_VALUES, case_files
 
@@ -34,7 +35,7 @@ def test_int8_export_records_precision_and_agreement(int8_export):
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["precision"] == "int8"
     record = json.loads(props[METADATA_KEY])
-    assert record["precision"] == "int8" and record["dtype"] == "float32" and record["schema_version"] == 3
+    assert record["precision"] == "int8" and record["dtype"] == "float32" and record["schema_version"] == SCHEMA_VERSION
     agreement = result.agreement
     assert agreement.cases == ["phantom_002"] and agreement.on_validation
     assert set(agreement.dice) <= {"CSF", "GM"} and agreement.dice
@@ -92,6 +93,6 @@ def test_metadata_precision_round_trip_and_old_records():
     with pytest.raises(ValueError, match="unknown model precision"):
         ModelMetadata(channels=["T1"], label_names=["background", "CSF"], label_values=[0, 1], precision="bf16")
     newer = json.loads(meta.to_json())
-    newer["schema_version"] = 4
+    newer["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(ValueError, match="upgrade trmcore"):
         ModelMetadata.from_json(json.dumps(newer))

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from trmcore.data import load_task_volumes, parse_task, volumes_to_slices  # noqa: E402
 from trmcore.data.geometry import GeometryWarning  # noqa: E402
+from trmcore.data.pipeline import Pipeline  # noqa: E402
 from trmcore.infer.metadata import ModelMetadata  # noqa: E402
 from trmcore.infer.predict_files import predict_case  # noqa: E402
 from trmcore.infer.segmenter import Segmenter  # noqa: E402
@@ -132,18 +133,22 @@ def _paths(dataset: Path):
 
 
 def _both_paths(dataset: Path, tmp_path: Path, key: str, crop_margin=None):
+    """(training volume, training slices, batches served), the model's metadata carrying the training record."""
     orientation, spacing, normalization = GEOMETRIES[key]
-    metadata = ModelMetadata(channels=CHANNELS, label_names=list(LABELS), label_values=list(LABELS.values()),
-                             normalization=normalization, orientation=orientation, spacing=spacing, axis=2,
-                             divisor=DIVISOR)
-    segmenter = Segmenter(_model(tmp_path / f"{key}.onnx", metadata), providers="cpu", crop_margin=crop_margin)
-    recorder = Recorder(segmenter.session)
-    segmenter.session = recorder
+    fields = dict(channels=CHANNELS, label_names=list(LABELS), label_values=list(LABELS.values()),
+                  normalization=normalization, orientation=orientation, spacing=spacing, axis=2, divisor=DIVISOR)
     with warnings.catch_warnings():
         warnings.simplefilter("error", GeometryWarning)  # a recorded geometry: no "as stored" fallback
+        volumes, info = load_task_volumes(dataset, parse_task("T1,T2", "A,B"), progress=False,
+                                          geometry=ModelMetadata(**fields).geometry(), normalization=normalization)
+        # what training writes to run.json and export copies into the model (trainer._preprocessing_record)
+        record = Pipeline.standard(info.geometry, info.normalization, DIVISOR, 2).record()
+        metadata = ModelMetadata(**fields, preprocessing=record)
+        segmenter = Segmenter(_model(tmp_path / f"{key}.onnx", metadata), providers="cpu", crop_margin=crop_margin)
+        assert segmenter.preprocessing == Pipeline.from_record(record)  # serving rebuilt it from the list
+        recorder = Recorder(segmenter.session)
+        segmenter.session = recorder
         predict_case(segmenter, [nib.load(p) for p in _paths(dataset)])
-        volumes, _ = load_task_volumes(dataset, parse_task("T1,T2", "A,B"), progress=False,
-                                       geometry=metadata.geometry(), normalization=normalization)
     return volumes[0], volumes_to_slices(volumes, axis=2, divisor=DIVISOR), recorder.batches
 
 
@@ -198,3 +203,33 @@ def test_labels_back_on_the_stored_grid_are_identical(dataset, tmp_path, key):
     if not grid.resampled:
         stored = np.asarray(nib.load(str(dataset / "labelsTr" / "case.nii.gz")).dataobj)
         assert np.array_equal(grid.to_native(volume.label, "label"), stored)
+
+
+def test_records_without_the_list_build_the_same_pipeline_and_a_disagreeing_list_is_refused():
+    from trmcore.models.config import UNetConfig
+    from trmcore.training.runinfo import RunInfo
+
+    fields = dict(channels=CHANNELS, label_names=list(LABELS), label_values=list(LABELS.values()),
+                  normalization="zscore-foreground", orientation="RAS", spacing=[1.0, 1.0, 3.0], axis=2,
+                  divisor=DIVISOR)
+    record = Pipeline.standard(ModelMetadata(**fields).geometry(), "zscore-foreground", DIVISOR, 2).record()
+    old, new = ModelMetadata(**fields), ModelMetadata(**fields, preprocessing=record)
+    assert old.preprocessing is None and old.pipeline() == new.pipeline() == Pipeline.from_record(record)
+    assert ModelMetadata.from_json(new.to_json()) == new
+    model = UNetConfig(in_channels=2, num_classes=3, depth=4)
+    run = dict(model=model, channels=CHANNELS, label_names=list(LABELS), label_values=list(LABELS.values()),
+               axis=2, divisor=DIVISOR, orientation="RAS", spacing=[1.0, 1.0, 3.0])
+    assert RunInfo(**run).pipeline() == RunInfo(**run, preprocessing=record).pipeline() == new.pipeline()
+    assert RunInfo.from_json(RunInfo(**run, preprocessing=record).to_json()).preprocessing == record
+    # a model from before geometry was recorded: no reorient/resample step (volumes as stored, with a warning)
+    legacy = ModelMetadata(**{**fields, "orientation": None, "spacing": None, "normalization": "zscore-nonzero"})
+    assert [s.name for s in legacy.pipeline().steps] == ["normalize", "slice"]
+    altered = [dict(step) for step in record]
+    altered[1]["spacing"] = [0.5, 0.5, 3.0]
+    with pytest.raises(ValueError, match="disagrees"):
+        ModelMetadata(**fields, preprocessing=altered)
+    with pytest.raises(ValueError, match="disagrees"):
+        RunInfo(**run, preprocessing=altered)
+    with pytest.raises(ValueError, match=r"preprocessing\[1\].*unknown key 'blur'"):
+        ModelMetadata.from_json(json.dumps({**json.loads(new.to_json()),
+                                            "preprocessing": [record[0], {**record[1], "blur": 1}]}), "m.onnx")
