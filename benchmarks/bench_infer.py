@@ -197,7 +197,7 @@ def main() -> None:
 
     from trmcore.data import SITE_PROFILES, generate_case
     from trmcore.infer import Segmenter, predict_files
-    from trmcore.infer.crop import DEFAULT_CROP_MARGIN
+    from trmcore.data.crop import DEFAULT_CROP_MARGIN
     from trmcore.training.checkpoint import load_run
 
     torch.set_num_threads(args.threads)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trmcore.data.crop import DEFAULT_CROP_MARGIN, crop_margin_or_none  # noqa: F401  (the CLI reads them here)
+# trm predict's default margin (cli/deploy.py reads it here); the crop itself is planned in trmcore.data.crop
+from trmcore.data.crop import DEFAULT_CROP_MARGIN  # noqa: F401
 
 
 def outside_logits(num_classes: int) -> np.ndarray:
