@@ -43,7 +43,7 @@ from trmcore.data import load_task_volumes, parse_task, volumes_to_slices  # noq
 from trmcore.data.geometry import GeometryWarning  # noqa: E402
 from trmcore.data.pipeline import Pipeline  # noqa: E402
 from trmcore.infer.metadata import ModelMetadata  # noqa: E402
-from trmcore.infer.predict_files import predict_case  # noqa: E402
+from trmcore.infer.predict_files import predict_case, predict_files  # noqa: E402
 from trmcore.infer.segmenter import Segmenter  # noqa: E402
 
 SHAPE_RAS = (42, 36, 9)  # x, y, z of the case in RAS order
@@ -233,3 +233,33 @@ def test_records_without_the_list_build_the_same_pipeline_and_a_disagreeing_list
     with pytest.raises(ValueError, match=r"preprocessing\[1\].*unknown key 'blur'"):
         ModelMetadata.from_json(json.dumps({**json.loads(new.to_json()),
                                             "preprocessing": [record[0], {**record[1], "blur": 1}]}), "m.onnx")
+
+
+def test_trm_predict_on_a_dataset_folder_maps_channels_as_training_does(dataset, tmp_path):
+    """Files in another channel order, named by dataset.json (one stored as float64): ``predict_files`` picks
+    the model's channels by name as the training loader does, and feeds the network the training slices."""
+    swapped = tmp_path / "swapped"
+    (swapped / "imagesTr").mkdir(parents=True)
+    (swapped / "labelsTr").mkdir()
+    t1, t2 = (nib.load(p) for p in _paths(dataset))
+    nib.save(t2, str(swapped / "imagesTr" / "case_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(t1.get_fdata(dtype=np.float64), t1.affine), str(swapped / "imagesTr" / "case_0001.nii.gz"))
+    nib.save(nib.load(str(dataset / "labelsTr" / "case.nii.gz")), str(swapped / "labelsTr" / "case.nii.gz"))
+    (swapped / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2", "1": "T1"}, "labels": LABELS,
+                                                      "file_ending": ".nii.gz"}))
+    orientation, spacing, normalization = GEOMETRIES["RAS-1mm"]
+    volumes, info = load_task_volumes(swapped, parse_task("T1,T2", "A,B"), progress=False,
+                                      geometry=ModelMetadata(channels=CHANNELS, label_names=list(LABELS),
+                                                             label_values=list(LABELS.values()), orientation=orientation,
+                                                             spacing=spacing).geometry(),
+                                      normalization=normalization)
+    metadata = ModelMetadata(channels=CHANNELS, label_names=list(LABELS), label_values=list(LABELS.values()),
+                             normalization=normalization, orientation=orientation, spacing=spacing, divisor=DIVISOR,
+                             preprocessing=Pipeline.standard(info.geometry, normalization, DIVISOR, 2).record())
+    segmenter = Segmenter(_model(tmp_path / "m.onnx", metadata), providers="cpu")
+    recorder = Recorder(segmenter.session)
+    segmenter.session = recorder
+    predict_files(segmenter, swapped / "imagesTr", tmp_path / "out", progress=False)
+    slices = volumes_to_slices(volumes, axis=2, divisor=DIVISOR)
+    assert np.array_equal(np.concatenate(recorder.batches), slices.images)
+    assert (tmp_path / "out" / "case.nii.gz").is_file()
