@@ -225,7 +225,8 @@ class Crop(Step):
 
     Foreground is what ``normalization`` computes its statistics over, on the raw intensities (so
     this step runs before ``normalize``). Not recorded: ``trm predict --crop-margin`` chooses it.
-    The inverse gives the voxels outside the window background (:meth:`Pipeline.assemble`).
+    Its inverse is in the slice step: :meth:`Slice.paste` writes only the window, the rest keeps what the
+    caller filled it with (background: :func:`trmcore.infer.crop.outside_logits`).
     """
 
     name: ClassVar[str] = "crop"
@@ -448,6 +449,25 @@ class Pipeline:
             yield index, slicer.cut(sample.image, plan, index)
 
 
+def recorded_pipeline(record: Optional[Sequence[Dict[str, Any]]], orientation: Optional[str],
+                      spacing: Optional[Sequence[float]], axis: int, normalization: str, divisor: int,
+                      what: str = "record") -> Pipeline:
+    """The pipeline a run.json or model metadata records: its ``preprocessing`` list, or (None, older
+    records) the one its fields describe. A list that disagrees with the fields is a ValueError naming
+    ``what``. ``orientation`` None (from before trmcore recorded geometry) or ``"native"``: no geometric steps.
+    """
+    geometry = (Geometry(NATIVE, None, axis) if orientation in (None, NATIVE)
+                else Geometry(orientation, None if spacing is None else tuple(spacing), axis))
+    fields = Pipeline.standard(geometry, normalization, divisor, axis)
+    if record is None:
+        return fields
+    recorded = Pipeline.from_record(record)
+    if recorded != fields:
+        raise ValueError(f"{what}: preprocessing {recorded.record()} disagrees with its normalization, orientation, "
+                         f"spacing, axis and divisor ({fields.record()}); the file was altered")
+    return recorded
+
+
 def _apply_grid(sample: Sample, grid: GridMap, label_mode: str) -> GridMap:
     sample.image = grid.to_working(sample.image, "linear")
     if sample.label is not None:
@@ -467,4 +487,4 @@ PIPELINE_JSON = Build(JsonList(Object({"step": Str(nonempty=True, max_len=64)}, 
                                max_len=MAX_STEPS), _check_record)
 
 __all__ = ["MAX_STEPS", "PIPELINE_JSON", "STEPS", "Crop", "Normalize", "Pipeline", "Reorient", "Resample", "Sample",
-           "Slice", "Step", "register_step", "step_from_dict"]
+           "Slice", "Step", "recorded_pipeline", "register_step", "step_from_dict"]

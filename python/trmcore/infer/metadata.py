@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from trmcore.schema import Float, Int, List as JsonList, Maybe, Object, Str, dataclass_schema, parse_json, validate
-from trmcore.data.pipeline import PIPELINE_JSON, Pipeline
+from trmcore.data.pipeline import PIPELINE_JSON, Pipeline, recorded_pipeline
 from trmcore.data.preprocess import NORMALIZATIONS
 from trmcore.limits import check_divisor
 
@@ -151,28 +151,14 @@ class ModelMetadata:
         if PRECISION_DTYPE[self.precision] != self.dtype:
             raise ValueError(f"metadata precision {self.precision} needs dtype {PRECISION_DTYPE[self.precision]}, "
                              f"got {self.dtype}")
-        if self.preprocessing is not None:
-            recorded, fields = Pipeline.from_record(self.preprocessing), self._fields_pipeline()
-            if recorded != fields:
-                raise ValueError(f"metadata preprocessing {[s.to_dict() for s in recorded.steps]} disagrees with its "
-                                 f"normalization/orientation/spacing/axis/divisor fields "
-                                 f"({[s.to_dict() for s in fields.steps]}); the model file was altered")
-
-    def _fields_pipeline(self) -> Pipeline:
-        """The pipeline the plain fields describe (records without ``preprocessing``)."""
-        from trmcore.data.geometry import Geometry, native_geometry
-
-        geometry = (native_geometry(self.axis) if self.orientation in (None, "native")
-                    else Geometry(self.orientation, self.spacing, self.axis))
-        return Pipeline.standard(geometry, self.normalization, self.divisor, self.axis)
+        self.pipeline()  # a recorded list must agree with the fields
 
     def pipeline(self) -> Pipeline:
         """The model's preprocessing (:mod:`trmcore.data.pipeline`): rebuilt from ``preprocessing`` when
         recorded, else from the fields (a model without a recorded orientation: no reorient/resample steps,
         volumes as stored, as :meth:`geometry` warns)."""
-        if self.preprocessing is not None:
-            return Pipeline.from_record(self.preprocessing)
-        return self._fields_pipeline()
+        return recorded_pipeline(self.preprocessing, self.orientation, self.spacing, self.axis, self.normalization,
+                                 self.divisor, "metadata")
 
     # -- serialisation -------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from trmcore import __version__
-from trmcore.data.pipeline import PIPELINE_JSON, Pipeline
+from trmcore.data.pipeline import PIPELINE_JSON, Pipeline, recorded_pipeline
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from trmcore.fileio import atomic_write_bytes
 from trmcore.limits import check_divisor
@@ -104,23 +104,13 @@ class RunInfo:
         if len(self.channels) != self.model.in_channels:
             raise ValueError(f"{len(self.channels)} channels for a model with {self.model.in_channels} inputs")
         self.divisor = check_divisor(self.divisor, "divisor")  # slices are padded to a multiple of it
-        if self.preprocessing is not None:
-            recorded, fields = Pipeline.from_record(self.preprocessing), self._fields_pipeline()
-            if recorded != fields:
-                raise ValueError(f"preprocessing {recorded.record()} disagrees with normalization/orientation/"
-                                 f"spacing/axis/divisor ({fields.record()})")
-
-    def _fields_pipeline(self) -> Pipeline:
-        from trmcore.data.geometry import Geometry, native_geometry
-
-        geometry = (native_geometry(self.axis) if self.orientation in (None, "native")
-                    else Geometry(self.orientation, self.spacing, self.axis))
-        return Pipeline.standard(geometry, self.normalization, self.divisor, self.axis)
+        self.pipeline()  # a recorded list must agree with the fields
 
     def pipeline(self) -> Pipeline:
         """The run's preprocessing (:mod:`trmcore.data.pipeline`): from ``preprocessing`` when recorded, else
         from the fields (a run without a recorded orientation: volumes as stored, as :meth:`geometry` warns)."""
-        return Pipeline.from_record(self.preprocessing) if self.preprocessing is not None else self._fields_pipeline()
+        return recorded_pipeline(self.preprocessing, self.orientation, self.spacing, self.axis, self.normalization,
+                                 self.divisor, "run info")
 
     @property
     def num_classes(self) -> int:
