@@ -145,7 +145,7 @@ def _time(fn) -> float:
 
 
 def executed_gflop(model, segmenter, volume: np.ndarray, cache: dict) -> float:
-    from trmcore.infer.crop import plan_crop, plan_full, volume_foreground
+    from trmcore.data.crop import plan_crop, plan_full, volume_foreground
 
     meta = segmenter.metadata
     if segmenter.crop_margin is None:
@@ -197,7 +197,7 @@ def main() -> None:
 
     from trmcore.data import SITE_PROFILES, generate_case
     from trmcore.infer import Segmenter, predict_files
-    from trmcore.infer.crop import DEFAULT_CROP_MARGIN
+    from trmcore.data.crop import DEFAULT_CROP_MARGIN
     from trmcore.training.checkpoint import load_run
 
     torch.set_num_threads(args.threads)

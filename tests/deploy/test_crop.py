@@ -9,7 +9,7 @@ import pytest
 from trmcore.cli.main import main
 from trmcore.data.preprocess import foreground_mask, padding_for
 from trmcore.infer import Segmenter
-from trmcore.infer.crop import DEFAULT_CROP_MARGIN, plan_crop, plan_full, volume_foreground
+from trmcore.data.crop import DEFAULT_CROP_MARGIN, plan_crop, plan_full, volume_foreground
 
 from .conftest import DIVISOR, case_files
 

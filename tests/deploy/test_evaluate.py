@@ -104,7 +104,7 @@ def test_model_without_geometry_warns_and_uses_volumes_as_stored(onnx_model, pha
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             record = json.loads(prop.value)
-            record.pop("orientation"), record.pop("spacing")
+            record.pop("orientation"), record.pop("spacing"), record.pop("preprocessing")  # a version 1 record
             record["schema_version"], record["normalization"] = 1, "zscore-nonzero"
             prop.value = json.dumps(record)
     old = tmp_path / "old.onnx"

@@ -32,7 +32,7 @@ def test_metadata_is_embedded(onnx_model):
     assert record["channels"] == CHANNELS
     assert record["label_names"] == LABEL_NAMES and record["label_values"] == LABEL_VALUES
     assert record["normalization"] == "zscore-foreground"
-    assert record["orientation"] == "RAS" and len(record["spacing"]) == 3 and record["schema_version"] == 4
+    assert record["orientation"] == "RAS" and len(record["spacing"]) == 3 and record["schema_version"] == 5
     assert record["mirror_axes"] is None and props["mirror_axes"] == "not recorded"  # the fixture records none
     assert record["axis"] == 2 and record["divisor"] == DIVISOR
     assert record["provenance"]["method"] == "trm"

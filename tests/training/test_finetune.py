@@ -40,6 +40,9 @@ def test_finetune_uses_the_source_grid_and_no_resample_records_native(phantom, s
     """A source with another recorded spacing: the target volumes are resampled to it, and that is recorded."""
     record = json.loads((source_run / "run.json").read_text())
     record["spacing"] = [record["spacing"][0] * 2, record["spacing"][1] * 2, record["spacing"][2]]
+    for step in record["preprocessing"]:  # the recorded pipeline says the same (else the run.json is refused)
+        if step["step"] == "resample":
+            step["spacing"] = record["spacing"]
     coarse = tmp_path / "coarse-source"
     coarse.mkdir()
     for name in ("model.safetensors",):

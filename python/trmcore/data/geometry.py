@@ -181,6 +181,26 @@ class GridMap:
     def working_spacing(self) -> Tuple[float, float, float]:
         return voxel_spacing(self.working_affine)
 
+    def then(self, other: "GridMap") -> "GridMap":
+        """This map followed by ``other`` (whose stored grid is this map's working grid), as one map.
+
+        A map reorients, then resamples: ``other`` must not reorient when this
+        one resamples. Applying the composite is applying the two in turn
+        (the same operations in the same order).
+        """
+        if tuple(other.native_shape) != tuple(self.working_shape):
+            raise ValueError(f"cannot compose grid maps: working shape {self.working_shape} is not the next map's "
+                             f"stored shape {other.native_shape}")
+        if other.identity:
+            return self
+        if self.identity:
+            return GridMap(self.native_shape, self.native_affine, other.transform, other.reoriented_shape,
+                           other.working_shape, other.working_affine, other.orientation)
+        if self.resampled or other.reoriented:
+            raise ValueError("cannot compose grid maps: a resampling followed by a reorientation is not one GridMap")
+        return GridMap(self.native_shape, self.native_affine, self.transform, self.working_shape,
+                       other.working_shape, other.working_affine, self.orientation)
+
     def to_working(self, data: np.ndarray, mode: str = "linear", num_classes: Optional[int] = None) -> np.ndarray:
         """Stored grid -> working grid.
 
@@ -247,6 +267,9 @@ def plan_grid(shape: Sequence[int], affine: np.ndarray, geometry: Optional[Geome
               bytes_per_voxel: int = GRID_BYTES_PER_VOXEL) -> GridMap:
     """The :class:`GridMap` of a volume of ``shape`` with ``affine`` for ``geometry`` (None = native).
 
+    The reorientation (:func:`plan_reorient`) followed by the in-plane
+    resampling (:func:`plan_resample`), composed (:meth:`GridMap.then`): the
+    steps ``reorient`` and ``resample`` of :mod:`trmcore.data.pipeline`.
     ValueError naming ``source`` (the file, or the case) when the affine is
     unusable (:func:`check_affine`); :class:`trmcore.limits.ResourceLimitError`
     when the working grid (``bytes_per_voxel`` per voxel) would not fit the
@@ -256,43 +279,65 @@ def plan_grid(shape: Sequence[int], affine: np.ndarray, geometry: Optional[Geome
     affine = check_affine(affine, source)
     if geometry is None or geometry.native:
         return GridMap(shape, affine, None, shape, shape, affine)
+    grid = plan_reorient(shape, affine, geometry.orientation)
+    if geometry.spacing is None:
+        return grid
+    return grid.then(plan_resample(grid.working_shape, grid.working_affine, geometry.spacing, geometry.axis,
+                                   geometry.tolerance, source, bytes_per_voxel))
+
+
+def plan_reorient(shape: Sequence[int], affine: np.ndarray, orientation: str, source: object = "volume") -> GridMap:
+    """The :class:`GridMap` that permutes and flips the voxel axes to ``orientation`` (lossless; no resampling)."""
+    shape = tuple(int(s) for s in shape[:3])
+    affine = check_affine(affine, source)
     start = ornt.io_orientation(affine)
-    target = ornt.axcodes2ornt(tuple(geometry.orientation))
+    target = ornt.axcodes2ornt(tuple(orientation))
     transform = ornt.ornt_transform(start, target)
     if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
-        transform, reoriented_shape, reoriented_affine = None, shape, affine
-    else:
-        reoriented_shape = tuple(int(shape[int(i)]) for i in np.argsort(transform[:, 0]))
-        reoriented_affine = affine @ ornt.inv_ornt_aff(transform, shape)
-    working_shape = list(reoriented_shape)
+        return GridMap(shape, affine, None, shape, shape, affine)
+    reoriented_shape = tuple(int(shape[int(i)]) for i in np.argsort(transform[:, 0]))
+    reoriented_affine = affine @ ornt.inv_ornt_aff(transform, shape)
+    return GridMap(shape, affine, transform, reoriented_shape, reoriented_shape, reoriented_affine, orientation)
+
+
+def plan_resample(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float], axis: int,
+                  tolerance: float = SPACING_RTOL, source: object = "volume",
+                  bytes_per_voxel: int = GRID_BYTES_PER_VOXEL) -> GridMap:
+    """The :class:`GridMap` that resamples the two in-plane axes (all but ``axis``) to ``spacing`` (mm).
+
+    An axis within ``tolerance`` (relative) of its target keeps its voxels; the
+    field of view (voxel edges) is kept, so the new spacing is exactly
+    ``n_old / n_new * old``. No reorientation: ``spacing`` is per voxel axis of
+    the grid as given.
+    """
+    shape = tuple(int(s) for s in shape[:3])
+    affine = check_affine(affine, source)
+    working_shape = list(shape)
     scale = np.eye(4)
-    if geometry.spacing is not None:
-        spacing = voxel_spacing(reoriented_affine)
-        for ax in range(3):
-            if ax == geometry.axis:
-                continue
-            target_mm = geometry.spacing[ax]
-            if abs(spacing[ax] - target_mm) <= geometry.tolerance * target_mm:
-                continue
-            exact = reoriented_shape[ax] * spacing[ax] / target_mm
-            if not exact < 2**40:  # round() of a huge float is exact but pointless: refused just below
-                exact = 2**40
-            size = max(1, int(round(exact)))
-            working_shape[ax] = size
-            # Voxel j of the new grid sits at old index (j + 0.5) * r - 0.5: the field
-            # of view (voxel edges) is kept, so the spacing is exactly n_old / n_new * old.
-            r = reoriented_shape[ax] / size
-            scale[ax, ax] = r
-            scale[ax, 3] = 0.5 * (r - 1.0)
-    if tuple(working_shape) != tuple(reoriented_shape):
+    current = voxel_spacing(affine)
+    for ax in range(3):
+        if ax == axis:
+            continue
+        target_mm = float(spacing[ax])
+        if abs(current[ax] - target_mm) <= tolerance * target_mm:
+            continue
+        exact = shape[ax] * current[ax] / target_mm
+        if not exact < 2**40:  # round() of a huge float is exact but pointless: refused just below
+            exact = 2**40
+        size = max(1, int(round(exact)))
+        working_shape[ax] = size
+        # Voxel j of the new grid sits at old index (j + 0.5) * r - 0.5: the field
+        # of view (voxel edges) is kept, so the spacing is exactly n_old / n_new * old.
+        r = shape[ax] / size
+        scale[ax, ax] = r
+        scale[ax, 3] = 0.5 * (r - 1.0)
+    if tuple(working_shape) != shape:
         check_allocation(product(working_shape) * int(bytes_per_voxel),
-                         f"resampling {shape_text(reoriented_shape)} voxels of "
-                         f"{'x'.join(f'{v:.3g}' for v in voxel_spacing(reoriented_affine))} mm to the working "
-                         f"spacing {'x'.join(f'{v:g}' for v in geometry.spacing)} mm gives "
+                         f"resampling {shape_text(shape)} voxels of "
+                         f"{'x'.join(f'{v:.3g}' for v in current)} mm to the working "
+                         f"spacing {'x'.join(f'{float(v):g}' for v in spacing)} mm gives "
                          f"{shape_text(working_shape)} voxels, which", source)
-    working_affine = reoriented_affine @ scale
-    return GridMap(shape, affine, transform, reoriented_shape, tuple(working_shape), working_affine,
-                   geometry.orientation if transform is not None else None)
+    return GridMap(shape, affine, None, shape, tuple(working_shape), affine @ scale)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -373,4 +418,5 @@ def describe(grid: GridMap) -> str:
 
 
 __all__ = ["DEFAULT_ORIENTATION", "GRID_BYTES_PER_VOXEL", "NATIVE", "SPACING_RTOL", "Geometry", "GeometryWarning",
-           "GridMap", "axcodes", "check_affine", "describe", "native_geometry", "plan_grid", "recorded_geometry", "voxel_spacing"]
+           "GridMap", "axcodes", "check_affine", "describe", "native_geometry", "plan_grid", "plan_reorient", "plan_resample",
+           "recorded_geometry", "voxel_spacing"]

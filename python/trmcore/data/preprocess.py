@@ -84,7 +84,7 @@ def foreground_mask(volume: np.ndarray) -> np.ndarray:
 def normalization_mask(volume: np.ndarray, method: str = DEFAULT_NORMALIZATION) -> np.ndarray:
     """bool array of ``volume``'s shape: the voxels :func:`normalize` computes its statistics over.
 
-    Inference crops to them (:mod:`trmcore.infer.crop`), so it never cuts off a
+    Inference crops to them (:mod:`trmcore.data.crop`), so it never cuts off a
     voxel the normalisation counts as tissue.
     """
     if method == "zscore-foreground":

@@ -20,7 +20,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .preprocess import Pad, apply_pad, padding_for, unpad
+from .crop import CropPlan
+from .pipeline import Slice
+from .preprocess import Pad, unpad
 
 
 @dataclass
@@ -93,22 +95,23 @@ def volumes_to_slices(volumes: Sequence, axis: int = 2, divisor: int = 16, skip_
         missing = [v.case_id for v in volumes if v.label is None]
         raise ValueError(f"volumes_to_slices: cases {missing} have no label while others do")
 
+    slicer = Slice(axis, divisor)  # the pipeline's slice step (trmcore.data.pipeline), as inference cuts
     planes = [_plane_shape(v.image.shape[1:], axis) for v in volumes]
     target = (max(p[0] for p in planes), max(p[1] for p in planes))
-    pads = [padding_for(p, divisor, target) for p in planes]
+    pads = [slicer.padding(p, target) for p in planes]
 
     images, labels, vol_idx, sl_idx = [], [], [], []
-    for index, (volume, pad) in enumerate(zip(volumes, pads)):
-        img = np.moveaxis(np.asarray(volume.image, np.float32), axis + 1, 0)  # [S, Cin, H, W]
-        keep = np.arange(img.shape[0])
+    for index, (volume, pad, (h, w)) in enumerate(zip(volumes, pads, planes)):
+        image = np.asarray(volume.image, np.float32)
+        keep = np.arange(image.shape[1 + axis])
         if skip_empty:
-            keep = keep[np.any(img.reshape(img.shape[0], -1) != 0, axis=1)]
+            keep = keep[np.any(np.moveaxis(image, axis + 1, 0).reshape(keep.size, -1) != 0, axis=1)]
         if keep.size == 0:
             continue
-        images.append(apply_pad(img[keep], pad))
+        plan = CropPlan(keep.astype(np.int64), ((0, h), (0, w)), pad)  # every kept slice, whole, padded to the target
+        images.append(slicer.cut(image, plan))
         if volume.label is not None:
-            lab = np.moveaxis(np.asarray(volume.label, np.int64), axis, 0)
-            labels.append(apply_pad(lab[keep], pad))
+            labels.append(slicer.cut(np.asarray(volume.label, np.int64), plan))
         vol_idx.append(np.full(keep.size, index, np.int64))
         sl_idx.append(keep.astype(np.int64))
     if not images:

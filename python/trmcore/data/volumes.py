@@ -15,10 +15,11 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .geometry import DEFAULT_ORIENTATION, Geometry, GridMap, plan_grid, voxel_spacing
+from .geometry import DEFAULT_ORIENTATION, Geometry, GridMap, voxel_spacing
 from .layout import DatasetLayout
 from .nifti import check_same_grid, load_image, load_label
-from .preprocess import DEFAULT_NORMALIZATION, normalize
+from .pipeline import Pipeline, Sample
+from .preprocess import DEFAULT_NORMALIZATION
 from .tasks import TaskInfo, TaskSpec
 
 
@@ -107,7 +108,6 @@ def load_task_volumes(
     info = TaskInfo.resolve(layout, task)
     case_ids = _select_cases(layout, task, cases, split)
 
-    volumes = []
     iterator = case_ids
     if progress:
         from tqdm.auto import tqdm
@@ -118,13 +118,16 @@ def load_task_volumes(
         find_spacing = True
     else:
         find_spacing = False
-    for case in iterator:
-        volumes.append(_load_case(layout, info, case, split, labelled=bool(task.labels),
-                                  orientation=Geometry(geometry.orientation, None, geometry.axis)))
+    # The preprocessing pipeline (trmcore.data.pipeline) in two goes: the lossless reorientation of every
+    # case first (the default spacing is the median of the reoriented cases), then the rest of the steps.
+    reorient = Pipeline.standard(Geometry(geometry.orientation, None, geometry.axis), normalization,
+                                 divisor=None).geometric()
+    loaded = [_load_case(layout, info, case, split, bool(task.labels), reorient) for case in iterator]
     if find_spacing:
-        geometry = Geometry(geometry.orientation, median_spacing(volumes), geometry.axis)
-    for volume in volumes:
-        _to_working_grid(volume, geometry, normalization)
+        geometry = Geometry(geometry.orientation, median_spacing([sample for sample, _ in loaded]), geometry.axis)
+    pipeline = Pipeline.standard(geometry, normalization, divisor=None)
+    volumes = [_to_working_grid(case, sample, header, layout, pipeline) for case, (sample, header) in
+               zip(case_ids, loaded)]
     info.geometry = geometry
     info.normalization = normalization
 
@@ -188,8 +191,8 @@ def median_spacing(volumes: Sequence[Volume]) -> Tuple[float, float, float]:
 
 
 def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, labelled: bool,
-               orientation: Geometry) -> Volume:
-    """The case reoriented (lossless) but neither resampled nor normalised yet."""
+               reorient: Pipeline) -> Tuple[Sample, Any]:
+    """The case read and reoriented (lossless) but neither resampled nor normalised yet, and its header."""
     channels = []
     ref_path = ref_affine = header = None
     for index in info.channel_indices:
@@ -200,30 +203,26 @@ def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, lab
         else:
             check_same_grid(case, ref_path, channels[0].shape, ref_affine, path, data.shape, affine, "channel")
         channels.append(data)
-    grid = plan_grid(channels[0].shape, ref_affine, orientation, ref_path)
-    label = None
+    sample = Sample.of(np.stack(channels), ref_affine, source=ref_path)
     if labelled:
         path = layout.label_path(case, split)
         raw, affine = load_label(path, case, info.dataset_values)
         check_same_grid(case, ref_path, channels[0].shape, ref_affine, path, raw.shape, affine, "label")
-        label = grid.to_working(info.map_labels(raw))
-    image = grid.to_working(np.stack(channels))
-    return Volume(case, layout.site_of(case), image, label, grid.working_affine, header, grid)
+        sample.label = info.map_labels(raw)
+    return reorient.apply(sample), header
 
 
-def _to_working_grid(volume: Volume, geometry: Geometry, normalization: str) -> None:
-    """Resample a reoriented volume in-plane where its spacing differs, then normalise each channel."""
-    grid = plan_grid(volume.grid.native_shape, volume.grid.native_affine, geometry, f"case {volume.case_id}")
-    if grid.resampled:
-        # Resample from the reoriented grid: the stored -> reoriented step is already done.
-        step = plan_grid(volume.grid.working_shape, volume.grid.working_affine, geometry, f"case {volume.case_id}")
-        volume.image = step.to_working(volume.image, "linear")
-        if volume.label is not None:
-            volume.native_label = volume.grid.to_native(volume.label).astype(np.int16)
-            volume.label = step.to_working(volume.label, "label")
-    volume.grid = grid
-    volume.affine = grid.working_affine
-    volume.image = np.stack([normalize(channel, normalization) for channel in volume.image])
+def _to_working_grid(case: str, sample: Sample, header: Any, layout: DatasetLayout, pipeline: Pipeline) -> Volume:
+    """The rest of the pipeline (resample where the spacing differs, normalise) on a reoriented case."""
+    source = f"case {case}"
+    native_label = None
+    if sample.label is not None and pipeline.grid(sample.grid.native_shape, sample.grid.native_affine, source).resampled:
+        # Scores are computed on the stored grid: keep the labels as stored (undoing the lossless reorientation).
+        native_label = pipeline.invert(sample.label, sample, "nearest").astype(np.int16)
+    sample.source = source
+    pipeline.apply(sample)
+    return Volume(case, layout.site_of(case), sample.image, sample.label, sample.affine, header, sample.grid,
+                  native_label)
 
 
 def _check_labels_present(volumes: List[Volume], info: TaskInfo, task: TaskSpec, layout: DatasetLayout) -> None:

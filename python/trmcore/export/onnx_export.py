@@ -81,6 +81,7 @@ def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, f
         axis=int(info.axis), divisor=int(info.divisor), dtype="float16" if fp16 else "float32",
         precision=precision or ("fp16" if fp16 else "fp32"),
         mirror_axes=None if info.mirror_axes is None else [int(a) for a in info.mirror_axes],
+        preprocessing=info.pipeline().record() if info.orientation is not None else None,
         input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         provenance=Provenance(
             run=Path(run_dir).resolve().name, source_model=info.source, method=info.method,

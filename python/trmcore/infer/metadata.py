@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from trmcore.schema import Float, Int, List as JsonList, Maybe, Object, Str, dataclass_schema, parse_json, validate
+from trmcore.data.pipeline import PIPELINE_JSON, Pipeline, recorded_pipeline
 from trmcore.data.preprocess import NORMALIZATIONS
 from trmcore.limits import check_divisor
 
@@ -24,7 +25,9 @@ METADATA_KEY = "trmcore"
 # 2: orientation and spacing (version 1 records have neither and are read as "use volumes as stored").
 # 3: ``precision`` (older records are read as fp32 or fp16 by their dtype).
 # 4: ``mirror_axes`` (older records: None, "not recorded": those models trained without flips).
-SCHEMA_VERSION = 4
+# 5: ``preprocessing``, the list of steps (older records: built from normalization, orientation, spacing, axis
+#    and divisor, trmcore.data.pipeline.Pipeline.standard).
+SCHEMA_VERSION = 5
 #: Numeric precision of the network's weights and arithmetic (``trm export --precision``).
 PRECISIONS = ("fp32", "fp16", "int8")
 # The input/output dtype each precision implies: int8 graphs quantise inside, at float32 edges.
@@ -77,6 +80,11 @@ class ModelMetadata:
     - ``mirror_axes``: the in-plane slice axes (0: the slice's first, 1: its
       second) the model saw flipped in training; test-time mirroring uses only
       these. ``[]``: trained without flips; None: not recorded (older models).
+    - ``preprocessing``: the recorded steps of :mod:`trmcore.data.pipeline` with their parameters
+      (``[{"step": "reorient", "orientation": "RAS"}, {"step": "resample", ...}, {"step": "normalize", ...},
+      {"step": "slice", ...}]``), run.json's list; inference rebuilds its pipeline from it
+      (:meth:`pipeline`). None: not recorded (older models), built from the fields above.
+      When present it must agree with them (they stay for older readers and for people).
     """
 
     channels: List[str]
@@ -94,6 +102,7 @@ class ModelMetadata:
     provenance: Provenance = field(default_factory=Provenance)
     schema_version: int = SCHEMA_VERSION
     mirror_axes: Optional[List[int]] = None
+    preprocessing: Optional[List[Dict[str, Any]]] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -142,6 +151,14 @@ class ModelMetadata:
         if PRECISION_DTYPE[self.precision] != self.dtype:
             raise ValueError(f"metadata precision {self.precision} needs dtype {PRECISION_DTYPE[self.precision]}, "
                              f"got {self.dtype}")
+        self.pipeline()  # a recorded list must agree with the fields
+
+    def pipeline(self) -> Pipeline:
+        """The model's preprocessing (:mod:`trmcore.data.pipeline`): rebuilt from ``preprocessing`` when
+        recorded, else from the fields (a model without a recorded orientation: no reorient/resample steps,
+        volumes as stored, as :meth:`geometry` warns)."""
+        return recorded_pipeline(self.preprocessing, self.orientation, self.spacing, self.axis, self.normalization,
+                                 self.divisor, "metadata")
 
     # -- serialisation -------------------------------------------------------
 
@@ -220,7 +237,8 @@ METADATA_JSON = dataclass_schema(
                "spacing": Maybe(JsonList(Float(minimum=0, exclusive_min=True), min_len=3, max_len=3)),
                "precision": Str(choices=PRECISIONS),
                "dtype": Str(choices=tuple(dict.fromkeys(PRECISION_DTYPE.values()))),
-               "provenance": Maybe(dataclass_schema(Provenance))})
+               "provenance": Maybe(dataclass_schema(Provenance)),
+               "preprocessing": Maybe(PIPELINE_JSON)})
 
 
 def check_graph_shapes(metadata: ModelMetadata, input_shape: Sequence[Any], output_shape: Sequence[Any],

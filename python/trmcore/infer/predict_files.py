@@ -1,11 +1,12 @@
 """``trm predict``: segment a NIfTI file or a folder of cases and write label volumes.
 
-Per case (:func:`predict_case`): the channels (checked to share one grid) are
-brought to each model's recorded orientation and in-plane spacing
-(:mod:`trmcore.data.geometry`), normalised, segmented slice by slice
+Per case (:func:`predict_case`): the channels (checked to share one grid) go
+through each model's preprocessing pipeline (:mod:`trmcore.data.pipeline`,
+rebuilt from the model's metadata: the training steps): brought to the model's
+orientation and in-plane spacing, normalised, segmented slice by slice
 (optionally also mirrored in-plane, test-time augmentation), and the softmax
-probabilities are mapped back onto the input's own grid; several models are
-ensembled by averaging these probabilities. The label volume is the arg-max,
+probabilities are mapped back onto the input's own grid by the inverse steps;
+several models are ensembled by averaging these probabilities. The label volume is the arg-max,
 written with the input's affine and header.
 """
 
@@ -21,7 +22,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from trmcore.data.geometry import Geometry, plan_grid
+from trmcore.data.geometry import Geometry
+from trmcore.data.pipeline import Pipeline, Sample
 from trmcore.fileio import atomic_write_text, save_image
 from trmcore.infer.nifti_files import (declared_channel_names, find_cases, image_like, load_case, output_complete,
                                        plan_outputs, provenance_path)
@@ -98,13 +100,24 @@ def predict_case(segmenters: Union[Segmenter, Sequence[Segmenter]], images: Sequ
     source = getattr(reference, "get_filename", lambda: None)() or "volume"
     for segmenter, geometry in zip(segmenters, geometries):
         per_voxel = 4 * (3 * data.shape[0] + 3 * segmenter.num_classes)  # float32 channels and class maps
-        grid = plan_grid(data.shape[1:], reference.affine, geometry, source, per_voxel)
+        steps = geometric_steps(segmenter, geometry)
+        sample = Sample.of(data, reference.affine, source=source, bytes_per_voxel=per_voxel)
+        grid = steps.grid(sample.shape, sample.affine, source, per_voxel)
         segmenter.check_volume(grid.working_shape, source)  # its working copies, named by the file
-        working = grid.to_working(data, "linear")
-        probs = _probabilities(segmenter, working, axes, progress)
-        probs = grid.to_native(probs, "linear")
+        steps.apply(sample)
+        probs = _probabilities(segmenter, sample.image, axes, progress)
+        probs = steps.invert(probs, sample, "linear")
         total = probs if total is None else total + probs
     return (total / len(segmenters)).astype(np.float32, copy=False)
+
+
+def geometric_steps(segmenter: Segmenter, geometry: Geometry) -> Pipeline:
+    """The reorient and resample steps that bring a case to ``geometry``: the model's own recorded steps
+    when ``geometry`` is the model's grid, none for ``--no-resample`` (volumes as stored)."""
+    recorded = segmenter.preprocessing.geometric()
+    if recorded.geometry() == geometry or (geometry.native and not recorded.steps):
+        return recorded
+    return Pipeline.standard(geometry, divisor=None).geometric()
 
 
 def check_ensemble(segmenters: Sequence[Segmenter]) -> None:

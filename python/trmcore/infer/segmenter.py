@@ -1,11 +1,15 @@
 """Segment whole volumes with an exported trmcore model on onnxruntime (no torch).
 
-The network is 2D: a volume is cut into slices along the model's slice axis,
-each channel normalised as the model's metadata says, the slices zero-padded to a
-multiple of the size divisor and run in batches; the padding is cut off the
-logits and the slices are stacked back into a volume. With ``crop_margin``
-the network runs only on the slices with foreground and on a window around it
-(:mod:`trmcore.infer.crop`); the rest of the volume is background.
+The network is 2D: a volume on the model's grid goes through the steps of the
+model's preprocessing pipeline that follow the grid (:mod:`trmcore.data.pipeline`,
+rebuilt from the metadata's ``preprocessing`` list): each channel normalised,
+cut into slices along the model's slice axis, zero-padded to a multiple of the
+size divisor; the slices run in batches, the padding is cut off the logits and
+the slices are stacked back into a volume. With ``crop_margin`` the pipeline's
+``crop`` step runs the network only on the slices with foreground and on a
+window around it (:mod:`trmcore.data.crop`); the rest of the volume is
+background (:func:`trmcore.infer.crop.outside_logits`). Reorientation and
+resampling (the geometric steps) are :func:`trmcore.infer.predict_case`'s.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from trmcore.data.preprocess import apply_pad, normalize, unpad
-from trmcore.infer.crop import CropPlan, crop_margin_or_none, outside_logits, plan_crop, plan_full, volume_foreground
+from trmcore.data.crop import crop_margin_or_none
+from trmcore.data.pipeline import Pipeline, Sample
+from trmcore.data.preprocess import unpad
+from trmcore.infer.crop import outside_logits
 from trmcore.infer.metadata import ModelMetadata, check_graph_shapes
 from trmcore.infer.runtime import ProviderSpec, active_provider, create_session, run_with_deadline
 from trmcore.limits import check_allocation, parse_seconds, product, shape_text, time_limit as default_time_limit
@@ -45,7 +51,7 @@ class Segmenter:
             slices with foreground, on the in-plane box of the foreground plus
             this many voxels (aligned to the divisor), and gives background
             elsewhere (``trm predict`` default:
-            :data:`~trmcore.infer.crop.DEFAULT_CROP_MARGIN`).
+            :data:`~trmcore.data.crop.DEFAULT_CROP_MARGIN`).
         time_limit: seconds the network may spend on one volume before it is
             stopped with a :class:`~trmcore.infer.runtime.TimeLimitError`
             (None: :func:`trmcore.limits.time_limit`, ``--time-limit``).
@@ -80,6 +86,10 @@ class Segmenter:
         check_graph_shapes(self.metadata, inputs[0].shape, outputs[0].shape, str(self.model_path))
         self._input_name = inputs[0].name
         self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        #: The model's preprocessing (trmcore.data.pipeline), rebuilt from its metadata.
+        self.preprocessing = self.metadata.pipeline()
+        # What runs here, on the model's grid: [crop], normalize, slice.
+        self._input_steps = self.preprocessing.on_working_grid().with_crop(self.crop_margin)
 
     # -- properties ----------------------------------------------------------
 
@@ -114,13 +124,12 @@ class Segmenter:
         channel. ``channels`` names the given channels when their order may
         differ from the model's; they are reordered to match.
         """
-        image, plan = self._prepare_planned(volume, channels)
+        sample = self._prepared(volume, channels)
         values = np.asarray(self.label_values, dtype=label_dtype(self.label_values))
-        out = np.full(image.shape[1:], values[0], dtype=values.dtype)  # background where the network does not run
-        for index, logits in self._slice_batches(image, progress, plan):
-            classes = logits.argmax(axis=1)  # [B, H, W]
-            out[_slice_selector(self.metadata.axis, index, plan)] = np.moveaxis(values[classes], 0,
-                                                                               self.metadata.axis)
+        out = np.full(sample.shape, values[0], dtype=values.dtype)  # background where the network does not run
+        slicer = self._input_steps.step("slice")
+        for index, logits in self._slice_batches(sample, progress):
+            slicer.paste(out, values[logits.argmax(axis=1)], sample.crop, index)  # [B, h, w] class values
         return out
 
     def predict_logits(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None,
@@ -129,26 +138,18 @@ class Segmenter:
 
         With cropping, voxels outside the crop get :func:`~trmcore.infer.crop.outside_logits`.
         """
-        image, plan = self._prepare_planned(volume, channels)
-        return self._logits(image, plan, progress)
+        sample = self._prepared(volume, channels)
+        out = np.empty((self.num_classes, *sample.shape), dtype=np.float32)
+        out[...] = outside_logits(self.num_classes).reshape(-1, 1, 1, 1)
+        slicer = self._input_steps.step("slice")
+        for index, logits in self._slice_batches(sample, progress):
+            slicer.paste(out, logits, sample.crop, index)
+        return out
 
     def predict_probabilities(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None,
                               progress: bool = False) -> np.ndarray:
         """Softmax class probabilities as float32 ``[C, X, Y, Z]``."""
         return softmax(self.predict_logits(volume, channels, progress), axis=0)
-
-    def logits_normalized(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
-        """Logits float32 ``[C, X, Y, Z]`` for an already normalised float32 ``[Cin, X, Y, Z]`` image."""
-        image = self._check_image(image)
-        return self._logits(image, plan_full(image.shape[1:], self.metadata.axis, self.metadata.divisor), progress)
-
-    def _logits(self, image: np.ndarray, plan: CropPlan, progress: bool) -> np.ndarray:
-        out = np.empty((self.num_classes, *image.shape[1:]), dtype=np.float32)
-        out[...] = outside_logits(self.num_classes).reshape(-1, 1, 1, 1)
-        for index, logits in self._slice_batches(image, progress, plan):
-            out[(slice(None),) + _slice_selector(self.metadata.axis, index, plan)] = np.moveaxis(
-                logits, 0, self.metadata.axis + 1)
-        return out
 
     def slice_logits(self, slices: np.ndarray) -> np.ndarray:
         """Run the network on padded slices: float32 ``[S, Cin, H, W]`` -> float32 ``[S, C, H, W]``.
@@ -195,10 +196,6 @@ class Segmenter:
 
     # -- input handling --------------------------------------------------------
 
-    def prepare(self, volume: VolumeInput, channels: Optional[Sequence[str]] = None) -> np.ndarray:
-        """Stack, reorder and normalise the input: float32 ``[Cin, X, Y, Z]``."""
-        return self._normalise(self._stacked(volume, channels))
-
     def _stacked(self, volume: VolumeInput, channels: Optional[Sequence[str]]) -> np.ndarray:
         stacked = self._reorder_channels(self._stack_channels(volume), channels)
         self.check_volume(stacked.shape[1:])
@@ -206,20 +203,11 @@ class Segmenter:
             raise ValueError("input volume contains NaN or infinite values")
         return stacked
 
-    def _normalise(self, stacked: np.ndarray) -> np.ndarray:
-        method = self.metadata.normalization
-        return np.stack([normalize(channel, method) for channel in stacked]).astype(np.float32, copy=False)
-
-    def _prepare_planned(self, volume: VolumeInput, channels: Optional[Sequence[str]]) -> Tuple[np.ndarray, CropPlan]:
-        """(normalised image float32 [Cin, X, Y, Z], where to run the network)."""
-        stacked = self._stacked(volume, channels)
-        meta = self.metadata
-        if self.crop_margin is None:
-            plan = plan_full(stacked.shape[1:], meta.axis, meta.divisor)
-        else:  # the mask of the raw intensities: the voxels the normalisation is computed over
-            plan = plan_crop(volume_foreground(stacked, meta.normalization), meta.axis, meta.divisor,
-                             self.crop_margin)
-        return self._normalise(stacked), plan
+    def _prepared(self, volume: VolumeInput, channels: Optional[Sequence[str]]) -> Sample:
+        """The input through the model's steps on its grid: normalised float32 ``[Cin, X, Y, Z]`` and
+        ``sample.crop``, where the network runs (the crop step plans it on the raw intensities)."""
+        sample = Sample.of(self._stacked(volume, channels), np.eye(4), source="input volume")
+        return self._input_steps.apply(sample)
 
     def _stack_channels(self, volume: VolumeInput) -> np.ndarray:
         n = self.metadata.num_channels
@@ -258,28 +246,13 @@ class Segmenter:
             raise ValueError(f"input channels {given} do not match the model's channels {self.channels}")
         return stacked[[given.index(name) for name in self.channels]]
 
-    def _check_image(self, image: np.ndarray) -> np.ndarray:
-        n = self.metadata.num_channels
-        if not isinstance(image, np.ndarray) or image.ndim != 4 or image.shape[0] != n:
-            shape = getattr(image, "shape", type(image).__name__)
-            raise ValueError(f"normalised image must be a float32 [{n}, X, Y, Z] array, got {shape}")
-        return image.astype(np.float32, copy=False)
-
-    def _slice_batches(self, image: np.ndarray, progress: bool,
-                       plan: Optional[CropPlan] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """Yield (slice indices along the axis, unpadded logits float32 [B, C, h, w] of the plan's window)."""
-        axis = self.metadata.axis
-        if plan is None:
-            plan = plan_full(image.shape[1:], axis, self.metadata.divisor)
-        slices = np.moveaxis(image, axis + 1, 0)  # [S, Cin, H, W], a view
-        rows, cols = plan.plane()
-        total = plan.slices.size
-        bar = _progress_bar(total, progress)
+    def _slice_batches(self, sample: Sample, progress: bool) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Yield (slice indices along the axis, unpadded logits float32 [B, C, h, w] of the planned window)."""
+        plan = sample.crop
+        bar = _progress_bar(plan.slices.size, progress)
         deadline = time.monotonic() + self.time_limit  # per volume (per pass with mirroring)
         try:
-            for start in range(0, total, self.batch_size):
-                index = plan.slices[start:start + self.batch_size]
-                padded = apply_pad(np.ascontiguousarray(slices[index, :, rows, cols]), plan.pad)
+            for index, padded in self._input_steps.batches(sample, self.batch_size):
                 logits = self._run(padded.astype(self._input_dtype, copy=False), deadline)
                 yield index, unpad(logits, plan.pad)
                 if bar is not None:
@@ -295,14 +268,6 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
     return shifted.astype(np.float32, copy=False)
-
-
-def _slice_selector(axis: int, index: np.ndarray, plan: CropPlan) -> tuple:
-    """Index of the volume region [X, Y, Z] that slices ``index`` of ``plan``'s window cover."""
-    rows, cols = plan.plane()
-    selector = [rows, cols]
-    selector.insert(axis, index)
-    return tuple(selector)
 
 
 def _as_3d_array(volume, what: str) -> np.ndarray:

@@ -32,7 +32,8 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 from trmcore import ops
-from trmcore.data.preprocess import pad_to_multiple, unpad
+from trmcore.data.crop import CropPlan
+from trmcore.data.preprocess import unpad
 from trmcore.data.tasks import IGNORE_INDEX
 from trmcore.infer.segmenter import Segmenter
 
@@ -175,8 +176,10 @@ def _case_slices(segmenter: Segmenter, vol, axis: int, labels_only: bool = False
         return labels
     if keep.size == 0:
         return np.zeros((0, segmenter.num_classes, *labels.shape[1:]), np.float32), labels
-    padded, pad = pad_to_multiple(np.ascontiguousarray(image_slices[keep]), segmenter.metadata.divisor)
-    logits = np.ascontiguousarray(unpad(segmenter.slice_logits(padded), pad))
+    slicer = segmenter.preprocessing.step("slice")  # the model's slice step, as training and trm predict cut
+    plane = tuple(image_slices.shape[2:])
+    plan = CropPlan(keep.astype(np.int64), ((0, plane[0]), (0, plane[1])), slicer.padding(plane))
+    logits = np.ascontiguousarray(unpad(segmenter.slice_logits(slicer.cut(vol.image, plan)), plan.pad))
     return logits, labels
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from trmcore import __version__
+from trmcore.data.pipeline import PIPELINE_JSON, Pipeline, recorded_pipeline
 from trmcore.data.preprocess import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from trmcore.fileio import atomic_write_bytes
 from trmcore.limits import check_divisor
@@ -51,6 +52,11 @@ class RunInfo:
     mirroring (``trm predict --mirror``) uses only these.
     ``split``: how train_cases / val_cases were chosen: ``{"kind": "fold", "fold", "folds", "file"}``
     (splits_final.json, trmcore.data.splits) or ``{"kind": "val_fraction", "val_fraction", "seed"}``.
+    ``preprocessing``: the recorded steps of the preprocessing pipeline with their parameters
+    (trmcore.data.pipeline: reorient, resample, normalize, slice), the list export copies into the model's
+    metadata; None for runs from before it, whose pipeline is built from ``normalization``,
+    ``orientation``, ``spacing``, ``axis`` and ``divisor`` (:meth:`pipeline`). When present it must
+    agree with those fields.
     """
 
     model: UNetConfig
@@ -80,6 +86,7 @@ class RunInfo:
     augmentation: Optional[dict] = None
     mirror_axes: Optional[List[int]] = None
     split: Optional[dict] = None
+    preprocessing: Optional[List[dict]] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.
@@ -97,6 +104,13 @@ class RunInfo:
         if len(self.channels) != self.model.in_channels:
             raise ValueError(f"{len(self.channels)} channels for a model with {self.model.in_channels} inputs")
         self.divisor = check_divisor(self.divisor, "divisor")  # slices are padded to a multiple of it
+        self.pipeline()  # a recorded list must agree with the fields
+
+    def pipeline(self) -> Pipeline:
+        """The run's preprocessing (:mod:`trmcore.data.pipeline`): from ``preprocessing`` when recorded, else
+        from the fields (a run without a recorded orientation: volumes as stored, as :meth:`geometry` warns)."""
+        return recorded_pipeline(self.preprocessing, self.orientation, self.spacing, self.axis, self.normalization,
+                                 self.divisor, "run info")
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +164,7 @@ RUN_JSON = dataclass_schema(RunInfo, required=("model", "channels", "label_names
     "val_cases": JsonList(Str()),
     "loss_normalization": Maybe(Map(AnyJson(finite=False))),
     "risk_diagnostics": Maybe(Map(AnyJson(finite=False))),
+    "preprocessing": Maybe(PIPELINE_JSON),
 })
 
 

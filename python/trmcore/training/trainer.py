@@ -585,13 +585,16 @@ def _run_info(model: UNet, data: PreparedData, config: TrainConfig, task: TaskSp
                    train_cases=data.train_cases, val_cases=data.val_cases, data_fingerprint=_data_fingerprint(data),
                    split=data.split, augmentation=None if augment is None else augment.to_dict(),
                    mirror_axes=[] if augment is None else list(augment.trained_mirror_axes),
-                   **_preprocessing_record(data.task_info))
+                   **_preprocessing_record(data.task_info, config.axis, model.config.divisor))
 
 
-def _preprocessing_record(task_info) -> Dict[str, Any]:
-    """run.json's normalisation, orientation and spacing: how the volumes were loaded."""
+def _preprocessing_record(task_info, axis: int, divisor: int) -> Dict[str, Any]:
+    """run.json's normalisation, orientation, spacing and the pipeline's steps: how the volumes were prepared."""
+    from trmcore.data.pipeline import Pipeline
+
     geometry = task_info.geometry
-    record = {"normalization": task_info.normalization}
+    steps = Pipeline.standard(geometry, task_info.normalization, divisor, axis).record()
+    record = {"normalization": task_info.normalization, "preprocessing": steps}
     if geometry is None or geometry.native:
         return {**record, "orientation": "native", "spacing": None}
     return {**record, "orientation": geometry.orientation,
