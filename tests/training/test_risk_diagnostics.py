@@ -13,7 +13,7 @@ from trmcore import ops
 from trmcore.data import load_task_volumes, parse_task
 from trmcore.training.risk_diagnostics import RiskStatistics, summary_lines, volume_diagnostics
 from trmcore.training.risk_scaling import clip_to_class_quantiles, scaled_risk_map
-from trmcore.training.riskmap import write_risk_maps
+from trmcore.training.riskmap_files import write_risk_maps
 
 
 def test_statistics_by_hand():
@@ -126,3 +126,11 @@ def test_riskmap_writes_diagnostics_matching_the_maps(phantom, source_run, tmp_p
         assert entry["share_above_midpoint"] == pytest.approx(float((risk[label == k] > 5.5).mean()))
     assert diagnostics["before"] == volume_diagnostics([risk], [label], ["background", "CSF"], 10.0) | {
         "warnings": diagnostics["before"]["warnings"]}
+
+
+def test_riskmap_has_no_compatibility_shim():
+    """The files half lives only in riskmap_files; riskmap (the computation) does not re-export it."""
+    from trmcore.training import riskmap
+
+    for name in ("save_nifti", "pick_slice", "plot_panel", "write_risk_maps"):
+        assert not hasattr(riskmap, name), name

@@ -16,18 +16,6 @@ def add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     parser.add_argument("--site", default=None, help="use only the cases of this site / partition")
 
 
-def add_option(parser: argparse.ArgumentParser, *flags: str, hidden: Sequence[str] = (), **kwargs: Any) -> argparse.Action:
-    """``parser.add_argument(*flags, **kwargs)`` that also accepts the old spellings ``hidden``.
-
-    The hidden spellings parse exactly like the visible ones (same action, same
-    ``dest``, same required check) but ``--help`` and error messages show only
-    ``flags``. They are kept for one release after a rename (docs/architecture.md).
-    """
-    action = parser.add_argument(*flags, *hidden, **kwargs)
-    action.option_strings = [flag for flag in action.option_strings if flag not in hidden]
-    return action
-
-
 def add_time_limit(parser: argparse.ArgumentParser) -> None:
     """``--time-limit SECONDS``: how long an ONNX model may run on one volume before it is stopped."""
     from trmcore.limits import DEFAULT_TIME_LIMIT, TIME_ENV, parse_seconds
@@ -44,19 +32,19 @@ def add_time_limit(parser: argparse.ArgumentParser) -> None:
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
-    """``-q/--quiet`` (old spelling ``--no-progress``): no progress bars."""
-    add_option(parser, "-q", "--quiet", hidden=("--no-progress",), action="store_true", help="no progress bars")
+    """``-q/--quiet``: no progress bars."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def add_output(parser: argparse.ArgumentParser, help: str, required: bool = False, **kwargs: Any) -> None:
-    """``-o/--output`` (old spelling ``--out``) as a Path."""
-    add_option(parser, "-o", "--output", hidden=("--out",), type=Path, required=required, help=help, **kwargs)
+    """``-o/--output`` as a Path."""
+    parser.add_argument("-o", "--output", type=Path, required=required, help=help, **kwargs)
 
 
 def add_sites_csv(parser: argparse.ArgumentParser) -> None:
-    """``--sites-csv`` (old spelling ``--sites``): a CSV case,site overriding dataset.json 'sites'."""
-    add_option(parser, "--sites-csv", hidden=("--sites",), type=Path, default=None,
-               help="CSV assigning cases to sites (columns case,site; overrides dataset.json 'sites')")
+    """``--sites-csv``: a CSV case,site overriding dataset.json 'sites'."""
+    parser.add_argument("--sites-csv", type=Path, default=None,
+                        help="CSV assigning cases to sites (columns case,site; overrides dataset.json 'sites')")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +70,11 @@ def examples(*lines: str) -> str:
 
 def command(subparsers: argparse._SubParsersAction, name: str, help: str, description: str,
             example_lines: Sequence[str], **kwargs: Any) -> argparse.ArgumentParser:
-    """A subcommand with a one-line help, a description and examples in its epilog."""
+    """A subcommand with a one-line help, a description and examples in its epilog.
+
+    Options must be spelled in full (``allow_abbrev=False``): a prefix such as
+    ``--out`` is refused rather than silently read as ``--output``, so each
+    option has exactly one spelling.
+    """
     return subparsers.add_parser(name, help=help, description=description, epilog=examples(*example_lines),
-                                 formatter_class=HelpFormatter, **kwargs)
+                                 formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)

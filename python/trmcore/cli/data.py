@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trmcore.cli.common import HelpFormatter, add_option, add_quiet, command, examples
+from trmcore.cli.common import HelpFormatter, add_quiet, command, examples
 from trmcore.data.importers import IMPORTERS
 
 
@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     phantom.add_argument("out", type=Path, help="dataset folder to create")
     phantom.add_argument("--cases", type=int, default=6, help="number of cases (default %(default)s)")
-    add_option(phantom, "--num-sites", hidden=("--sites",), dest="sites", default="3", metavar="N|NAMES",
-               help="number of built-in sites 1-4, or a comma list of their names (site-A,...,site-D); "
-                    "default %(default)s")
+    phantom.add_argument("--num-sites", dest="sites", default="3", metavar="N|NAMES",
+                         help="number of built-in sites 1-4, or a comma list of their names (site-A,...,site-D); "
+                              "default %(default)s")
     phantom.add_argument(
         "--shape", type=int, nargs=3, default=(48, 48, 24), metavar=("X", "Y", "Z"), help="volume shape (default 48 48 24)"
     )
@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, cls in IMPORTERS.items():
         fmt = cls()
         sub = kinds.add_parser(name, help=fmt.summary, description=fmt.description,
-                               epilog=examples(fmt.example or f"trm import {name} SRC/ DST/"), formatter_class=HelpFormatter)
+                               epilog=examples(fmt.example or f"trm import {name} SRC/ DST/"), formatter_class=HelpFormatter,
+                               allow_abbrev=False)
         sub.add_argument("src", type=Path, help="folder in the native layout")
         sub.add_argument("dst", type=Path, help="dataset folder to create")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")

@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, add_time_limit, command
+from trmcore.cli.common import add_output, add_quiet, add_task_arguments, add_time_limit, command
 from trmcore.extras import install_hint
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.ops import RISK_BASE
@@ -286,10 +286,9 @@ def _register_transferability(subparsers) -> None:
     _add_runtime_options(p)
     add_task_arguments(p)
     p.add_argument("--cases", default=None, help="only these cases (comma-separated ids)")
-    add_option(p, "--risk-base", hidden=("--base",), type=float, default=RISK_BASE,
-               help="risk-map base: R in [1, base] (default %(default)g)")
-    add_option(p, "-o", "--output", hidden=("--out", "--json"), type=Path, default=None,
-               help="also write the report as JSON")
+    p.add_argument("--risk-base", type=float, default=RISK_BASE,
+                   help="risk-map base: R in [1, base] (default %(default)g)")
+    add_output(p, help="also write the report as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
     p.set_defaults(func=_run_transferability)
 

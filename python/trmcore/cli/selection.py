@@ -10,7 +10,6 @@ Examples::
     trm transfer-path data/fets --path 01/T1/NCR+ED+ET,13/T1/NCR+ED+ET,18/T1/NCR+ED+ET --source runs/01-t1 -o runs/seq
 
 The affinity, path and fit commands are torch-free (NumPy, SciPy, networkx).
-Old spellings kept for one release: --out (-o/--output), --sites (--sites-csv), --no-progress (-q/--quiet).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ NIfTI and drawing the TRM Fig. 2 panels is :mod:`trmcore.training.riskmap_files`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -79,14 +79,3 @@ def risk_volumes(model: nn.Module, volumes: Sequence, num_classes: int, axis: in
     ops.check_pending()
     return results
 
-
-# Writing and plotting moved to riskmap_files; these names stay importable from here for the 0.x API.
-_FILE_NAMES = ("save_nifti", "pick_slice", "plot_panel", "write_risk_maps")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FILE_NAMES:
-        from trmcore.training import riskmap_files
-
-        return getattr(riskmap_files, name)
-    raise AttributeError(f"module 'trmcore.training.riskmap' has no attribute {name!r}")
