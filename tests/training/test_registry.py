@@ -96,7 +96,7 @@ def test_source_training_refuses_a_source_method(toy_method, phantom, tmp_path, 
     from trmcore.data import parse_task
     from trmcore.training.trainer import train
 
-    with pytest.raises(ValueError, match="source training supports method None or one of vanilla, class-weight"):
+    with pytest.raises(ValueError, match="source training supports the methods vanilla, class-weight"):
         train(phantom, parse_task("T1", "CSF"), tmp_path / "y", TrainConfig(method="fg-twice"), progress=False)
 
 
@@ -132,3 +132,31 @@ def test_nonfinite_loss_stops_training_before_any_checkpoint(phantom, source_run
     finally:
         del METHODS[entry.name]
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_plain_cross_entropy_has_one_name(source_run, tmp_path):
+    """"vanilla" is plain CE everywhere; None is refused, but run.json and checkpoints that saved null still read."""
+    import json
+    import shutil
+
+    from trmcore.training.methods import PLAIN_METHOD
+    from trmcore.training.runinfo import read_run_info
+
+    assert PLAIN_METHOD == "vanilla" and TrainConfig().method == PLAIN_METHOD
+    with pytest.raises(ValueError, match="method must be one of"):
+        TrainConfig(method=None)
+    assert TrainConfig.from_dict({"method": None, "iterations": 3}).method == PLAIN_METHOD
+    info = read_run_info(source_run)
+    assert info.method == PLAIN_METHOD and info.training.method == PLAIN_METHOD
+    old = tmp_path / "old"
+    shutil.copytree(source_run, old)
+    record = json.loads((old / "run.json").read_text())
+    record["method"] = None
+    record["training"]["method"] = None  # as trmcore wrote a plain-CE source model before
+    (old / "run.json").write_text(json.dumps(record))
+    info = read_run_info(old)
+    assert info.method == PLAIN_METHOD and info.training.method == PLAIN_METHOD
+    record["training"]["method"] = "nope"
+    (old / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="training: method must be one of"):
+        read_run_info(old)

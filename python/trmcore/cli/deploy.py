@@ -34,7 +34,7 @@ def _register_export(subparsers) -> None:
         example_lines=["trm export runs/trm -o model.onnx", "trm export runs/trm -o model-int8.onnx --precision int8"])
     p.add_argument("run", type=Path, help="run folder (model.safetensors + run.json)")
     add_output(p, required=True, help="ONNX file to write, e.g. model.onnx")
-    from trmcore.infer.metadata import DEFAULT_MIN_DICE, PRECISIONS
+    from trmcore.infer.metadata import DEFAULT_MIN_DICE, DEFAULT_OPSET, MIN_OPSET, PRECISIONS
 
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="arithmetic of the exported network (default fp32). int8: onnxruntime static quantisation "
@@ -48,7 +48,8 @@ def _register_export(subparsers) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="the run's dataset folder, if it moved (default: the one in run.json); "
                         "used by reduced precisions only")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset (>= {MIN_OPSET}; default %(default)s)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="max |onnxruntime - torch| on logits relative to max(1, max|logit|) "
                         "(default 1e-4, 2e-2 with --fp16)")

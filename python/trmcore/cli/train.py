@@ -30,7 +30,7 @@ from trmcore.models.norms import NORMS
 from trmcore.training.config import (AXES, FREEZE_CHOICES, OPTIMIZERS, RISK_BALANCES, RISK_SCALINGS, RISK_SCOPES,
                                      TRM_NORMALIZATIONS, TrainConfig)
 from trmcore.training.schedule import LR_SCHEDULES
-from trmcore.training.methods import DEFAULT_METHOD, METHODS, method_names, source_method_names
+from trmcore.training.methods import DEFAULT_METHOD, METHODS, PLAIN_METHOD, method_names, source_method_names
 
 
 def _add_task(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -111,7 +111,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                     example_lines=["trm train data/ --channel T1 --labels CSF,GM,WM --site site-A -o runs/src"])
     _add_task(train)
     _add_training(train)
-    train.add_argument("--method", default="vanilla", choices=source_method_names(),
+    train.add_argument("--method", default=PLAIN_METHOD, choices=source_method_names(),
                        help=f"loss (default %(default)s): {_methods_help(source_method_names())}")
     train.add_argument("--depth", type=int, default=UNetConfig.depth, help="U-Net down-samplings (default %(default)s)")
     train.add_argument("--width", type=int, default=UNetConfig.width,
@@ -270,8 +270,7 @@ def _report(info, run_dir: Path) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from trmcore.training.trainer import train
 
-    # A source model trained with plain CE records method None ("source") in run.json.
-    config = _config(args, method=None if args.method == "vanilla" else args.method, freeze="none")
+    config = _config(args, method=args.method, freeze="none")
     model = UNetConfig(depth=args.depth, width=args.width, norm=args.norm)
     info = train(args.data, _task(args), args.output, config, model, device=args.device, resume=args.resume,
                  progress=not args.quiet, sites=args.sites_csv)

@@ -29,13 +29,11 @@ import torch
 from trmcore import __version__
 from trmcore.extras import MissingExtraError, missing_message, missing_modules
 from trmcore.fileio import atomic_write_bytes, check_output_file
-from trmcore.infer.metadata import ModelMetadata, Provenance
+from trmcore.infer.metadata import DEFAULT_OPSET, MIN_OPSET, ModelMetadata, Provenance
 from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, check_precision, reduce_precision
 from trmcore.training.checkpoint import load_run
 from trmcore.training.runinfo import RUN_INFO_FILE, WEIGHTS_FILE, RunInfo
 
-DEFAULT_OPSET = 18
-MIN_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 # Allowed max |onnxruntime - torch| on the logits, relative to max(1, max |logit|):

@@ -32,6 +32,9 @@ PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
 #: A reduced precision is exported only if each class's Dice against the float32 labels
 #: reaches this (``trm export --min-dice``); here so the torch-free CLI can show it.
 DEFAULT_MIN_DICE = 0.99
+#: ONNX opset of ``trm export`` and the oldest it accepts (here so the torch-free CLI can show them).
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
 
 
 @dataclass
@@ -39,8 +42,9 @@ class Provenance:
     """Where a deployed model came from.
 
     ``source_model`` names the model the run started from (None for a model
-    trained from scratch), ``method`` the fine-tuning method (None for a source
-    model), ``run`` the run folder's name.
+    trained from scratch), ``method`` the loss weighting it trained with (None
+    when not recorded: models exported before trmcore named plain cross-entropy
+    "vanilla" left it out for source models), ``run`` the run folder's name.
     """
 
     run: Optional[str] = None

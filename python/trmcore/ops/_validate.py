@@ -19,6 +19,8 @@ STATUS_SIZE = 5
 SCOPES = ("image", "batch")
 # SPEC 3: the risk map lies in [1, base]; the default of every risk_base / --risk-base.
 RISK_BASE = 10.0
+# SPEC 3: T is rescaled per image by default; the default of every risk scope / --risk-scope.
+RISK_SCOPE = "image"
 NORMALIZATIONS = ("batch", "image", "valid")
 
 

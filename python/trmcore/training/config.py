@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
-from trmcore.ops import RISK_BASE, RISK_SCOPES
-from trmcore.training.methods import METHODS
+from trmcore.ops import RISK_BASE, RISK_SCOPE, RISK_SCOPES
+from trmcore.training.methods import METHODS, PLAIN_METHOD
 from trmcore.training.schedule import LR_SCHEDULES
 
 # Allowed values of the TrainConfig fields with a fixed set (the CLI reads its choices here;
@@ -46,7 +46,7 @@ class TrainConfig:
         weight_decay: L2 weight decay of the optimiser (nnU-Net's SGD: 3e-5).
         batch_size: slices per step (per process under DDP).
         method: loss weighting, a name of the METHODS registry (trmcore.training.methods);
-            ``None`` for a source model (plain CE).
+            plain cross-entropy is ``"vanilla"`` (``PLAIN_METHOD``), the default.
         freeze: "encoder" (contracting path + bottleneck frozen, SPEC 5) or "none".
         few_shot: keep only this many target training slices (seeded), or None for all.
         risk_refresh: 0 = static risk maps (default); K > 0 recomputes them every K iterations
@@ -88,12 +88,12 @@ class TrainConfig:
     momentum: float = 0.99
     weight_decay: float = 0.0
     batch_size: int = 8
-    method: Optional[str] = None
+    method: str = PLAIN_METHOD
     freeze: str = "encoder"
     few_shot: Optional[int] = None
     risk_refresh: int = 0
     risk_base: float = RISK_BASE
-    risk_scope: str = "image"
+    risk_scope: str = RISK_SCOPE
     trs_stride: int = 4
     seed: int = 0
     val_every: int = 500
@@ -132,7 +132,7 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not self.weight_decay >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.method is not None and self.method not in METHODS:
+        if self.method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
@@ -176,5 +176,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """A TrainConfig from a saved dict (checkpoint, run.json); unknown keys ignored.
+
+        Files written before plain cross-entropy had one name record it as ``method: null``.
+        """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if "method" in values:
+            values["method"] = read_method(values["method"])
+        return cls(**values)
+
+
+def read_method(value: Any) -> Any:
+    """A method as saved on disk: ``None`` (files from before ``PLAIN_METHOD``) is plain cross-entropy."""
+    return PLAIN_METHOD if value is None else value

@@ -72,8 +72,11 @@ def source_method_names() -> Tuple[str, ...]:
     return tuple(name for name, entry in METHODS.items() if entry.source_training)
 
 
+# The one name of plain (unweighted) cross-entropy: the method of a source model unless told otherwise.
+PLAIN_METHOD = "vanilla"
+
 _WEIGHTING = "trmcore.training.weighting"
-register_method(MethodEntry("vanilla", f"{_WEIGHTING}:LossWeighting", "plain cross-entropy",
+register_method(MethodEntry(PLAIN_METHOD, f"{_WEIGHTING}:LossWeighting", "plain cross-entropy",
                             source_training=True))
 register_method(MethodEntry("class-weight", f"{_WEIGHTING}:ClassWeighting",
                             "inverse class frequency weights", source_training=True))

@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from trmcore.ops import RISK_BASE
 from trmcore.training.weighting import IGNORE_INDEX
 
 # Share of a class's pixels in one band of a tenth of the range above which the class counts as constant;
@@ -60,7 +61,7 @@ class RiskStatistics:
         base: the risk base (R in [1, base]); the midpoint is (1 + base) / 2.
     """
 
-    def __init__(self, num_classes: int, base: float = 10.0, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int, base: float = RISK_BASE, ignore_index: int = IGNORE_INDEX) -> None:
         self.base = float(base)
         self.ignore_index = ignore_index
         self.sums = torch.zeros(num_classes, len(_FIELDS) + HISTOGRAM_BINS, dtype=torch.float64)

@@ -41,7 +41,7 @@ def _volume_logits(model: nn.Module, images: np.ndarray, device: torch.device, b
 
 @torch.no_grad()
 def risk_volumes(model: nn.Module, volumes: Sequence, num_classes: int, axis: int, divisor: int,
-                 device: torch.device, base: float = 10.0, scope: str = "image", batch_size: int = 16,
+                 device: torch.device, base: float = ops.RISK_BASE, scope: str = ops.RISK_SCOPE, batch_size: int = 16,
                  progress: bool = False, scaling: str = "minmax", quantile: float = 0.05) -> List[RiskVolumes]:
     """T and R volumes of ``model`` on labelled ``volumes`` (joint accumulated over all of them).
 

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from trmcore.fileio import check_output_plan, save_figure, save_image
+from trmcore.ops import RISK_BASE, RISK_SCOPE
 from trmcore.training.risk_diagnostics import panel_caption, write_volume_diagnostics
 from trmcore.training.riskmap import RiskVolumes, risk_volumes
 
@@ -41,7 +42,7 @@ def pick_slice(label: np.ndarray, axis: int) -> int:
 
 
 def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: int, slice_index: int,
-               path: Union[str, Path], base: float = 10.0, titles: Sequence[str] = ("source", "fine-tuned"),
+               path: Union[str, Path], base: float = RISK_BASE, titles: Sequence[str] = ("source", "fine-tuned"),
                diagnostics: Sequence[Optional[dict]] = (), overwrite: bool = False) -> Path:
     """PNG: image | label | transferability | risk, one row for the source model, one after fine-tuning.
 
@@ -90,7 +91,7 @@ def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: 
 def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], out_dir: Union[str, Path],
                     channel: Optional[str] = None, labels: Optional[str] = None, site: Optional[str] = None,
                     after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
-                    base: float = 10.0, scope: str = "image", device: Optional[str] = None,
+                    base: float = RISK_BASE, scope: str = RISK_SCOPE, device: Optional[str] = None,
                     progress: bool = True, sites=None, resample: bool = True, scaling: str = "minmax",
                     quantile: float = 0.05, overwrite: bool = False) -> List[Path]:
     """Write CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case.

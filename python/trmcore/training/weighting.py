@@ -236,7 +236,7 @@ class RiskMapWeighting(LossWeighting):
     normalize = "batch"
 
     def __init__(self, source: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
-                 base: float = 10.0, scope: str = "image", refresh_every: int = 0, batch_size: int = 16,
+                 base: float = ops.RISK_BASE, scope: str = ops.RISK_SCOPE, refresh_every: int = 0, batch_size: int = 16,
                  amp: bool = True, model_config: Optional[UNetConfig] = None, scaling: str = "minmax",
                  quantile: float = 0.05, balance: str = "none", anneal_over: int = 0) -> None:
         self.data = data
@@ -326,12 +326,12 @@ class RiskMapWeighting(LossWeighting):
 
 def create_weighting(config: "TrainConfig", model_config: UNetConfig, data: TrainingSlices, num_classes: int,
                      ctx: DistContext, source: Optional[nn.Module] = None) -> LossWeighting:
-    """The LossWeighting of ``config.method`` (None = plain cross-entropy), from the METHODS registry.
+    """The LossWeighting of ``config.method``, from the METHODS registry.
 
     Raises:
         ValueError: an unregistered method, or one that needs the source model without ``source``.
     """
-    entry = get_method(config.method or "vanilla")
+    entry = get_method(config.method)
     if entry.needs_source and source is None:
         raise ValueError(f"method {entry.name!r} needs the source model")
     return entry.load().from_config(config, model_config, data, num_classes, ctx, source)
