@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, List, Optional, Sequence
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -14,6 +16,40 @@ def add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     parser.add_argument("--channel", required=required, help="input channel(s), e.g. T1 or T1,T2")
     parser.add_argument("--labels", required=required, help="foreground label(s), e.g. CSF or NCR,ED,ET")
     parser.add_argument("--site", default=None, help="use only the cases of this site / partition")
+
+
+def add_settings_options(parser: Any, settings: type, prefix: str = "", only: Optional[Collection[str]] = None,
+                         skip: Collection[str] = ()) -> List[argparse.Action]:
+    """One option per field of the settings dataclass ``settings`` (a method's, see training.method_settings).
+
+    The option is the field's metadata ``flag`` (default ``--`` + the name with dashes), its ``dest``
+    the field name, its default the field's; ``bool`` fields are flags (``store_true``, default False),
+    ``int``/``float``/``str`` fields take a value of that type; ``choices`` and ``metavar`` come from
+    the metadata, the help text is ``prefix`` + metadata ``help`` + the default. ``only``: just these
+    fields; ``skip``: leave these out (already added for another method). ``parser`` may be an
+    argument group.
+    """
+    hints = typing.get_type_hints(settings)
+    actions = []
+    for f in dataclasses.fields(settings):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        meta, kind = f.metadata, hints[f.name]
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        help = prefix + meta["help"]
+        if kind is bool:
+            if f.default is not False:
+                raise ValueError(f"{settings.__name__}.{f.name}: a bool setting must default to False (a flag)")
+            actions.append(parser.add_argument(flag, dest=f.name, action="store_true", help=help))
+            continue
+        if kind not in (int, float, str):
+            raise ValueError(f"{settings.__name__}.{f.name}: settings options take int, float, str or bool, "
+                             f"got {kind!r}")
+        extra = {k: meta[k] for k in ("choices", "metavar") if k in meta}
+        default_text = "%(default)g" if kind is float else "%(default)s"
+        actions.append(parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
+                                           help=f"{help} (default {default_text})", **extra))
+    return actions
 
 
 def add_time_limit(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from trmcore import ops
-from trmcore.training.config import RISK_SCALINGS, TRM_NORMALIZATIONS, TrainConfig
+from trmcore.training.config import TrainConfig
+from trmcore.training.method_settings import RISK_SCALINGS, TRM_NORMALIZATIONS
 from trmcore.training.normalization import bounded_min_foreground
 from trmcore.training.precision import autocast_for
 from trmcore.training.risk_scaling import IGNORE_INDEX, scaled_risk_map

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from trmcore import ops
-from trmcore.training.config import RISK_BALANCES, RISK_SCALINGS
+from trmcore.training.method_settings import RISK_BALANCES, RISK_SCALINGS
 
 # As trmcore.ops (and training.weighting); not imported from weighting, which imports this module.
 IGNORE_INDEX = -100

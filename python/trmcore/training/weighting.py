@@ -115,7 +115,8 @@ class LossWeighting:
         """The weighting of a run with ``config`` training a ``model_config`` network on ``data``.
 
         Args:
-            config: the run's TrainConfig (method-specific fields: risk_*, trs_stride, amp, batch_size).
+            config: the run's TrainConfig (the method's own settings: ``config.method_settings_of()``;
+                shared ones: amp, batch_size, iterations).
             model_config: the trained network's shape (after any head reset).
             data: training slices and this rank's shard; num_classes: C of the target task.
             ctx: device and ranks; source: the frozen source model (methods with ``needs_source``).
@@ -206,7 +207,8 @@ class TrsMapWeighting(LossWeighting):
 
     @classmethod
     def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "TrsMapWeighting":
-        return cls(source, data, num_classes, ctx, stride=config.trs_stride, batch_size=leep_batch_size(config),
+        settings = config.method_settings_of("trs-map")
+        return cls(source, data, num_classes, ctx, stride=settings.trs_stride, batch_size=leep_batch_size(config),
                    amp=config.amp)
 
     @staticmethod
@@ -266,10 +268,11 @@ class RiskMapWeighting(LossWeighting):
 
     @classmethod
     def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "RiskMapWeighting":
-        return cls(source, data, num_classes, ctx, base=config.risk_base, scope=config.risk_scope,
-                   refresh_every=config.risk_refresh, batch_size=leep_batch_size(config), amp=config.amp,
-                   model_config=model_config, scaling=config.risk_scaling, quantile=config.risk_quantile,
-                   balance=config.risk_balance, anneal_over=config.iterations if config.risk_anneal else 0)
+        settings = config.method_settings_of("trm")
+        return cls(source, data, num_classes, ctx, base=settings.risk_base, scope=settings.risk_scope,
+                   refresh_every=settings.risk_refresh, batch_size=leep_batch_size(config), amp=config.amp,
+                   model_config=model_config, scaling=settings.risk_scaling, quantile=settings.risk_quantile,
+                   balance=settings.risk_balance, anneal_over=config.iterations if settings.risk_anneal else 0)
 
     def risk(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """R of TRM Eq. 6 (with the run's scaling) for the slices ``index``, float32 ``[B, H, W]``."""
