@@ -396,14 +396,15 @@ def _evaluate_predictions(args: argparse.Namespace):
 
 
 def _run_riskmap(args: argparse.Namespace) -> int:
+    from trmcore.training.riskmap import RiskMapSettings
     from trmcore.training.riskmap_files import write_risk_maps
 
+    settings = RiskMapSettings(base=args.risk_base, scope=args.risk_scope, scaling=args.risk_scaling,
+                               quantile=args.risk_quantile)
     written = write_risk_maps(args.data, args.source, args.output, args.channel, args.labels, args.site,
-                              after_run=args.after, cases=_split_list(args.cases), base=args.risk_base,
-                              scope=args.risk_scope, device=args.device, progress=not args.quiet,
-                              sites=args.sites_csv, resample=not args.no_resample,
-                              scaling=args.risk_scaling, quantile=args.risk_quantile,
-                              overwrite=args.overwrite)
+                              after_run=args.after, cases=_split_list(args.cases), settings=settings,
+                              device=args.device, progress=not args.quiet, sites=args.sites_csv,
+                              resample=not args.no_resample, overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 
