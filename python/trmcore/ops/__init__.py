@@ -173,7 +173,7 @@ def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int =
         A scalar: a float32 torch tensor with a fused backward kernel, or a
         NumPy float64 for NumPy input.
     """
-    V.check_choice("normalize", normalize, V.NORMALIZATIONS)
+    V.check_choice("normalize", normalize, V.DENOMINATORS)
     ignore_index = V.check_ignore_index(ignore_index)
     min_foreground = V.check_min_foreground(min_foreground)
     backend = _backend(logits=logits, labels=labels, weights=weights)

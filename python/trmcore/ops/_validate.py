@@ -21,7 +21,7 @@ SCOPES = ("image", "batch")
 RISK_BASE = 10.0
 # SPEC 3: T is rescaled per image by default; the default of every risk scope / --risk-scope.
 RISK_SCOPE = "image"
-NORMALIZATIONS = ("batch", "image", "valid")
+DENOMINATORS = ("batch", "image", "valid")
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional
 
 from trmcore.ops import RISK_SCOPES  # noqa: F401  (the allowed values of TrainConfig fields, read here by users)
-from trmcore.training.method_settings import (RISK_BALANCES, RISK_SCALINGS, TRM_NORMALIZATIONS, TrmSettings,
+from trmcore.training.method_settings import (RISK_BALANCES, RISK_SCALINGS, TRM_DENOMINATORS, TrmSettings,
                                               TrsMapSettings)
 from trmcore.training.methods import METHODS, PLAIN_METHOD, MethodEntry, get_method
 from trmcore.training.schedule import LR_SCHEDULES
@@ -59,7 +59,7 @@ class TrainConfig:
         checkpoint_every: write a resumable state every this many iterations (0 = at validation only).
         foreground_share: share of each batch drawn from slices holding foreground (nnU-Net's
             oversampling, every method alike); 0 = uniform batches.
-        trm_normalize: trm's loss denominator, one of TRM_NORMALIZATIONS; "batch" is the paper's Eq. 7.
+        trm_normalize: trm's loss denominator, one of TRM_DENOMINATORS; "batch" is the paper's Eq. 7.
         trm_bound: with "bounded", no batch weighs more than this factor above a batch with the
             expected foreground count E (the denominator is at least E / trm_bound).
         risk_scaling: "minmax" (TRM Eq. 5) or "robust" (T clipped to the per-class quantiles

@@ -27,10 +27,10 @@ from typing import Any, Dict, Optional, Sequence
 
 from trmcore.ops import RISK_BASE, RISK_SCOPE, RISK_SCOPES
 
-# How trm's Eq. 7 denominator is formed (trmcore.training.normalization): "bounded" (default) floors the
+# How trm's Eq. 7 denominator is formed (trmcore.training.loss_denominator): "bounded" (default) floors the
 # batch's foreground count at E / trm_bound, "batch" is TRM Eq. 7 as published, "image" per image, "mean" the
 # mean over valid pixels as vanilla (no Eq. 7: with class-balanced weights, only the emphasis within a class differs).
-TRM_NORMALIZATIONS = ("bounded", "batch", "image", "mean")
+TRM_DENOMINATORS = ("bounded", "batch", "image", "mean")
 # How T becomes T' before R = base ** T' (trmcore.training.risk_scaling): "minmax" is TRM Eq. 5,
 # "robust" clips T to per-class quantiles first.
 RISK_SCALINGS = ("minmax", "robust")
@@ -78,7 +78,7 @@ class TrmSettings:
     risk_scope: str = setting(RISK_SCOPE, "rescale T per image or per batch", choices=RISK_SCOPES)
     trm_normalize: str = setting("bounded", "loss denominator; 'batch' = TRM Eq. 7 as published, 'bounded' = Eq. 7 "
                                             "with a floor, 'mean' = the mean over pixels as vanilla",
-                                 choices=TRM_NORMALIZATIONS)
+                                 choices=TRM_DENOMINATORS)
     trm_bound: float = setting(4.0, "bounded: no batch weighs more than K x a batch with the expected foreground",
                                metavar="K")
     risk_scaling: str = setting("minmax", "'minmax' = TRM Eq. 5; 'robust' clips T to per-class quantiles first",
@@ -96,7 +96,7 @@ class TrmSettings:
         _one_of("risk_scope", self.risk_scope, RISK_SCOPES)
         if not self.risk_base > 1:
             raise ValueError(f"risk_base must be > 1, got {self.risk_base!r}")
-        _one_of("trm_normalize", self.trm_normalize, TRM_NORMALIZATIONS)
+        _one_of("trm_normalize", self.trm_normalize, TRM_DENOMINATORS)
         if not 1.0 <= self.trm_bound < float("inf"):
             raise ValueError(f"trm_bound must be a finite number >= 1, got {self.trm_bound!r}")
         _one_of("risk_scaling", self.risk_scaling, RISK_SCALINGS)

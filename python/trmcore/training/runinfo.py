@@ -42,7 +42,7 @@ class RunInfo:
     ``normalization`` names the intensity normalisation
     (``trmcore.data.preprocess.NORMALIZATIONS``).
     ``loss_normalization``: the loss denominator used (normalize, min_foreground, expected_foreground;
-    see trmcore.training.normalization); ``risk_diagnostics``: per-class statistics of trm's risk maps
+    see trmcore.training.loss_denominator); ``risk_diagnostics``: per-class statistics of trm's risk maps
     and warnings (trmcore.training.risk_diagnostics).
     ``data_fingerprint`` is a digest of the training slices and case split,
     ``source_fingerprint`` of the source weights: ``--resume`` checks both.

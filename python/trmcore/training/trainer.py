@@ -41,7 +41,7 @@ from trmcore.training.evaluate import EvaluationResult, evaluate_volumes
 from trmcore.training.loss_display import mean_ce_scale
 from trmcore.training.methods import DEFAULT_METHOD, PLAIN_METHOD, get_method, source_method_names
 from trmcore.training.metrics import MetricsLog
-from trmcore.training.normalization import foreground_per_slice, loss_normalization
+from trmcore.training.loss_denominator import foreground_per_slice, loss_denominator
 from trmcore.training.risk_diagnostics import report as report_risk, weighting_diagnostics
 from trmcore.training.runinfo import RunInfo, read_run_info, resume_differences
 from trmcore.training.precision import autocast_for, needs_loss_scaling
@@ -226,8 +226,8 @@ class _TrainLoop:
         self.sampler = SliceSampler(len(data.slices.labels), config.batch_size, config.seed, ctx.rank, ctx.world_size,
                                     foreground=foreground_per_slice(data.slices.labels) > 0,
                                     foreground_share=config.foreground_share)
-        self.normalization = loss_normalization(weighting.normalize, config, data.slices.labels)
-        info.loss_normalization = self.normalization.to_dict()
+        self.denominator = loss_denominator(weighting.normalize, config, data.slices.labels)
+        info.loss_normalization = self.denominator.to_dict()
         self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
         self.schedule = LRSchedule.planned(config.lr_schedule, config.lr, config.planned_horizon, config.warmup)
         info.lr_schedule = self.schedule.to_dict()
@@ -288,10 +288,10 @@ class _TrainLoop:
         with autocast_for(device, self.config.amp):
             logits = forward(images)
         loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
-                                    normalize=self.normalization.normalize,
-                                    min_foreground=self.normalization.min_foreground)
-        shown = mean_ce_scale(loss, labels, weights, self.normalization.normalize,
-                              self.normalization.min_foreground, logits)
+                                    normalize=self.denominator.normalize,
+                                    min_foreground=self.denominator.min_foreground)
+        shown = mean_ce_scale(loss, labels, weights, self.denominator.normalize,
+                              self.denominator.min_foreground, logits)
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                      torch.full_like(self.first_bad, iteration), self.first_bad)
         self.optimizer.zero_grad(set_to_none=True)
@@ -569,7 +569,7 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         del source
         info.risk_diagnostics = weighting_diagnostics(
             weighting, data.slices, info.label_names, ctx, config.risk_base, model=model,
-            normalization=loss_normalization(weighting.normalize, config, data.slices.labels))
+            denominator=loss_denominator(weighting.normalize, config, data.slices.labels))
         if info.risk_diagnostics is not None and ctx.is_main and (progress or info.risk_diagnostics["warnings"]):
             report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)

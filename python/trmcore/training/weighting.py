@@ -228,7 +228,7 @@ class RiskMapWeighting(LossWeighting):
     (static). With ``refresh_every = K > 0`` they are recomputed from the
     current model every K iterations. ``scaling`` / ``quantile``: how T becomes
     R (trmcore.training.risk_scaling; "minmax" is TRM Eq. 5). ``normalize = "batch"``
-    asks for Eq. 7; trmcore.training.normalization picks its form (bounded by default).
+    asks for Eq. 7; trmcore.training.loss_denominator picks its form (bounded by default).
     ``balance``: the loss weight is R ("none", TRM Eq. 7) or R divided by its class's mean over the
     training pixels ("per-class"; "foreground": on foreground classes, background weighs 1), see
     :func:`trmcore.training.risk_scaling.balance_risk`. ``anneal_over = T > 0``: the weights move
