@@ -121,6 +121,34 @@ def test_defaults_and_choices_come_from_the_dataclasses():
     assert _parse("transferability", "-m", "m", "d", "--channel", "T1", "--labels", "CSF").risk_base == RISK_BASE
 
 
+def test_other_defaults_are_read_from_their_owners():
+    from trmcore.data import phantom
+    from trmcore.infer.metadata import DEFAULT_OPSET
+    from trmcore.selection.rank import VALIDATE_ITERATIONS
+    from trmcore.selection.tasks import DEFAULT_MAX_HOPS
+    from trmcore.study.grid import DEFAULT_SEEDED_TABLES, DEFAULT_SEEDS, TABLES, parse_tables
+    from trmcore.study.profiles import DEFAULT_PROFILE
+    from trmcore.study.study import parse_seeds
+    from trmcore.training.methods import PLAIN_METHOD
+    from trmcore.training.riskmap import RiskMapSettings
+
+    assert _parse("export", "run", "-o", "m.onnx").opset == DEFAULT_OPSET
+    assert _parse("path", "a", "--target", "x/T1/CSF").max_hops == DEFAULT_MAX_HOPS
+    rank = _parse("rank", "d", "--channel", "T1", "--labels", "CSF", "--sources", "r")
+    assert (rank.iterations, rank.method) == (VALIDATE_ITERATIONS, PLAIN_METHOD)
+    assert _parse("train", "d", "--channel", "T1", "--labels", "CSF", "-o", "r").method == PLAIN_METHOD
+    study = _parse("reproduce", "-o", "s")
+    assert study.profile == DEFAULT_PROFILE and parse_tables(study.tables) == TABLES
+    assert parse_seeds(study.seeds) == list(DEFAULT_SEEDS)
+    assert parse_tables(study.seeded_tables) == DEFAULT_SEEDED_TABLES
+    made = _parse("phantom", "p")
+    assert (made.cases, int(made.sites), tuple(made.shape), made.seed) == (
+        phantom.DEFAULT_CASES, phantom.DEFAULT_SITES, phantom.DEFAULT_SHAPE, phantom.DEFAULT_SEED)
+    riskmap = _parse("riskmap", "d", "--source", "s", "-o", "m")
+    assert RiskMapSettings(riskmap.risk_base, riskmap.risk_scope, riskmap.risk_scaling,
+                           riskmap.risk_quantile) == RiskMapSettings()
+
+
 def test_only_bad_input_is_a_one_line_error(monkeypatch, capsys):
     import trmcore.cli.train as cli_train
     from trmcore.cli.main import main
