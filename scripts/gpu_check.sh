@@ -347,7 +347,7 @@ if (( built )); then
   if (( rehearse )); then shape=(48 48 16) model=(--depth 3 --width 16); fi
   amp="AMP ${amp_dtype:-bfloat16}"; (( rehearse )) && amp="no AMP (CPU)"
   meta training "--device $device, $amp, $iterations iterations, batch 8; phantom of 8 cases ${shape[*]}; U-Net ${model[*]}; fine-tuning: 24 target slices, encoder frozen"
-  run_step phantom 90 train.log "${trm[@]}" phantom "$data" --cases 8 --sites site-A,site-B --shape "${shape[@]}" --seed 0
+  run_step phantom 90 train.log "${trm[@]}" phantom "$data" --cases 8 --num-sites site-A,site-B --shape "${shape[@]}" --seed 0
   if run_step train-source 120 train.log "${trm[@]}" train "$data" --channel T1 --labels CSF,GM,WM --site site-A \
       -o "$runs/source" "${common[@]}" "${model[@]}"; then
     for method in vanilla class-weight trs-map trm; do

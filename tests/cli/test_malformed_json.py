@@ -308,7 +308,7 @@ def test_bad_dataset_json(phantom, onnx_model, tmp_path, capsys, case, command):
     if command == "affinity":
         argv = ["affinity", data, "--tasks", "all", "-o", tmp_path / "out", "-q"]
     else:  # predict reads the channel names of a dataset.json beside the input folder
-        argv = ["predict", "-m", onnx_model, "-i", data / "imagesTr", "-o", tmp_path / "out", "--no-progress"]
+        argv = ["predict", "-m", onnx_model, "-i", data / "imagesTr", "-o", tmp_path / "out", "-q"]
     _one_line_error(capsys, argv, [str(data / "dataset.json"), *case.expect])
     assert not (tmp_path / "out").exists()
 
@@ -330,7 +330,7 @@ def test_bad_onnx_metadata(phantom, onnx_model, tmp_path, capsys, case):
 
     valid = json.loads({p.key: p.value for p in onnx.load(str(onnx_model)).metadata_props}[METADATA_KEY])
     model = _onnx_model(tmp_path / "crafted.onnx", _crafted(valid, case).decode("utf-8"))
-    argv = ["predict", "-m", model, "-i", phantom / "imagesTr", "-o", tmp_path / "out", "--no-progress"]
+    argv = ["predict", "-m", model, "-i", phantom / "imagesTr", "-o", tmp_path / "out", "-q"]
     _one_line_error(capsys, argv, [str(model), "trmcore metadata", *case.expect])
     assert not (tmp_path / "out").exists()
 
@@ -461,7 +461,7 @@ def test_a_file_in_the_way_of_an_output_is_named(phantom, onnx_model, run_dir, t
     """Not "File exists" or "Not a directory" naming the output: the file that is in the way."""
     blocker = tmp_path / "afile"
     blocker.write_text("a file, not a folder")
-    argv = {"predict": ["predict", "-m", onnx_model, "-i", phantom / "imagesTr", "-o", blocker / "out", "--no-progress"],
+    argv = {"predict": ["predict", "-m", onnx_model, "-i", phantom / "imagesTr", "-o", blocker / "out", "-q"],
             "phantom": ["phantom", blocker / "deeper" / "data", "-q"],
             "affinity": ["affinity", phantom, "--tasks", "all", "-o", blocker, "-q"],
             "export": ["export", run_dir, "-o", blocker / "x" / "model.onnx"]}[command]
@@ -526,7 +526,7 @@ def test_permission_denied_is_reported_as_such(phantom, onnx_model, run_dir, tmp
         locked.chmod(0)
         argv = {"export": ["export", case / "run", "-o", case / "out.onnx"],
                 "predict": ["predict", "-m", case / "model.onnx", "-i", case / "data" / "imagesTr", "-o",
-                            case / "out", "--no-progress"],
+                            case / "out", "-q"],
                 "affinity": ["affinity", case / "data", "--tasks", "all", "-o", case / "out", "-q"]}[command]
         runs.append((locked, [str(a) for a in argv]))
     import trmcore

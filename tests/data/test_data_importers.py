@@ -126,7 +126,7 @@ def test_import_brats_bad_seg(tmp_path):
 
 def test_cli_phantom_and_import(tmp_path, capsys):
     out = tmp_path / "ph"
-    assert main(["phantom", str(out), "--cases", "2", "--sites", "2", "--tumour", "--seed", "4"]) == 0
+    assert main(["phantom", str(out), "--cases", "2", "--num-sites", "2", "--tumour", "--seed", "4"]) == 0
     assert "2 labelled case(s)" in capsys.readouterr().out
     assert json.loads((out / "dataset.json").read_text())["labels"]["ET"] == 6
     assert main(["phantom", str(out), "--cases", "2"]) == 2

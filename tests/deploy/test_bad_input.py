@@ -16,7 +16,7 @@ from .conftest import case_files, file_digest
 
 
 def _predict(capsys, *args):
-    code = main(["predict", "--no-progress", *map(str, args)])
+    code = main(["predict", "-q", *map(str, args)])
     return code, capsys.readouterr().err
 
 

@@ -96,3 +96,41 @@ def test_metadata_precision_round_trip_and_old_records():
     newer["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(ValueError, match="upgrade trmcore"):
         ModelMetadata.from_json(json.dumps(newer))
+
+
+BUILT = []
+
+
+def build_reference_copy(reference: bytes, context) -> bytes:
+    """The toy precision's build function: the float32 graph unchanged (so its labels agree exactly)."""
+    BUILT.append((len(reference), context.input_name, context.info.axis))
+    return reference
+
+
+def test_a_precision_is_one_registry_entry(run_with_data, tmp_path, capsys):
+    """A new precision is one PrecisionEntry: CLI choice, tolerance, build function, gate and metadata follow."""
+    from trmcore.export import export_run
+    from trmcore.infer.metadata import PRECISIONS, PrecisionEntry
+
+    entry = PRECISIONS.add("fp32-copy", PrecisionEntry("fp32-copy", "float32", 3e-4,
+                                                       build=f"{__name__}:build_reference_copy",
+                                                       summary="the float32 graph, rebuilt (test precision)"))
+    BUILT.clear()
+    try:
+        with pytest.raises(SystemExit):
+            main(["export", "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "{fp32,fp16,int8,fp32-copy}" in help_text and "0.0003 for fp32-copy" in help_text
+        assert "fp32-copy: the float32 graph, rebuilt (test precision)" in help_text
+        result = export_run(run_with_data, tmp_path / "copy.onnx", precision="fp32-copy")
+        assert len(BUILT) == 1 and BUILT[0][1] == "image"
+        assert result.precision == "fp32-copy" and result.metadata.dtype == "float32"
+        assert result.tolerance == pytest.approx(entry.tolerance * max(1.0, result.tolerance / entry.tolerance))
+        assert result.agreement is not None and result.agreement.min_dice == 1.0 and result.agreement.equal == 1.0
+        props = {p.key: p.value for p in onnx.load(str(tmp_path / "copy.onnx")).metadata_props}
+        assert props["precision"] == "fp32-copy" and json.loads(props[METADATA_KEY])["precision"] == "fp32-copy"
+        assert Segmenter(tmp_path / "copy.onnx", providers="cpu").metadata.precision == "fp32-copy"
+    finally:
+        del PRECISIONS["fp32-copy"]
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8"):
+        export_run(run_with_data, tmp_path / "x.onnx", precision="fp32-copy")

@@ -70,7 +70,7 @@ def test_cli_file_mode_keeps_affine_and_header(phantom, onnx_model, tmp_path, ca
             for k, src in enumerate(case_files(phantom, "phantom_002"))]
     out = tmp_path / "out" / "subj_seg.nii.gz"
     assert main(["predict", "-m", str(onnx_model), "-i", str(case / "subj_0000.nii.gz"), "-o", str(out),
-                 "--threads", "1", "--no-progress"]) == 0
+                 "--threads", "1", "-q"]) == 0
     assert "CPUExecutionProvider" in capsys.readouterr().err
     written = nib.load(str(out))
     assert written.get_data_dtype() == np.uint8
@@ -96,7 +96,7 @@ def test_cli_folder_mode_with_probabilities(phantom, onnx_model, tmp_path):
     before = {p: file_digest(p) for p in inputs}
     out = tmp_path / "pred"
     assert main(["predict", "-m", str(onnx_model), "-i", str(phantom / "imagesTr"), "-o", str(out),
-                 "--probabilities", "--batch-size", "4", "--no-progress"]) == 0
+                 "--probabilities", "--batch-size", "4", "-q"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"phantom_00{i}.nii.gz" for i in range(3)]
                            + [f"phantom_00{i}_probabilities.nii.gz" for i in range(3)] + ["predict.json"])
@@ -112,6 +112,6 @@ def test_cli_folder_mode_with_probabilities(phantom, onnx_model, tmp_path):
     assert {p: file_digest(p) for p in inputs} == before
     # a second run refuses to replace outputs unless asked
     assert main(["predict", "-m", str(onnx_model), "-i", str(phantom / "imagesTr"), "-o", str(out),
-                 "--no-progress"]) == 2
+                 "-q"]) == 2
     assert main(["predict", "-m", str(onnx_model), "-i", str(phantom / "imagesTr"), "-o", str(out),
-                 "--no-progress", "--overwrite"]) == 0
+                 "-q", "--overwrite"]) == 0

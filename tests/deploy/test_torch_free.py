@@ -54,7 +54,7 @@ def test_predict_and_segmenter_without_torch(phantom, onnx_model, tmp_path, bloc
         from trmcore.cli.main import main
         from trmcore.infer import Segmenter
         code = main(["predict", "-m", {str(onnx_model)!r}, "-i", {str(phantom / "imagesTr")!r},
-                     "-o", {str(out)!r}, "--no-progress"])
+                     "-o", {str(out)!r}, "-q"])
         seg = Segmenter({str(onnx_model)!r}, providers="auto")
         files = [{str(phantom / "imagesTr" / "phantom_001_0000.nii.gz")!r},
                  {str(phantom / "imagesTr" / "phantom_001_0001.nii.gz")!r}]
@@ -76,7 +76,7 @@ def test_transferability_without_torch(phantom, onnx_model, tmp_path):
         import sys
         from trmcore.cli.main import main
         code = main(["transferability", "-m", {str(onnx_model)!r}, {str(phantom)!r}, "--channel", "T1,T2",
-                     "--labels", "CSF", "--json", {str(report)!r}, "--no-progress"])
+                     "--labels", "CSF", "-o", {str(report)!r}, "-q"])
         assert not {{n for n, m in sys.modules.items() if m is not None}} & {set(TRAIN_EXTRA)!r}
         sys.exit(code)
     """, TRAIN_EXTRA)

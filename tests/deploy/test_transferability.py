@@ -62,7 +62,7 @@ def test_scores_match_reference(run_dir, phantom, onnx_model):
 def test_cli_reports_and_writes_json(phantom, onnx_model, tmp_path, capsys):
     out = tmp_path / "t.json"
     assert main(["transferability", "-m", str(onnx_model), str(phantom), "--channel", "T1,T2",
-                 "--labels", "GM", "--json", str(out), "--no-progress"]) == 0
+                 "--labels", "GM", "-o", str(out), "-q"]) == 0
     printed = capsys.readouterr().out
     assert "dataset LEEP" in printed and "phantom_002" in printed
     report = json.loads(out.read_text())
@@ -72,7 +72,7 @@ def test_cli_reports_and_writes_json(phantom, onnx_model, tmp_path, capsys):
 
 def test_cli_rejects_wrong_channel_count_and_unlabelled(phantom, onnx_model, capsys):
     assert main(["transferability", "-m", str(onnx_model), str(phantom), "--channel", "T1",
-                 "--labels", "CSF", "--no-progress"]) == 2
+                 "--labels", "CSF", "-q"]) == 2
     assert "takes 2" in capsys.readouterr().err
     segmenter = Segmenter(onnx_model, providers="cpu")
     with pytest.raises(ValueError, match="no target volumes"):

@@ -204,7 +204,7 @@ def test_metadata_that_disagrees_with_the_graph(onnx_model, tmp_path, capsys, fi
 # ---------------------------------------------------------------------------------------- transferability
 def test_transferability_json_never_replaces_an_input_or_existing_file(phantom, onnx_model, tmp_path, capsys):
     args = ["transferability", "-m", str(onnx_model), str(phantom), "--channel", "T1,T2", "--labels", "GM",
-            "--no-progress", "--json"]
+            "-q", "-o"]
     dataset_json = phantom / "dataset.json"
     digest = file_digest(dataset_json)
     for extra in ([], ["--overwrite"]):
@@ -252,7 +252,7 @@ def test_transferability_cli_with_a_blank_case(phantom, onnx_model, tmp_path, ca
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         code = main(["transferability", "-m", str(onnx_model), str(data), "--channel", "T1,T2", "--labels", "GM",
-                     "--no-progress"])
+                     "-q"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "skipped (no slice with tissue): phantom_001" in captured.out

@@ -27,7 +27,7 @@ def affinity_dir(phantom, tmp_path_factory):
     tasks = out / "tasks.txt"
     tasks.write_text("# tasks\n" + "\n".join(TASKS) + "\n")
     code = main(["affinity", str(phantom), "--tasks", str(tasks), "-o", str(out), "--size", "16",
-                 "--samples", "3", "--no-progress"])
+                 "--samples", "3", "-q"])
     assert code == 0
     return out
 
@@ -83,7 +83,7 @@ def test_pca_output_components_is_recorded_and_reported(phantom, tmp_path, capsy
     tasks.write_text("site-A/T1/CSF\nsite-B/T1/CSF\nsite-A/T2/CSF\n")
     out = tmp_path / "aff"
     assert main(["affinity", str(phantom), "--tasks", str(tasks), "-o", str(out), "--size", "8", "--samples", "2",
-                 "--pca-output", "components", "--no-progress"]) == 0
+                 "--pca-output", "components", "-q"]) == 0
     assert json.loads((out / "affinity.json").read_text())["config"]["pca_output"] == "components"
     capsys.readouterr()
     assert main(["path", str(out), "--target", "site-B/T1/CSF"]) == 0

@@ -21,7 +21,7 @@ TARGET = parse_task("T2", "CSF")
 
 def test_source_run_folder(source_run):
     model, info = load_run(source_run)
-    assert info.method is None and info.source is None
+    assert info.method == "vanilla" and info.source is None
     assert info.label_names == ["background", "CSF", "GM", "WM"]
     assert info.label_values == [0, 1, 2, 3]
     assert info.iterations_done == 6 and info.divisor == 4

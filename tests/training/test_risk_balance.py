@@ -17,7 +17,7 @@ from trmcore.data import parse_task
 from trmcore.training.checkpoint import load_run
 from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import setup_distributed
-from trmcore.training.normalization import LossNormalization, loss_normalization
+from trmcore.training.loss_denominator import LossDenominator, loss_denominator
 from trmcore.training.risk_diagnostics import (WeightMass, gradient_diagnostics, harm_warnings, mass_diagnostics,
                                                weighting_diagnostics)
 from trmcore.training.risk_scaling import anneal_weights, balance_risk, class_means, class_risk_sums
@@ -153,7 +153,7 @@ def test_gradient_diagnostics_decompose_the_loss(setting):
     data = setting["data"]
     weighting = RiskMapWeighting(setting["source"], data.slices, setting["num_classes"], setting["ctx"], amp=False)
     config = tiny_config(method="trm")
-    normalization = loss_normalization("batch", config, data.slices.labels)
+    normalization = loss_denominator("batch", config, data.slices.labels)
     model = setting["source"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = gradient_diagnostics(model, weighting, data.slices, normalization, setting["ctx"], batch_size=4)
@@ -167,7 +167,7 @@ def test_gradient_diagnostics_decompose_the_loss(setting):
         torch.testing.assert_close(v, before[k])
     # With vanilla's weights and normalisation the run's gradients are vanilla's.
     plain = type("Plain", (), {"weights": staticmethod(lambda index, labels: torch.ones(labels.shape))})()
-    same = gradient_diagnostics(model, plain, data.slices, LossNormalization("valid"), setting["ctx"], batch_size=4,
+    same = gradient_diagnostics(model, plain, data.slices, LossDenominator("valid"), setting["ctx"], batch_size=4,
                                 max_batches=1)
     assert same["grad_fg"] == pytest.approx(same["vanilla_grad_fg"], rel=1e-5)
     assert same["denominator_factor"] == 1.0 and same["weight_factor"] == pytest.approx(1.0)
@@ -177,9 +177,9 @@ def test_weighting_diagnostics_report_mass_and_gradients(setting):
     data = setting["data"]
     weighting = RiskMapWeighting(setting["source"], data.slices, setting["num_classes"], setting["ctx"], amp=False,
                                  balance="per-class")
-    normalization = loss_normalization("batch", tiny_config(method="trm"), data.slices.labels)
+    denominator = loss_denominator("batch", tiny_config(method="trm"), data.slices.labels)
     summary = weighting_diagnostics(weighting, data.slices, ["background", "CSF", "GM"], setting["ctx"], 10.0,
-                                    model=setting["source"], normalization=normalization)
+                                    model=setting["source"], denominator=denominator)
     for name in ("CSF", "GM"):
         assert summary["mass"]["target_classes"][name]["effective_weight"] == pytest.approx(1.0, rel=1e-4)
     # The R statistics stay those of R (in [1, 10]), not of the balanced weights.
@@ -199,8 +199,8 @@ def test_weighting_diagnostics_report_mass_and_gradients(setting):
 def test_mean_normalization_is_vanillas_denominator():
     labels = torch.zeros(4, 8, 8, dtype=torch.int64)
     labels[0, :2, :2] = 1
-    assert loss_normalization("batch", TrainConfig(trm_normalize="mean"), labels) == LossNormalization("valid")
-    assert loss_normalization("batch", TrainConfig(trm_normalize="batch"), labels) == LossNormalization("batch")
+    assert loss_denominator("batch", TrainConfig(trm_normalize="mean"), labels) == LossDenominator("valid")
+    assert loss_denominator("batch", TrainConfig(trm_normalize="batch"), labels) == LossDenominator("batch")
     logits = torch.randn(4, 2, 8, 8)
     weights = torch.ones(4, 8, 8)
     mean_ce = torch.nn.functional.cross_entropy(logits, labels)

@@ -13,7 +13,7 @@ from trmcore import ops
 from trmcore.data import load_task_volumes, parse_task
 from trmcore.training.risk_diagnostics import RiskStatistics, summary_lines, volume_diagnostics
 from trmcore.training.risk_scaling import clip_to_class_quantiles, scaled_risk_map
-from trmcore.training.riskmap import write_risk_maps
+from trmcore.training.riskmap_files import write_risk_maps
 
 
 def test_statistics_by_hand():
@@ -126,3 +126,41 @@ def test_riskmap_writes_diagnostics_matching_the_maps(phantom, source_run, tmp_p
         assert entry["share_above_midpoint"] == pytest.approx(float((risk[label == k] > 5.5).mean()))
     assert diagnostics["before"] == volume_diagnostics([risk], [label], ["background", "CSF"], 10.0) | {
         "warnings": diagnostics["before"]["warnings"]}
+
+
+def test_riskmap_has_no_compatibility_shim():
+    """The files half lives only in riskmap_files; riskmap (the computation) does not re-export it."""
+    from trmcore.training import riskmap
+
+    for name in ("save_nifti", "pick_slice", "plot_panel", "write_risk_maps"):
+        assert not hasattr(riskmap, name), name
+
+
+def test_riskmap_compute_write_plot_compose_to_write_risk_maps(phantom, source_run, tmp_path):
+    """The three steps, called by hand with the settings whole, write the same bytes as write_risk_maps."""
+    from trmcore.training.evaluate import load_run_task
+    from trmcore.training.riskmap import RiskMapSettings
+    from trmcore.training.riskmap_files import compute_risk_maps, plot_risk_maps, write_risk_map_files
+
+    settings = RiskMapSettings(base=5.0, scaling="robust", quantile=0.1)
+    whole = tmp_path / "whole"
+    written = write_risk_maps(phantom, source_run, whole, "T2", "CSF", after_run=source_run, cases=["phantom_001"],
+                              settings=settings, progress=False)
+    source, info, volumes, task_info, device = load_run_task(source_run, phantom, "T2", "CSF", None,
+                                                             cases=["phantom_001"], device=None, progress=False)
+    maps = compute_risk_maps(source, info, volumes, task_info, device, settings, source_run,
+                             after_run=source_run, progress=False)
+    assert float(maps.before[0].risk.max()) <= 5.0 and maps.after is not None
+    steps = tmp_path / "steps"
+    files, diagnostics = write_risk_map_files(steps, maps, show=False)
+    files += plot_risk_maps(steps, maps, diagnostics)
+    assert [p.name for p in files] == [p.name for p in written]
+    assert [p.name for p in files] == ["risk_diagnostics.json", "phantom_001_transferability.nii.gz",
+                                       "phantom_001_risk.nii.gz", "phantom_001_transferability_after.nii.gz",
+                                       "phantom_001_risk_after.nii.gz", "phantom_001.png"]
+    for path in files:
+        assert path.read_bytes() == (whole / path.name).read_bytes(), path.name
+    record = json.loads((steps / "risk_diagnostics.json").read_text())
+    assert (record["scaling"], record["quantile"], record["scope"]) == ("robust", 0.1, "image")
+    with pytest.raises(ValueError, match="risk_quantile must be in"):
+        RiskMapSettings(quantile=0.6)

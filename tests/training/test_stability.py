@@ -20,7 +20,7 @@ from trmcore.models import UNet, UNetConfig
 from trmcore.training import TrainConfig
 from trmcore.training.checkpoint import load_run
 from trmcore.training.distributed import setup_distributed
-from trmcore.training.normalization import expected_foreground, foreground_per_slice, loss_normalization
+from trmcore.training.loss_denominator import expected_foreground, foreground_per_slice, loss_denominator
 from trmcore.training.sampling import SliceSampler
 from trmcore.training.trainer import prepare_data, train
 from trmcore.training.weighting import create_weighting
@@ -48,7 +48,7 @@ def batch_losses(tumour, config: TrainConfig, iterations: int = 100):
     source, info = load_run(source_run, device=ctx.device)
     data = prepare_data(root, TARGET, config, info.divisor, ctx, progress=False)
     weighting = create_weighting(config, info.model, data.slices, data.task_info.num_classes, ctx, source)
-    normalization = loss_normalization(weighting.normalize, config, data.slices.labels)
+    normalization = loss_denominator(weighting.normalize, config, data.slices.labels)
     foreground = foreground_per_slice(data.slices.labels)
     sampler = SliceSampler(len(foreground), config.batch_size, config.seed, foreground=foreground > 0,
                            foreground_share=config.foreground_share)

@@ -16,7 +16,7 @@ from trmcore.data import parse_task
 from trmcore.training import trainer as trainer_module
 from trmcore.training.checkpoint import load_run
 from trmcore.training.distributed import setup_distributed
-from trmcore.training.normalization import foreground_per_slice, loss_normalization
+from trmcore.training.loss_denominator import foreground_per_slice, loss_denominator
 from trmcore.training.sampling import SliceSampler
 from trmcore.training.trainer import finetune, prepare_data
 from trmcore.training.weighting import ClassWeighting, RiskMapWeighting, TrsMapWeighting, create_weighting
@@ -150,7 +150,7 @@ def test_training_loop_passes_each_methods_weights(setting, phantom, source_run,
     foreground = foreground_per_slice(data.slices.labels) > 0
     sampler = SliceSampler(len(foreground), config.batch_size, config.seed, foreground=foreground,
                            foreground_share=config.foreground_share)
-    expected_norm = loss_normalization("batch" if method == "trm" else "valid", config, data.slices.labels)
+    expected_norm = loss_denominator("batch" if method == "trm" else "valid", config, data.slices.labels)
     for t, (labels, weights, kwargs) in enumerate(calls):
         index = sampler.batch(t)
         torch.testing.assert_close(labels, data.slices.labels[index])

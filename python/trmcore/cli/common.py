@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, List, Optional, Sequence
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -16,16 +18,38 @@ def add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     parser.add_argument("--site", default=None, help="use only the cases of this site / partition")
 
 
-def add_option(parser: argparse.ArgumentParser, *flags: str, hidden: Sequence[str] = (), **kwargs: Any) -> argparse.Action:
-    """``parser.add_argument(*flags, **kwargs)`` that also accepts the old spellings ``hidden``.
+def add_settings_options(parser: Any, settings: type, prefix: str = "", only: Optional[Collection[str]] = None,
+                         skip: Collection[str] = ()) -> List[argparse.Action]:
+    """One option per field of the settings dataclass ``settings`` (a method's, see training.method_settings).
 
-    The hidden spellings parse exactly like the visible ones (same action, same
-    ``dest``, same required check) but ``--help`` and error messages show only
-    ``flags``. They are kept for one release after a rename (docs/architecture.md).
+    The option is the field's metadata ``flag`` (default ``--`` + the name with dashes), its ``dest``
+    the field name, its default the field's; ``bool`` fields are flags (``store_true``, default False),
+    ``int``/``float``/``str`` fields take a value of that type; ``choices`` and ``metavar`` come from
+    the metadata, the help text is ``prefix`` + metadata ``help`` + the default. ``only``: just these
+    fields; ``skip``: leave these out (already added for another method). ``parser`` may be an
+    argument group.
     """
-    action = parser.add_argument(*flags, *hidden, **kwargs)
-    action.option_strings = [flag for flag in action.option_strings if flag not in hidden]
-    return action
+    hints = typing.get_type_hints(settings)
+    actions = []
+    for f in dataclasses.fields(settings):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        meta, kind = f.metadata, hints[f.name]
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        help = prefix + meta["help"]
+        if kind is bool:
+            if f.default is not False:
+                raise ValueError(f"{settings.__name__}.{f.name}: a bool setting must default to False (a flag)")
+            actions.append(parser.add_argument(flag, dest=f.name, action="store_true", help=help))
+            continue
+        if kind not in (int, float, str):
+            raise ValueError(f"{settings.__name__}.{f.name}: settings options take int, float, str or bool, "
+                             f"got {kind!r}")
+        extra = {k: meta[k] for k in ("choices", "metavar") if k in meta}
+        default_text = "%(default)g" if kind is float else "%(default)s"
+        actions.append(parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
+                                           help=f"{help} (default {default_text})", **extra))
+    return actions
 
 
 def add_time_limit(parser: argparse.ArgumentParser) -> None:
@@ -44,19 +68,19 @@ def add_time_limit(parser: argparse.ArgumentParser) -> None:
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
-    """``-q/--quiet`` (old spelling ``--no-progress``): no progress bars."""
-    add_option(parser, "-q", "--quiet", hidden=("--no-progress",), action="store_true", help="no progress bars")
+    """``-q/--quiet``: no progress bars."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def add_output(parser: argparse.ArgumentParser, help: str, required: bool = False, **kwargs: Any) -> None:
-    """``-o/--output`` (old spelling ``--out``) as a Path."""
-    add_option(parser, "-o", "--output", hidden=("--out",), type=Path, required=required, help=help, **kwargs)
+    """``-o/--output`` as a Path."""
+    parser.add_argument("-o", "--output", type=Path, required=required, help=help, **kwargs)
 
 
 def add_sites_csv(parser: argparse.ArgumentParser) -> None:
-    """``--sites-csv`` (old spelling ``--sites``): a CSV case,site overriding dataset.json 'sites'."""
-    add_option(parser, "--sites-csv", hidden=("--sites",), type=Path, default=None,
-               help="CSV assigning cases to sites (columns case,site; overrides dataset.json 'sites')")
+    """``--sites-csv``: a CSV case,site overriding dataset.json 'sites'."""
+    parser.add_argument("--sites-csv", type=Path, default=None,
+                        help="CSV assigning cases to sites (columns case,site; overrides dataset.json 'sites')")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +106,11 @@ def examples(*lines: str) -> str:
 
 def command(subparsers: argparse._SubParsersAction, name: str, help: str, description: str,
             example_lines: Sequence[str], **kwargs: Any) -> argparse.ArgumentParser:
-    """A subcommand with a one-line help, a description and examples in its epilog."""
+    """A subcommand with a one-line help, a description and examples in its epilog.
+
+    Options must be spelled in full (``allow_abbrev=False``): a prefix such as
+    ``--out`` is refused rather than silently read as ``--output``, so each
+    option has exactly one spelling.
+    """
     return subparsers.add_parser(name, help=help, description=description, epilog=examples(*example_lines),
-                                 formatter_class=HelpFormatter, **kwargs)
+                                 formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)

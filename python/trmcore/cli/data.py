@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trmcore.cli.common import HelpFormatter, add_option, add_quiet, command, examples
+from trmcore.cli.common import HelpFormatter, add_quiet, command, examples
 from trmcore.data.importers import IMPORTERS
+from trmcore.data.phantom import DEFAULT_CASES, DEFAULT_SEED, DEFAULT_SHAPE, DEFAULT_SITES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,18 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         example_lines=["trm phantom phantom/", "trm phantom big/ --cases 20 --num-sites 4 --shape 240 240 155 --tumour"],
     )
     phantom.add_argument("out", type=Path, help="dataset folder to create")
-    phantom.add_argument("--cases", type=int, default=6, help="number of cases (default %(default)s)")
-    add_option(phantom, "--num-sites", hidden=("--sites",), dest="sites", default="3", metavar="N|NAMES",
-               help="number of built-in sites 1-4, or a comma list of their names (site-A,...,site-D); "
-                    "default %(default)s")
+    phantom.add_argument("--cases", type=int, default=DEFAULT_CASES, help="number of cases (default %(default)s)")
+    phantom.add_argument("--num-sites", dest="sites", default=str(DEFAULT_SITES), metavar="N|NAMES",
+                         help="number of built-in sites 1-4, or a comma list of their names (site-A,...,site-D); "
+                              "default %(default)s")
     phantom.add_argument(
-        "--shape", type=int, nargs=3, default=(48, 48, 24), metavar=("X", "Y", "Z"), help="volume shape (default 48 48 24)"
+        "--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("X", "Y", "Z"),
+        help=f"volume shape (default {' '.join(map(str, DEFAULT_SHAPE))})"
     )
     phantom.add_argument(
         "--tumour", nargs="?", const=1.0, default=0.0, type=float, metavar="FRACTION",
         help="add a tumour (NCR/ED/ET) to every case, or to FRACTION of them",
     )
-    phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    phantom.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default %(default)s)")
     phantom.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     add_quiet(phantom)
     phantom.set_defaults(func=_run_phantom)
@@ -54,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, cls in IMPORTERS.items():
         fmt = cls()
         sub = kinds.add_parser(name, help=fmt.summary, description=fmt.description,
-                               epilog=examples(fmt.example or f"trm import {name} SRC/ DST/"), formatter_class=HelpFormatter)
+                               epilog=examples(fmt.example or f"trm import {name} SRC/ DST/"), formatter_class=HelpFormatter,
+                               allow_abbrev=False)
         sub.add_argument("src", type=Path, help="folder in the native layout")
         sub.add_argument("dst", type=Path, help="dataset folder to create")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")

@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from trmcore.cli.common import add_option, add_output, add_quiet, add_task_arguments, add_time_limit, command
+from trmcore.cli.common import add_output, add_quiet, add_task_arguments, add_time_limit, command
 from trmcore.extras import install_hint
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.ops import RISK_BASE
@@ -34,13 +34,13 @@ def _register_export(subparsers) -> None:
         example_lines=["trm export runs/trm -o model.onnx", "trm export runs/trm -o model-int8.onnx --precision int8"])
     p.add_argument("run", type=Path, help="run folder (model.safetensors + run.json)")
     add_output(p, required=True, help="ONNX file to write, e.g. model.onnx")
-    from trmcore.infer.metadata import DEFAULT_MIN_DICE, PRECISIONS
+    from trmcore.infer.metadata import DEFAULT_MIN_DICE, DEFAULT_OPSET, MIN_OPSET, PRECISIONS, REFERENCE_PRECISION
 
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="arithmetic of the exported network (default fp32). int8: onnxruntime static quantisation "
-                        "calibrated on the run's training slices, about 2x faster on CPUs with VNNI; fp16: for GPUs "
-                        "(slower than fp32 on CPUs). A reduced precision is written only if its labels agree with "
-                        "float32 on the run's validation cases (see --min-dice)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
+                   help=f"arithmetic of the exported network (default {REFERENCE_PRECISION}). "
+                        + "; ".join(f"{e.name}: {e.summary}" for e in PRECISIONS.values() if not e.is_reference)
+                        + f". A precision other than {REFERENCE_PRECISION} is written only if its labels agree with "
+                          f"{REFERENCE_PRECISION} on the run's validation cases (see --min-dice)")
     p.add_argument("--fp16", action="store_true", help="the same as --precision fp16")
     p.add_argument("--min-dice", type=float, default=DEFAULT_MIN_DICE,
                    help="smallest per-class Dice between the reduced-precision and the float32 labels "
@@ -48,20 +48,28 @@ def _register_export(subparsers) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="the run's dataset folder, if it moved (default: the one in run.json); "
                         "used by reduced precisions only")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset (>= {MIN_OPSET}; default %(default)s)")
     p.add_argument("--tolerance", type=float, default=None,
-                   help="max |onnxruntime - torch| on logits relative to max(1, max|logit|) "
-                        "(default 1e-4, 2e-2 with --fp16)")
+                   help="max |onnxruntime - torch| on logits relative to max(1, max|logit|) (default: "
+                        + ", ".join(f"{e.tolerance:g} for {e.name}" for e in PRECISIONS.values()) + ")")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_run_export)
+
+
+def export_precision(args: argparse.Namespace) -> str:
+    """The precision of ``trm export``: ``--precision``, or fp16 for ``--fp16`` (its old spelling), else fp32."""
+    from trmcore.infer.metadata import REFERENCE_PRECISION
+
+    if args.fp16 and args.precision not in (None, "fp16"):
+        raise ValueError(f"--fp16 contradicts --precision {args.precision}")
+    return args.precision or ("fp16" if args.fp16 else REFERENCE_PRECISION)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from trmcore.export import ExportVerificationError, PrecisionAgreementError, export_run
 
-    precision = args.precision or ("fp16" if args.fp16 else "fp32")
-    if args.fp16 and precision != "fp16":
-        raise ValueError(f"--fp16 contradicts --precision {args.precision}")
+    precision = export_precision(args)
     try:
         result = export_run(args.run, args.output, opset=args.opset, tolerance=args.tolerance,
                             overwrite=args.overwrite, precision=precision, min_dice=args.min_dice,
@@ -286,10 +294,9 @@ def _register_transferability(subparsers) -> None:
     _add_runtime_options(p)
     add_task_arguments(p)
     p.add_argument("--cases", default=None, help="only these cases (comma-separated ids)")
-    add_option(p, "--risk-base", hidden=("--base",), type=float, default=RISK_BASE,
-               help="risk-map base: R in [1, base] (default %(default)g)")
-    add_option(p, "-o", "--output", hidden=("--out", "--json"), type=Path, default=None,
-               help="also write the report as JSON")
+    p.add_argument("--risk-base", type=float, default=RISK_BASE,
+                   help="risk-map base: R in [1, base] (default %(default)g)")
+    add_output(p, help="also write the report as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing -o file (never an input)")
     p.set_defaults(func=_run_transferability)
 

@@ -32,7 +32,7 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trm",
+        prog="trm", allow_abbrev=False,
         description="trmcore: transfer risk maps, risk-aware fine-tuning and deployment "
         "for medical image segmentation.",
     )

@@ -10,7 +10,6 @@ Examples::
     trm transfer-path data/fets --path 01/T1/NCR+ED+ET,13/T1/NCR+ED+ET,18/T1/NCR+ED+ET --source runs/01-t1 -o runs/seq
 
 The affinity, path and fit commands are torch-free (NumPy, SciPy, networkx).
-Old spellings kept for one release: --out (-o/--output), --sites (--sites-csv), --no-progress (-q/--quiet).
 """
 
 from __future__ import annotations
@@ -22,12 +21,12 @@ from pathlib import Path
 from trmcore.cli.common import add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, command
 from trmcore.fileio import atomic_write_json, check_output_file, make_folder
 from trmcore.selection.affinity import AffinityConfig
-from trmcore.selection.rank import RankConfig
+from trmcore.selection.rank import VALIDATE_ITERATIONS, RankConfig
 from trmcore.selection.similarity import PCA_OUTPUTS
-from trmcore.selection.tasks import DEFAULT_COMMUNITIES
+from trmcore.selection.tasks import DEFAULT_COMMUNITIES, DEFAULT_MAX_HOPS
 from trmcore.selection.transfer import TransferPathConfig
 from trmcore.training.config import TrainConfig
-from trmcore.training.methods import method_names
+from trmcore.training.methods import PLAIN_METHOD, method_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -161,7 +160,7 @@ def _register_path(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", required=True, help="target task name, e.g. site-A/T1/CSF")
     parser.add_argument("--communities", type=int, default=DEFAULT_COMMUNITIES,
                         help="Girvan-Newman communities (default %(default)s)")
-    parser.add_argument("--max-hops", type=int, default=2,
+    parser.add_argument("--max-hops", type=int, default=DEFAULT_MAX_HOPS,
                         help="2 = the paper's one intermediate task; more searches longer paths (default %(default)s)")
     parser.add_argument("--sources", nargs="+", help="restrict the source tasks")
     parser.add_argument("--allow-direct", action="store_true",
@@ -250,9 +249,9 @@ def _register_rank(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-resample", action="store_true",
                         help="use target volumes as stored (default: each source's recorded orientation and spacing)")
     parser.add_argument("--validate", action="store_true", help="fine-tune each source and correlate LEEP with Dice")
-    parser.add_argument("--iterations", type=int, default=200,
+    parser.add_argument("--iterations", type=int, default=VALIDATE_ITERATIONS,
                         help="fine-tuning iterations for --validate (default %(default)s)")
-    parser.add_argument("--method", default="vanilla", choices=method_names(),
+    parser.add_argument("--method", default=PLAIN_METHOD, choices=method_names(),
                         help="fine-tuning method for --validate (default %(default)s)")
     parser.add_argument("--work-dir", type=Path, help="where --validate writes its runs (default: temporary)")
     add_output(parser, help="write the ranking as JSON")

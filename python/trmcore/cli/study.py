@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from trmcore.cli.common import add_device, add_output, add_quiet, command
-from trmcore.study.profiles import PROFILES
+from trmcore.study.grid import DEFAULT_SEEDED_TABLES, DEFAULT_SEEDS, TABLES
+from trmcore.study.profiles import DEFAULT_PROFILE, PROFILES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "trm reproduce -o study/ --profile quick --seeds 0,1,2 --tables I",
                        "trm reproduce -o study/ --profile full --device cuda --data iseg/ --tumour-data fets/"])
     add_output(parser, required=True, help="study folder")
-    parser.add_argument("--profile", default="quick", choices=tuple(PROFILES),
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=tuple(PROFILES),
                         help="quick (2 CPU cores), quick500 (quick with 500 fine-tuning iterations), full (the paper, "
                              "for a GPU) or tiny (tests); default %(default)s")
     parser.add_argument("--data", type=Path, default=None,
@@ -36,11 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tumour-data", type=Path, default=None,
                         help="real tumour dataset for Table II (labels NCR, ED, ET; sites as the profile's tasks)")
     add_device(parser)
-    parser.add_argument("--seeds", default="0",
-                        help="comma-separated seeds; the --seeded-tables run all, the rest the first (default 0)")
-    parser.add_argument("--seeded-tables", default="I",
-                        help="tables that run every seed (default I; e.g. I,III)")
-    parser.add_argument("--tables", default="I,II,III,seq,fig2", help="subset of I,II,III,seq,fig2 (default all)")
+    parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
+                        help="comma-separated seeds; the --seeded-tables run all, the rest the first (default %(default)s)")
+    parser.add_argument("--seeded-tables", default=",".join(DEFAULT_SEEDED_TABLES),
+                        help="tables that run every seed (default %(default)s; e.g. I,III)")
+    parser.add_argument("--tables", default=",".join(TABLES), help=f"subset of {','.join(TABLES)} (default all)")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel training processes (default: 1 on a GPU, else cores / threads, at most 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the profile's)")

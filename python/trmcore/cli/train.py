@@ -21,16 +21,17 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from trmcore.cli.common import (add_device, add_output, add_quiet, add_sites_csv, add_task_arguments, add_time_limit,
-                               command)
+from trmcore.cli.common import (add_device, add_output, add_quiet, add_settings_options, add_sites_csv,
+                               add_task_arguments, add_time_limit, command)
 from trmcore.extras import evaluate_source
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.models.config import UNetConfig
 from trmcore.models.norms import NORMS
-from trmcore.training.config import (AXES, FREEZE_CHOICES, OPTIMIZERS, RISK_BALANCES, RISK_SCALINGS, RISK_SCOPES,
-                                     TRM_NORMALIZATIONS, TrainConfig)
+from trmcore.training.config import AXES, FREEZE_CHOICES, OPTIMIZERS, TrainConfig
+from trmcore.training.method_settings import TrmSettings
 from trmcore.training.schedule import LR_SCHEDULES
-from trmcore.training.methods import DEFAULT_METHOD, METHODS, method_names, source_method_names
+from trmcore.training.methods import (DEFAULT_METHOD, METHODS, PLAIN_METHOD, get_method, method_names,
+                                      source_method_names)
 
 
 def _add_task(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -111,7 +112,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                     example_lines=["trm train data/ --channel T1 --labels CSF,GM,WM --site site-A -o runs/src"])
     _add_task(train)
     _add_training(train)
-    train.add_argument("--method", default="vanilla", choices=source_method_names(),
+    train.add_argument("--method", default=PLAIN_METHOD, choices=source_method_names(),
                        help=f"loss (default %(default)s): {_methods_help(source_method_names())}")
     train.add_argument("--depth", type=int, default=UNetConfig.depth, help="U-Net down-samplings (default %(default)s)")
     train.add_argument("--width", type=int, default=UNetConfig.width,
@@ -136,30 +137,12 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
                           help=f"fine-tuning method (default %(default)s): {_methods_help(method_names())}")
     finetune.add_argument("--freeze", default=TrainConfig.freeze, choices=FREEZE_CHOICES,
                           help="encoder: contracting path and bottleneck frozen (default %(default)s)")
-    finetune.add_argument("--risk-refresh", type=int, default=TrainConfig.risk_refresh, metavar="K",
-                          help="trm: recompute the risk maps every K iterations with the current model "
-                               "(default: static)")
-    finetune.add_argument("--risk-base", type=float, default=TrainConfig.risk_base,
-                          help="trm: risk = base**T' (default %(default)g)")
-    finetune.add_argument("--risk-scope", default=TrainConfig.risk_scope, choices=RISK_SCOPES,
-                          help="trm: rescale T per image or per batch (default %(default)s)")
-    finetune.add_argument("--trs-stride", type=int, default=TrainConfig.trs_stride,
-                          help="trs-map: block size (default %(default)s)")
-    finetune.add_argument("--trm-normalize", default=TrainConfig.trm_normalize, choices=TRM_NORMALIZATIONS,
-                          help="trm: loss denominator; 'batch' = TRM Eq. 7 as published, 'bounded' = Eq. 7 with "
-                               "a floor, 'mean' = the mean over pixels as vanilla (default %(default)s)")
-    finetune.add_argument("--trm-bound", type=float, default=TrainConfig.trm_bound, metavar="K",
-                          help="trm, bounded: no batch weighs more than K x a batch with the expected foreground "
-                               "(default %(default)g)")
-    _add_risk_scaling(finetune)
-    finetune.add_argument("--trm-class-balance", dest="risk_balance", default=TrainConfig.risk_balance,
-                          choices=RISK_BALANCES,
-                          help="trm: 'none' = the risk map R as the weight (TRM Eq. 7); 'per-class' = R divided by "
-                               "its class's mean (mean weight 1 in every class: the class balance stays "
-                               "vanilla's); 'foreground' = per-class on foreground, 1 on background "
-                               "(default %(default)s)")
-    finetune.add_argument("--risk-anneal", action="store_true",
-                          help="trm: move the weights linearly to 1 over the run")
+    added: set = set()
+    for entry in METHODS.values():  # each method's own settings, from its settings dataclass
+        if entry.settings is not None:
+            group = finetune.add_argument_group(f"{entry.name} settings")
+            added.update(a.dest for a in add_settings_options(group, entry.settings, prefix=f"{entry.name}: ",
+                                                               skip=added))
     finetune.add_argument("--reset-head", action="store_true",
                           help="re-initialise the head even when source and target have as many classes")
     finetune.set_defaults(func=_run_finetune)
@@ -211,13 +194,9 @@ def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
     add_output(riskmap, required=True, help="folder for the maps and panels")
     riskmap.add_argument("--overwrite", action="store_true", help="replace existing maps and panels in -o")
     riskmap.add_argument("--cases", default=None, help="comma-separated case ids (default: all of the task)")
-    riskmap.add_argument("--risk-base", type=float, default=TrainConfig.risk_base,
-                         help="risk = base**T', R in [1, base] (default %(default)g)")
-    riskmap.add_argument("--risk-scope", default=TrainConfig.risk_scope, choices=RISK_SCOPES,
-                         help="rescale T per image or per batch (default %(default)s)")
+    add_settings_options(riskmap, TrmSettings, only=("risk_base", "risk_scope", "risk_scaling", "risk_quantile"))
     riskmap.add_argument("--no-resample", action="store_true",
                          help="use volumes as stored (no reorientation or resampling to the source's grid)")
-    _add_risk_scaling(riskmap)
     add_quiet(riskmap)
     riskmap.set_defaults(func=_run_riskmap)
 
@@ -236,14 +215,6 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_run_demo)
 
 
-def _add_risk_scaling(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--risk-scaling", default=TrainConfig.risk_scaling, choices=RISK_SCALINGS,
-                        help="trm: 'minmax' = TRM Eq. 5; 'robust' clips T to per-class quantiles first "
-                             "(default %(default)s)")
-    parser.add_argument("--risk-quantile", type=float, default=TrainConfig.risk_quantile, metavar="Q",
-                        help="trm, robust: the clipping quantiles Q and 1-Q (default %(default)g)")
-
-
 def _task(args: argparse.Namespace):
     from trmcore.data import parse_task
 
@@ -255,6 +226,10 @@ def _config(args: argparse.Namespace, **extra) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values.update(skip_empty=not args.keep_empty, amp=not args.no_amp, resample=not args.no_resample,
                   augment=not args.no_augment, **extra)
+    settings = get_method(values.get("method", PLAIN_METHOD)).settings
+    if settings is not None:  # the method's settings that are not flat TrainConfig fields
+        values["method_settings"] = {f.name: getattr(args, f.name) for f in fields(settings)
+                                     if f.name not in values and hasattr(args, f.name)}
     return TrainConfig(**values)
 
 
@@ -270,8 +245,7 @@ def _report(info, run_dir: Path) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from trmcore.training.trainer import train
 
-    # A source model trained with plain CE records method None ("source") in run.json.
-    config = _config(args, method=None if args.method == "vanilla" else args.method, freeze="none")
+    config = _config(args, method=args.method, freeze="none")
     model = UNetConfig(depth=args.depth, width=args.width, norm=args.norm)
     info = train(args.data, _task(args), args.output, config, model, device=args.device, resume=args.resume,
                  progress=not args.quiet, sites=args.sites_csv)
@@ -422,14 +396,15 @@ def _evaluate_predictions(args: argparse.Namespace):
 
 
 def _run_riskmap(args: argparse.Namespace) -> int:
+    from trmcore.training.riskmap import RiskMapSettings
     from trmcore.training.riskmap_files import write_risk_maps
 
+    settings = RiskMapSettings(base=args.risk_base, scope=args.risk_scope, scaling=args.risk_scaling,
+                               quantile=args.risk_quantile)
     written = write_risk_maps(args.data, args.source, args.output, args.channel, args.labels, args.site,
-                              after_run=args.after, cases=_split_list(args.cases), base=args.risk_base,
-                              scope=args.risk_scope, device=args.device, progress=not args.quiet,
-                              sites=args.sites_csv, resample=not args.no_resample,
-                              scaling=args.risk_scaling, quantile=args.risk_quantile,
-                              overwrite=args.overwrite)
+                              after_run=args.after, cases=_split_list(args.cases), settings=settings,
+                              device=args.device, progress=not args.quiet, sites=args.sites_csv,
+                              resample=not args.no_resample, overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

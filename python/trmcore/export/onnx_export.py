@@ -29,19 +29,16 @@ import torch
 from trmcore import __version__
 from trmcore.extras import MissingExtraError, missing_message, missing_modules
 from trmcore.fileio import atomic_write_bytes, check_output_file
-from trmcore.infer.metadata import ModelMetadata, Provenance
-from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, check_precision, reduce_precision
+from trmcore.infer.metadata import (DEFAULT_OPSET, MIN_OPSET, REFERENCE_PRECISION, ModelMetadata, PrecisionEntry,
+                                    Provenance)
+from trmcore.export.precision import DEFAULT_MIN_DICE, Agreement, BuildContext, precision_entry, reduce_precision
 from trmcore.training.checkpoint import load_run
 from trmcore.training.runinfo import RUN_INFO_FILE, WEIGHTS_FILE, RunInfo
 
-DEFAULT_OPSET = 18
-MIN_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-# Allowed max |onnxruntime - torch| on the logits, relative to max(1, max |logit|):
-# float32 graphs differ only by summation order; float16 keeps ~3 significant digits.
-TOLERANCE_FP32 = 1e-4
-TOLERANCE_FP16 = 2e-2
+# The default tolerance of each precision is its registry entry's (trmcore.infer.metadata.PRECISIONS).
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +58,15 @@ class ExportResult:
     max_abs_diff: float
     tolerance: float
     checked_shapes: List[Tuple[int, int, int, int]]
-    precision: str = "fp32"
+    precision: str = REFERENCE_PRECISION
     agreement: Optional[Agreement] = None  # labels against float32 (reduced precisions only)
     # False when onnxruntime is not installed (a float32 export from `trmcore[train]` alone): the graph passed
     # onnx's checker but its logits were not compared with torch's (max_abs_diff and tolerance are NaN then).
     verified: bool = True
 
 
-def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, fp16: bool,
-                      precision: Optional[str] = None) -> ModelMetadata:
+def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str,
+                      precision: str = REFERENCE_PRECISION) -> ModelMetadata:
     """The :class:`ModelMetadata` of a run (channels, labels, preprocessing, provenance)."""
     if info.divisor % info.model.divisor:
         raise ValueError(f"run {run_dir}: size divisor {info.divisor} is not a multiple of the U-Net's "
@@ -78,8 +75,7 @@ def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, f
         channels=list(info.channels), label_names=list(info.label_names),
         label_values=[int(v) for v in info.label_values], normalization=info.normalization,
         orientation=info.orientation, spacing=info.spacing,
-        axis=int(info.axis), divisor=int(info.divisor), dtype="float16" if fp16 else "float32",
-        precision=precision or ("fp16" if fp16 else "fp32"),
+        axis=int(info.axis), divisor=int(info.divisor), dtype=precision_entry(precision).dtype, precision=precision,
         mirror_axes=None if info.mirror_axes is None else [int(a) for a in info.mirror_axes],
         preprocessing=info.pipeline().record() if info.orientation is not None else None,
         input_name=INPUT_NAME, output_name=OUTPUT_NAME,
@@ -89,9 +85,9 @@ def metadata_from_run(info: RunInfo, run_dir: Union[str, Path], exporter: str, f
             exported_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
 
 
-def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool = False,
+def export_run(run_dir: Union[str, Path], out_path: Union[str, Path],
                opset: int = DEFAULT_OPSET, tolerance: Optional[float] = None, overwrite: bool = False,
-               seed: int = 0, precision: Optional[str] = None, min_dice: float = DEFAULT_MIN_DICE,
+               seed: int = 0, precision: str = REFERENCE_PRECISION, min_dice: float = DEFAULT_MIN_DICE,
                data_dir: Optional[Union[str, Path]] = None) -> ExportResult:
     """Export ``run_dir``'s model to ``out_path`` (.onnx), verified against torch.
 
@@ -99,9 +95,9 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         run_dir: a run folder (``model.safetensors`` + ``run.json``).
         out_path: the ONNX file to write (atomically; refused if it exists
             unless ``overwrite``).
-        fp16: export the network in float16 (inputs and outputs float16 too;
-            :class:`trmcore.infer.Segmenter` casts); the same as ``precision="fp16"``.
-        precision: ``"fp32"`` (default), ``"fp16"`` or ``"int8"`` (onnxruntime
+        precision: a name of :data:`trmcore.infer.metadata.PRECISIONS`: ``"fp32"``
+            (default), ``"fp16"`` (network, inputs and outputs in float16;
+            :class:`trmcore.infer.Segmenter` casts) or ``"int8"`` (onnxruntime
             static quantisation calibrated on the run's training slices). A
             reduced precision is written only if its labels agree with the
             float32 model's on the run's validation cases (per-class Dice >=
@@ -110,7 +106,7 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         data_dir: the run's dataset folder when it moved (default: run.json's ``data``).
         opset: ONNX opset, >= 17.
         tolerance: max allowed |onnxruntime - torch float32| on the logits,
-            relative to max(1, max |logit|); default 1e-4 (float32), 2e-2 (float16).
+            relative to max(1, max |logit|); default: the precision's entry (1e-4 float32, 2e-2 float16).
         seed: seed of the random verification inputs.
 
     Without onnxruntime (``trmcore[train]`` alone) a float32 export is
@@ -130,11 +126,7 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
         True
     """
     out_path = Path(out_path)
-    if precision is None:
-        precision = "fp16" if fp16 else "fp32"
-    elif fp16 and precision != "fp16":
-        raise ValueError(f"fp16=True contradicts precision={precision!r}")
-    fp16 = check_precision(precision) == "fp16"
+    entry = precision_entry(precision)
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
     if tolerance is not None and not tolerance > 0:
@@ -142,7 +134,7 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
     if out_path.suffix != ".onnx":
         raise ValueError(f"output must be an .onnx file, got {out_path}")
     no_runtime = missing_modules("cpu")  # onnxruntime: verifies the export, quantises and checks reduced precisions
-    if no_runtime and precision != "fp32":
+    if no_runtime and not entry.is_reference:
         raise MissingExtraError(missing_message("cpu", no_runtime, f"precision {precision}"))
     inputs = [Path(run_dir) / RUN_INFO_FILE, Path(run_dir) / WEIGHTS_FILE]
     check_output_file(out_path, overwrite=overwrite, inputs=inputs)
@@ -151,14 +143,15 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
     divisor = info.divisor
     example = _random_input(2, info.model.in_channels, 4 * divisor, 3 * divisor, seed)
 
-    network = copy.deepcopy(model).half() if fp16 else model
-    proto, exporter = _export_proto(network, example.half() if fp16 else example, opset)
-    metadata = metadata_from_run(info, run_dir, exporter, fp16, precision)
+    dtype = _TORCH_DTYPES[entry.dtype]
+    network = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    proto, exporter = _export_proto(network, example.to(dtype), opset)
+    metadata = metadata_from_run(info, run_dir, exporter, precision)
     _name_dynamic_dims(proto)
     _label(proto, metadata)
 
     if tolerance is None:
-        tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
+        tolerance = entry.tolerance
     shapes = [(3, info.model.in_channels, 5 * divisor, 2 * divisor), (1, info.model.in_channels, 2 * divisor, 7 * divisor)]
     data = proto.SerializeToString()
     if no_runtime:  # nothing to run the graph with: write it unverified, the caller says so
@@ -168,22 +161,22 @@ def export_run(run_dir: Union[str, Path], out_path: Union[str, Path], fp16: bool
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / "model.onnx"
         candidate.write_bytes(data)
-        max_diff, scale = _compare_with_torch(model, candidate, shapes, fp16, seed + 1)
+        max_diff, scale = _compare_with_torch(model, candidate, shapes, entry, seed + 1)
     allowed = tolerance * max(1.0, scale)
     if not max_diff <= allowed:
         raise ExportVerificationError(
             f"onnxruntime logits differ from torch by {max_diff:.3g} (allowed {allowed:.3g}); "
             f"nothing written to {out_path}")
     agreement = None
-    if precision != "fp32":
-        # the float32 graph the reduced one must agree with (int8 is quantised from it)
-        reference, _ = _export_proto(model, example, opset) if fp16 else (proto, exporter)
-        reduced, agreement = reduce_precision(reference.SerializeToString(), data if fp16 else None, precision,
-                                              info, run_dir, data_dir, INPUT_NAME, min_dice)
-        if precision == "int8":
-            quantized = onnx.load_from_string(reduced)
-            _label(quantized, metadata)
-            data = quantized.SerializeToString()
+    if not entry.is_reference:
+        # the float32 graph the reduced one must agree with (a build function makes its graph from it)
+        reference = proto if dtype == torch.float32 else _export_proto(model, example, opset)[0]
+        reduced, agreement = reduce_precision(reference.SerializeToString(), entry,
+                                              BuildContext(data, info, run_dir, data_dir, INPUT_NAME), min_dice)
+        if entry.build is not None:
+            built = onnx.load_from_string(reduced)
+            _label(built, metadata)
+            data = built.SerializeToString()
     atomic_write_bytes(out_path, data, overwrite=overwrite, inputs=inputs)
     return ExportResult(out_path, metadata, exporter, opset, max_diff, allowed, shapes, precision, agreement)
 
@@ -258,12 +251,12 @@ def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
 
 
 def _compare_with_torch(model: torch.nn.Module, onnx_path: Path, shapes: Sequence[Tuple[int, int, int, int]],
-                        fp16: bool, seed: int) -> Tuple[float, float]:
+                        entry: PrecisionEntry, seed: int) -> Tuple[float, float]:
     """(max |onnxruntime - torch float32| over ``shapes``, max |torch logit|)."""
     from trmcore.infer.runtime import create_session  # onnxruntime: only when it is installed
 
     session = create_session(onnx_path, providers="cpu")
-    input_dtype = np.float16 if fp16 else np.float32
+    input_dtype = np.dtype(entry.dtype)
     max_diff, scale = 0.0, 0.0
     for i, shape in enumerate(shapes):
         x = _random_input(*shape, seed=seed + i)

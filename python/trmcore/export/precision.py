@@ -1,4 +1,8 @@
-"""Reduced-precision exports: int8 quantisation and the label-agreement gate.
+"""Reduced-precision exports: the build functions of the precisions, and the label-agreement gate.
+
+The precisions themselves are entries of :data:`trmcore.infer.metadata.PRECISIONS`
+(dtype, tolerance, build function): adding one is one entry there, plus its
+build function here when the exported graph is not the final one (int8).
 
 A reduced-precision model is written only if its labels agree with the
 float32 model's on the run's own data: Dice of the argmax labels, per
@@ -15,17 +19,18 @@ its first and last convolutions stay float32 (see :func:`_edge_nodes`).
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from trmcore.infer.metadata import DEFAULT_MIN_DICE, PRECISIONS
+from trmcore.infer.metadata import DEFAULT_MIN_DICE, PRECISIONS, PrecisionEntry
 
-__all__ = ["DEFAULT_MIN_DICE", "Agreement", "PrecisionAgreementError", "reduce_precision", "quantize_int8",
-           "label_agreement"]
+__all__ = ["DEFAULT_MIN_DICE", "Agreement", "BuildContext", "PrecisionAgreementError", "reduce_precision",
+           "quantize_int8", "build_int8", "label_agreement", "precision_entry"]
 #: Training slices used to calibrate int8 activation ranges (evenly spread over the run's slices).
 CALIBRATION_SLICES = 64
 _BATCH = 8
@@ -61,10 +66,34 @@ class Agreement:
                 f"Dice {per_class}; min {self.min_dice:.4f}; equal labels {self.equal:.5f}")
 
 
-def check_precision(precision: str) -> str:
+def precision_entry(precision: str) -> PrecisionEntry:
+    """The registry entry of ``precision``; ValueError naming the known ones for any other."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
+    return PRECISIONS[precision]
+
+
+@dataclass
+class BuildContext:
+    """What a precision's build function may use besides the float32 graph.
+
+    ``exported``: the bytes of the graph exported in the precision's dtype; ``info``/``run_dir``:
+    the run (RunInfo and folder); ``data``: its dataset folder when it moved (None: run.json's);
+    ``input_name``: the graph's input.
+    """
+
+    exported: bytes
+    info: Any
+    run_dir: Union[str, Path]
+    data: Optional[Union[str, Path]]
+    input_name: str
+
+
+def build_int8(reference: bytes, context: BuildContext) -> bytes:
+    """The int8 graph: ``reference`` quantised, calibrated on the run's training slices."""
+    train = run_volumes(context.info, context.run_dir, context.data, "train")
+    return quantize_int8(reference, calibration_slices(train, context.info.axis, context.info.divisor),
+                         context.input_name)
 
 
 def run_volumes(info, run_dir: Union[str, Path], data: Optional[Union[str, Path]], which: str):
@@ -170,19 +199,22 @@ def label_agreement(reference: bytes, candidate: bytes, volumes, label_names: Se
                      on_validation)
 
 
-def reduce_precision(fp32_model: bytes, candidate: Optional[bytes], precision: str, info, run_dir, data,
-                     input_name: str, min_dice: float) -> Tuple[bytes, Agreement]:
-    """The ``precision`` model's bytes and its agreement with ``fp32_model``; raises if below ``min_dice``.
+def reduce_precision(fp32_model: bytes, entry: PrecisionEntry, context: BuildContext,
+                     min_dice: float) -> Tuple[bytes, Agreement]:
+    """The ``entry`` model's bytes and its agreement with ``fp32_model``; raises if below ``min_dice``.
 
-    ``candidate``: the already exported graph for fp16 (None for int8, which is made here).
+    The model is ``entry.build(fp32_model, context)``, or the exported graph ``context.exported``
+    when the precision has no build function.
     """
     if not 0 < min_dice <= 1:
         raise ValueError(f"min_dice must be in (0, 1], got {min_dice!r}")
-    if precision == "int8":
-        train = run_volumes(info, run_dir, data, "train")
-        candidate = quantize_int8(fp32_model, calibration_slices(train, info.axis, info.divisor), input_name)
+    candidate = context.exported
+    if entry.build is not None:
+        module, _, function = entry.build.partition(":")
+        candidate = getattr(importlib.import_module(module), function)(fp32_model, context)
+    info, precision = context.info, entry.name
+    volumes = run_volumes(info, context.run_dir, context.data, "val" if bool(info.val_cases) else "train")
     on_validation = bool(info.val_cases)
-    volumes = run_volumes(info, run_dir, data, "val" if on_validation else "train")
     agreement = label_agreement(fp32_model, candidate, volumes, info.label_names, info.axis, info.divisor,
                                 on_validation)
     if agreement.min_dice < min_dice:

@@ -20,6 +20,7 @@ from trmcore.schema import Float, Int, List as JsonList, Maybe, Object, Str, dat
 from trmcore.data.pipeline import PIPELINE_JSON, Pipeline, recorded_pipeline
 from trmcore.data.preprocess import NORMALIZATIONS
 from trmcore.limits import check_divisor
+from trmcore.registry import Registry
 
 METADATA_KEY = "trmcore"
 # 2: orientation and spacing (version 1 records have neither and are read as "use volumes as stored").
@@ -28,13 +29,63 @@ METADATA_KEY = "trmcore"
 # 5: ``preprocessing``, the list of steps (older records: built from normalization, orientation, spacing, axis
 #    and divisor, trmcore.data.pipeline.Pipeline.standard).
 SCHEMA_VERSION = 5
-#: Numeric precision of the network's weights and arithmetic (``trm export --precision``).
-PRECISIONS = ("fp32", "fp16", "int8")
-# The input/output dtype each precision implies: int8 graphs quantise inside, at float32 edges.
-PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
+
+
+@dataclass(frozen=True)
+class PrecisionEntry:
+    """One numeric precision of an exported network (``trm export --precision``, metadata ``precision``).
+
+    Attributes:
+        name: the ``--precision`` value and the metadata ``precision``.
+        dtype: the graph's input and output dtype, also the dtype the network is exported in
+            (``"float32"`` or ``"float16"``).
+        tolerance: the default max |onnxruntime - torch float32| on the logits of the exported graph,
+            relative to max(1, max |logit|) (``trm export --tolerance``).
+        build: ``"module:function"`` making the final graph after export (imported only by the export,
+            which needs torch): ``function(reference, context) -> bytes`` with ``reference`` the float32
+            graph's bytes and ``context`` a :class:`trmcore.export.precision.BuildContext`; None: the
+            exported graph as it is.
+        summary: one line for ``--help``.
+
+    Every precision but the reference float32 is written only if its labels agree with float32's
+    (:mod:`trmcore.export.precision`).
+    """
+
+    name: str
+    dtype: str
+    tolerance: float
+    build: Optional[str] = None
+    summary: str = ""
+
+    @property
+    def is_reference(self) -> bool:
+        return self.name == REFERENCE_PRECISION
+
+
+#: The precision every other is checked against, and the default.
+REFERENCE_PRECISION = "fp32"
+#: Numeric precisions of the network's weights and arithmetic, name -> entry: adding one is one entry here
+#: (plus its build function in trmcore.export.precision when the exported graph is not the final one).
+PRECISIONS: Registry[PrecisionEntry] = Registry("precision")
+# Float32 graphs differ from torch only by summation order; float16 keeps ~3 significant digits.
+PRECISIONS.add("fp32", PrecisionEntry("fp32", "float32", 1e-4, summary="float32 (the default)"))
+PRECISIONS.add("fp16", PrecisionEntry("fp16", "float16", 2e-2, summary="float16 network, inputs and outputs: for GPUs "
+                                                                     "(slower than fp32 on CPUs)"))
+# int8 graphs quantise inside, at float32 edges: the exported graph is float32, compared with torch as such.
+PRECISIONS.add("int8", PrecisionEntry("int8", "float32", 1e-4, build="trmcore.export.precision:build_int8",
+                                      summary="onnxruntime static quantisation calibrated on the run's training "
+                                              "slices, about 2x faster on CPUs with VNNI"))
+
+
+def precision_dtypes() -> tuple:
+    """The graph dtypes the registered precisions use (read when needed: a precision may be added later)."""
+    return tuple(dict.fromkeys(entry.dtype for entry in PRECISIONS.values()))
 #: A reduced precision is exported only if each class's Dice against the float32 labels
 #: reaches this (``trm export --min-dice``); here so the torch-free CLI can show it.
 DEFAULT_MIN_DICE = 0.99
+#: ONNX opset of ``trm export`` and the oldest it accepts (here so the torch-free CLI can show them).
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
 
 
 @dataclass
@@ -42,8 +93,9 @@ class Provenance:
     """Where a deployed model came from.
 
     ``source_model`` names the model the run started from (None for a model
-    trained from scratch), ``method`` the fine-tuning method (None for a source
-    model), ``run`` the run folder's name.
+    trained from scratch), ``method`` the loss weighting it trained with (None
+    when not recorded: models exported before trmcore named plain cross-entropy
+    "vanilla" left it out for source models), ``run`` the run folder's name.
     """
 
     run: Optional[str] = None
@@ -140,16 +192,16 @@ class ModelMetadata:
             from trmcore.data.geometry import recorded_geometry
 
             recorded_geometry(self.orientation or "native", self.spacing, self.axis, "metadata")  # raises if invalid
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"metadata dtype must be float32 or float16, got {self.dtype!r}")
+        if self.dtype not in precision_dtypes():
+            raise ValueError(f"metadata dtype must be {' or '.join(precision_dtypes())}, got {self.dtype!r}")
         if self.mirror_axes is not None and (not isinstance(self.mirror_axes, list) or not set(self.mirror_axes) <= {0, 1}
                                              or len(set(self.mirror_axes)) != len(self.mirror_axes)):
             raise ValueError(f"metadata mirror_axes must be a list of distinct in-plane axes 0 and 1, "
                              f"got {self.mirror_axes!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown model precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
-        if PRECISION_DTYPE[self.precision] != self.dtype:
-            raise ValueError(f"metadata precision {self.precision} needs dtype {PRECISION_DTYPE[self.precision]}, "
+        if PRECISIONS[self.precision].dtype != self.dtype:
+            raise ValueError(f"metadata precision {self.precision} needs dtype {PRECISIONS[self.precision].dtype}, "
                              f"got {self.dtype}")
         self.pipeline()  # a recorded list must agree with the fields
 
@@ -235,8 +287,9 @@ METADATA_JSON = dataclass_schema(
                "normalization": Str(choices=NORMALIZATIONS),
                "orientation": Maybe(Str(nonempty=True, max_len=16)),
                "spacing": Maybe(JsonList(Float(minimum=0, exclusive_min=True), min_len=3, max_len=3)),
-               "precision": Str(choices=PRECISIONS),
-               "dtype": Str(choices=tuple(dict.fromkeys(PRECISION_DTYPE.values()))),
+               # checked against the PRECISIONS registry by ModelMetadata.validate (entries may be added later)
+               "precision": Str(nonempty=True, max_len=64),
+               "dtype": Str(nonempty=True, max_len=64),
                "provenance": Maybe(dataclass_schema(Provenance)),
                "preprocessing": Maybe(PIPELINE_JSON)})
 

@@ -96,7 +96,7 @@ class TransferReport:
 
 
 def assess_transferability(segmenter: Segmenter, volumes: Sequence, target_labels: Sequence[str],
-                           data_channels: Optional[Sequence[str]] = None, base: float = 10.0,
+                           data_channels: Optional[Sequence[str]] = None, base: float = ops.RISK_BASE,
                            progress: bool = True, cache_bytes: int = 2 << 30) -> TransferReport:
     """Score a deployed model on labelled volumes (:class:`trmcore.data.Volume`, already normalised).
 
@@ -195,7 +195,7 @@ def _score_case(vol, logits: np.ndarray, labels: np.ndarray, joint, base: float)
         chunk_logits = logits[start:start + _CHUNK_SLICES].astype(np.float32)
         chunk_labels = labels[start:start + _CHUNK_SLICES]
         leep_map = ops.pixel_leep(chunk_logits, chunk_labels, joint)
-        risk = ops.risk_map(leep_map, chunk_labels, base=base, scope="image")
+        risk = ops.risk_map(leep_map, chunk_labels, base=base, scope=ops.RISK_SCOPE)
         foreground = chunk_labels > 0  # not background, not ignored
         leep_sum += float(leep_map.sum(dtype=np.float64))
         fg_leep_sum += float(leep_map[foreground].sum(dtype=np.float64))

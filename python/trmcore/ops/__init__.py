@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
-from ._validate import RISK_BASE
+from ._validate import RISK_BASE, RISK_SCOPE
 from ._validate import SCOPES as RISK_SCOPES
 from .accumulator import LeepAccumulator
 from .joint import LeepJoint
 
-__all__ = ["RISK_BASE", "RISK_SCOPES", "LeepAccumulator", "LeepJoint", "check_pending", "leep", "leep_joint", "pixel_leep",
+__all__ = ["RISK_BASE", "RISK_SCOPE", "RISK_SCOPES", "LeepAccumulator", "LeepJoint", "check_pending", "leep", "leep_joint", "pixel_leep",
            "risk_map", "risk_weighted_ce", "set_check_mode"]
 
 
@@ -137,7 +137,7 @@ def leep(logits: Any, labels: Any, num_classes: int, ignore_index: int = -100) -
     return float(total) / joint.count
 
 
-def risk_map(leep_map: Any, labels: Any, base: float = RISK_BASE, scope: str = "image", ignore_index: int = -100) -> Any:
+def risk_map(leep_map: Any, labels: Any, base: float = RISK_BASE, scope: str = RISK_SCOPE, ignore_index: int = -100) -> Any:
     """Transfer risk map R = base ** T', float32 ``[N, *spatial]`` in ``[1, base]`` (SPEC section 3).
 
     T' rescales the transferability map to [0, 1] per image (``scope="image"``)
@@ -173,7 +173,7 @@ def risk_weighted_ce(logits: Any, labels: Any, weights: Any, ignore_index: int =
         A scalar: a float32 torch tensor with a fused backward kernel, or a
         NumPy float64 for NumPy input.
     """
-    V.check_choice("normalize", normalize, V.NORMALIZATIONS)
+    V.check_choice("normalize", normalize, V.DENOMINATORS)
     ignore_index = V.check_ignore_index(ignore_index)
     min_foreground = V.check_min_foreground(min_foreground)
     backend = _backend(logits=logits, labels=labels, weights=weights)

@@ -19,7 +19,9 @@ STATUS_SIZE = 5
 SCOPES = ("image", "batch")
 # SPEC 3: the risk map lies in [1, base]; the default of every risk_base / --risk-base.
 RISK_BASE = 10.0
-NORMALIZATIONS = ("batch", "image", "valid")
+# SPEC 3: T is rescaled per image by default; the default of every risk scope / --risk-scope.
+RISK_SCOPE = "image"
+DENOMINATORS = ("batch", "image", "valid")
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._validate import RISK_BASE, RISK_SCOPE
+
 # Smallest normal float32: eep is clamped here before the log (SPEC 2).
 EEP_FLOOR = float(torch.finfo(torch.float32).tiny)
 RISK_EPS = 1e-8
@@ -68,7 +70,7 @@ def leep(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_in
     return float(leep_map.sum() / joint.count)
 
 
-def risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = 10.0, scope: str = "image",
+def risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = RISK_BASE, scope: str = RISK_SCOPE,
              ignore_index: int = -100) -> torch.Tensor:
     """R = base ** ((max T - T) / (max T - min T + eps)) over valid pixels; 0 at ignored pixels."""
     t = leep_map.double()

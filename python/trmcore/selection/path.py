@@ -37,7 +37,7 @@ import networkx as nx
 import numpy as np
 
 from trmcore.selection.affinity import AffinityResult
-from trmcore.selection.tasks import DEFAULT_COMMUNITIES, SelectionTask
+from trmcore.selection.tasks import DEFAULT_COMMUNITIES, DEFAULT_MAX_HOPS, SelectionTask
 
 
 
@@ -202,7 +202,7 @@ def select_paths(
     affinity: AffinityResult,
     target: str,
     num_communities: int = DEFAULT_COMMUNITIES,
-    max_hops: int = 2,
+    max_hops: int = DEFAULT_MAX_HOPS,
     sources: Optional[Sequence[str]] = None,
     allow_direct: bool = False,
 ) -> PathSelection:

@@ -22,6 +22,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from trmcore.training.methods import PLAIN_METHOD
+
 PathLike = Union[str, Path]
 
 
@@ -73,6 +75,8 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]
 # Slicing of an ONNX model that carries no trmcore metadata (as `trm train`'s defaults).
 FALLBACK_AXIS = 2
 FALLBACK_DIVISOR = 16
+# Fine-tuning iterations per source of `validate_ranking` / `trm rank --validate --iterations`.
+VALIDATE_ITERATIONS = 200
 
 
 @dataclass
@@ -305,8 +309,8 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: RankConfig, iterations: int = 200,
-                     method: str = "vanilla", work_dir: Optional[PathLike] = None,
+def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: RankConfig,
+                     iterations: int = VALIDATE_ITERATIONS, method: str = PLAIN_METHOD, work_dir: Optional[PathLike] = None,
                      progress: bool = False) -> RankValidation:
     """Fine-tune each run-folder source briefly on the target; Kendall tau between LEEP and Dice.
 

@@ -26,6 +26,8 @@ ALL_SITES = "*"
 # Girvan-Newman communities of the source tasks in the path search (SPEC 6); here, not in path.py,
 # so that the CLI reads it without importing networkx.
 DEFAULT_COMMUNITIES = 9
+# Longest transfer path of `select_paths` / `trm path --max-hops`: 2 = the paper's one intermediate task.
+DEFAULT_MAX_HOPS = 2
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """PNG figures of the study: gain heatmaps (Tables I, II), Dice against few-shot size (Table III), Fig. 2 panels.
 
-Fig. 2 panels are drawn by :func:`trmcore.training.riskmap.write_risk_maps`
+Fig. 2 panels are drawn by :func:`trmcore.training.riskmap_files.write_risk_maps`
 inside the riskmap jobs; here they are only copied to readable names.
 """
 

@@ -26,6 +26,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from trmcore.study.profiles import StudyProfile
 
 TABLES = ("I", "II", "III", "seq", "fig2")
+# The study's seeds and the tables that run every seed (the others run the first) when none are given.
+DEFAULT_SEEDS = (0,)
+DEFAULT_SEEDED_TABLES = ("I",)
 TISSUE, TUMOUR = "tissue", "tumour"
 JOB_KINDS = ("source", "finetune", "riskmap")
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
-from trmcore.training.methods import METHODS, method_names
+from trmcore.training.methods import METHODS, PLAIN_METHOD, method_names
 
 TISSUE_TASKS_PAPER = ("*/T1/CSF", "*/T1/GM", "*/T1/WM", "*/T2/CSF", "*/T2/GM", "*/T2/WM")
 
@@ -83,9 +83,9 @@ class StudyProfile:
     seq_tasks: Tuple[str, ...]
     seq_shots: Optional[int]
     fig2_pairs: Tuple[Tuple[str, str], ...]
-    few_shot_methods: Tuple[str, ...] = ("vanilla", "trm")
+    few_shot_methods: Tuple[str, ...] = (PLAIN_METHOD, "trm")
     seq_targets: Optional[Tuple[str, ...]] = None
-    seq_method: str = "vanilla"
+    seq_method: str = PLAIN_METHOD
     seq_communities: int = 2
     affinity_size: int = 32
     affinity_samples: int = 5
@@ -163,7 +163,7 @@ TINY = StudyProfile(
     model=UNetConfig(depth=2, width=4),
     training=TrainConfig(iterations=3, lr=1e-3, batch_size=4, val_fraction=0.34),
     source_iterations=4,
-    methods=("vanilla", "trm"),
+    methods=(PLAIN_METHOD, "trm"),
     table1_tasks=("*/T1/CSF", "*/T2/CSF"),
     table2_tasks=("site-A/T1/NCR+ED+ET", "site-B/T2/NCR+ED+ET"),
     few_shot_pairs=(("*/T1/CSF", "*/T2/CSF"),),
@@ -177,6 +177,8 @@ TINY = StudyProfile(
 )
 
 PROFILES: Dict[str, StudyProfile] = {p.name: p for p in (QUICK, QUICK500, FULL, TINY)}
+# The profile of `reproduce()` and `trm reproduce` when none is given.
+DEFAULT_PROFILE = QUICK.name
 
 
 def get_profile(name: str) -> StudyProfile:

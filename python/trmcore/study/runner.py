@@ -28,6 +28,7 @@ from trmcore.fileio import atomic_write_json, make_folder, remove_output_folder
 from trmcore.schema import AnyJson, Int, Map, Object, Str, read_json
 from trmcore.study.grid import TUMOUR, Job, StudyGrid
 from trmcore.study.profiles import StudyProfile
+from trmcore.training.methods import PLAIN_METHOD
 
 CACHE_VERSION = 1
 
@@ -116,7 +117,8 @@ def _train_config(ctx: StudyContext, job: Job):
     variant = {k: v for k, v in (("foreground_share", job.foreground_share), ("trm_normalize", job.trm_normalize),
                                  ("risk_scaling", job.risk_scaling), ("risk_balance", job.risk_balance),
                                  ("risk_anneal", job.risk_anneal)) if v is not None}
-    return replace(base, iterations=iterations, seed=job.seed, method=job.method,
+    # A job's method is the fine-tuning method; source models train with plain cross-entropy.
+    return replace(base, iterations=iterations, seed=job.seed, method=PLAIN_METHOD if source else job.method,
                    freeze="none" if source else base.freeze, few_shot=job.shots, val_every=iterations, **variant)
 
 

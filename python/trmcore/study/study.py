@@ -21,8 +21,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from trmcore.fileio import atomic_write_json, make_folder, visible_entries
 from trmcore.schema import AnyJson, Map, Maybe, Object, Str, read_json
-from trmcore.study.grid import TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid, parse_tables
-from trmcore.study.profiles import StudyProfile, get_profile
+from trmcore.study.grid import (DEFAULT_SEEDED_TABLES, DEFAULT_SEEDS, TISSUE, TUMOUR, SeqPlan, StudyGrid, build_grid,
+                                parse_tables)
+from trmcore.study.profiles import DEFAULT_PROFILE, StudyProfile, get_profile
 from trmcore.study.runner import RunSummary, StudyContext, load_results, run_grid
 
 PathLike = Union[str, Path]
@@ -208,11 +209,12 @@ def default_workers(profile: StudyProfile, device: Optional[str], threads: Optio
     return max(1, min(4, (os.cpu_count() or 1) // threads))
 
 
-def reproduce(out_dir: PathLike, profile: Union[str, StudyProfile] = "quick", seeds: Union[str, Sequence[int]] = (0,),
+def reproduce(out_dir: PathLike, profile: Union[str, StudyProfile] = DEFAULT_PROFILE,
+              seeds: Union[str, Sequence[int]] = DEFAULT_SEEDS,
               tables: Union[str, Sequence[str], None] = None, data: Optional[PathLike] = None,
               tumour_data: Optional[PathLike] = None, device: Optional[str] = None, workers: Optional[int] = None,
               threads: Optional[int] = None, progress: bool = True,
-              seeded_tables: Union[str, Sequence[str]] = ("I",)) -> StudyOutcome:
+              seeded_tables: Union[str, Sequence[str]] = DEFAULT_SEEDED_TABLES) -> StudyOutcome:
     """Run (or resume) the study into ``out_dir`` and write its tables, figures and results.md.
 
     Args:

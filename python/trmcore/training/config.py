@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional
 
-from trmcore.ops import RISK_BASE, RISK_SCOPES
-from trmcore.training.methods import METHODS
+from trmcore.ops import RISK_SCOPES  # noqa: F401  (the allowed values of TrainConfig fields, read here by users)
+from trmcore.training.method_settings import (RISK_BALANCES, RISK_SCALINGS, TRM_DENOMINATORS, TrmSettings,
+                                              TrsMapSettings)
+from trmcore.training.methods import METHODS, PLAIN_METHOD, MethodEntry, get_method
 from trmcore.training.schedule import LR_SCHEDULES
 
-# Allowed values of the TrainConfig fields with a fixed set (the CLI reads its choices here;
-# RISK_SCOPES and RISK_BASE are the ops' own, SPEC 3).
+# Allowed values of the TrainConfig fields with a fixed set (the CLI reads its choices here; RISK_SCOPES and
+# RISK_BASE are the ops' own, SPEC 3; those of the methods' own settings are in trmcore.training.method_settings).
 FREEZE_CHOICES = ("encoder", "none")
 AXES = (0, 1, 2)
-# How trm's Eq. 7 denominator is formed (trmcore.training.normalization): "bounded" (default) floors the
-# batch's foreground count at E / trm_bound, "batch" is TRM Eq. 7 as published, "image" per image, "mean" the
-# mean over valid pixels as vanilla (no Eq. 7: with class-balanced weights, only the emphasis within a class differs).
-TRM_NORMALIZATIONS = ("bounded", "batch", "image", "mean")
-# How T becomes T' before R = base ** T' (trmcore.training.risk_scaling): "minmax" is TRM Eq. 5,
-# "robust" clips T to per-class quantiles first.
-RISK_SCALINGS = ("minmax", "robust")
 # The optimiser: Adam, or SGD with Nesterov momentum (nnU-Net: lr 0.01, momentum 0.99, weight decay 3e-5).
 OPTIMIZERS = ("adam", "sgd")
-# How R is balanced between the target classes (trmcore.training.risk_scaling.balance_risk): "none" is TRM
-# Eq. 7's weights as published; "per-class" divides R by its mean over the training pixels of the pixel's
-# class (mean weight 1 in every class: only the emphasis inside a class changes, the class balance stays
-# vanilla's); "foreground" does so on foreground classes and gives background pixels weight 1.
-RISK_BALANCES = ("none", "per-class", "foreground")
 
 
 @dataclass
@@ -46,7 +36,7 @@ class TrainConfig:
         weight_decay: L2 weight decay of the optimiser (nnU-Net's SGD: 3e-5).
         batch_size: slices per step (per process under DDP).
         method: loss weighting, a name of the METHODS registry (trmcore.training.methods);
-            ``None`` for a source model (plain CE).
+            plain cross-entropy is ``"vanilla"`` (``PLAIN_METHOD``), the default.
         freeze: "encoder" (contracting path + bottleneck frozen, SPEC 5) or "none".
         few_shot: keep only this many target training slices (seeded), or None for all.
         risk_refresh: 0 = static risk maps (default); K > 0 recomputes them every K iterations
@@ -69,7 +59,7 @@ class TrainConfig:
         checkpoint_every: write a resumable state every this many iterations (0 = at validation only).
         foreground_share: share of each batch drawn from slices holding foreground (nnU-Net's
             oversampling, every method alike); 0 = uniform batches.
-        trm_normalize: trm's loss denominator, one of TRM_NORMALIZATIONS; "batch" is the paper's Eq. 7.
+        trm_normalize: trm's loss denominator, one of TRM_DENOMINATORS; "batch" is the paper's Eq. 7.
         trm_bound: with "bounded", no batch weighs more than this factor above a batch with the
             expected foreground count E (the denominator is at least E / trm_bound).
         risk_scaling: "minmax" (TRM Eq. 5) or "robust" (T clipped to the per-class quantiles
@@ -88,13 +78,14 @@ class TrainConfig:
     momentum: float = 0.99
     weight_decay: float = 0.0
     batch_size: int = 8
-    method: Optional[str] = None
+    method: str = PLAIN_METHOD
     freeze: str = "encoder"
     few_shot: Optional[int] = None
-    risk_refresh: int = 0
-    risk_base: float = RISK_BASE
-    risk_scope: str = "image"
-    trs_stride: int = 4
+    # The settings of trs-map and trm, flat as run.json has them; defaults and checks are the settings dataclasses'.
+    risk_refresh: int = TrmSettings.risk_refresh
+    risk_base: float = TrmSettings.risk_base
+    risk_scope: str = TrmSettings.risk_scope
+    trs_stride: int = TrsMapSettings.trs_stride
     seed: int = 0
     val_every: int = 500
     val_fraction: float = 0.2
@@ -106,12 +97,15 @@ class TrainConfig:
     augment: bool = True
     checkpoint_every: int = 0
     foreground_share: float = 1.0 / 3.0
-    trm_normalize: str = "bounded"
-    trm_bound: float = 4.0
-    risk_scaling: str = "minmax"
-    risk_quantile: float = 0.05
-    risk_balance: str = "none"
-    risk_anneal: bool = False
+    trm_normalize: str = TrmSettings.trm_normalize
+    trm_bound: float = TrmSettings.trm_bound
+    risk_scaling: str = TrmSettings.risk_scaling
+    risk_quantile: float = TrmSettings.risk_quantile
+    risk_balance: str = TrmSettings.risk_balance
+    risk_anneal: bool = TrmSettings.risk_anneal
+    # The settings of methods registered with a settings dataclass whose fields are not flat fields above
+    # (field name -> value; absent: the dataclass default). run.json has the key only when it is not empty.
+    method_settings: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         positive = {"iterations": self.iterations, "batch_size": self.batch_size}
@@ -132,49 +126,76 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not self.weight_decay >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.method is not None and self.method not in METHODS:
+        if self.method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
         if self.few_shot is not None and self.few_shot < 1:
             raise ValueError(f"few_shot must be >= 1, got {self.few_shot!r}")
-        for name in ("risk_refresh", "val_every", "checkpoint_every"):
+        for name in ("val_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.risk_scope not in RISK_SCOPES:
-            raise ValueError(f"risk_scope must be one of {RISK_SCOPES}, got {self.risk_scope!r}")
-        if not self.risk_base > 1:
-            raise ValueError(f"risk_base must be > 1, got {self.risk_base!r}")
-        if self.trs_stride < 1:
-            raise ValueError(f"trs_stride must be >= 1, got {self.trs_stride!r}")
         if self.fold is not None and (not isinstance(self.fold, int) or self.fold < 0):
             raise ValueError(f"fold must be an integer >= 0, got {self.fold!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not 0.0 <= self.foreground_share <= 1.0:
             raise ValueError(f"foreground_share must be in [0, 1], got {self.foreground_share!r}")
-        if self.trm_normalize not in TRM_NORMALIZATIONS:
-            raise ValueError(f"trm_normalize must be one of {TRM_NORMALIZATIONS}, got {self.trm_normalize!r}")
-        if not 1.0 <= self.trm_bound < float("inf"):
-            raise ValueError(f"trm_bound must be a finite number >= 1, got {self.trm_bound!r}")
-        if self.risk_scaling not in RISK_SCALINGS:
-            raise ValueError(f"risk_scaling must be one of {RISK_SCALINGS}, got {self.risk_scaling!r}")
-        if not 0.0 <= self.risk_quantile < 0.5:
-            raise ValueError(f"risk_quantile must be in [0, 0.5), got {self.risk_quantile!r}")
-        if self.risk_balance not in RISK_BALANCES:
-            raise ValueError(f"risk_balance must be one of {RISK_BALANCES}, got {self.risk_balance!r}")
         if self.axis not in AXES:
             raise ValueError(f"axis must be 0, 1 or 2, got {self.axis!r}")
+        if not isinstance(self.method_settings, dict):
+            raise ValueError(f"method_settings must be a mapping of setting names to values, got "
+                             f"{self.method_settings!r}")
+        known = {f.name for entry in METHODS.values() if entry.settings is not None
+                 for f in fields(entry.settings)} - {f.name for f in fields(self)}
+        unknown = sorted(set(self.method_settings) - known)
+        if unknown:
+            raise ValueError(f"method_settings: no registered method has the setting(s) {', '.join(unknown)}")
+        for entry in METHODS.values():  # every method's settings are checked by its own dataclass
+            self._settings(entry)
 
     @property
     def planned_horizon(self) -> int:
         """The steps the learning-rate decay is planned for: ``lr_horizon`` or ``iterations``."""
         return self.iterations if self.lr_horizon is None else self.lr_horizon
 
+    def method_settings_of(self, method: Optional[str] = None) -> Any:
+        """The settings dataclass of ``method`` (default: this run's) filled from this config; None if it has none.
+
+        Example:
+            >>> TrainConfig(method="trs-map", trs_stride=2).method_settings_of()
+            TrsMapSettings(trs_stride=2)
+        """
+        return self._settings(get_method(self.method if method is None else method))
+
+    def _settings(self, entry: MethodEntry) -> Any:
+        if entry.settings is None:
+            return None
+        flat = {f.name for f in fields(self)}
+        values = {f.name: getattr(self, f.name) for f in fields(entry.settings) if f.name in flat}
+        values.update({f.name: self.method_settings[f.name] for f in fields(entry.settings)
+                       if f.name not in flat and f.name in self.method_settings})
+        return entry.settings(**values)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if not record["method_settings"]:
+            del record["method_settings"]  # run.json of the built-in methods keeps its keys
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """A TrainConfig from a saved dict (checkpoint, run.json); unknown keys ignored.
+
+        Files written before plain cross-entropy had one name record it as ``method: null``.
+        """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if "method" in values:
+            values["method"] = read_method(values["method"])
+        return cls(**values)
+
+
+def read_method(value: Any) -> Any:
+    """A method as saved on disk: ``None`` (files from before ``PLAIN_METHOD``) is plain cross-entropy."""
+    return PLAIN_METHOD if value is None else value

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Tuple, Union
 from trmcore.fileio import atomic_write_json, prepare_output_folder
 from trmcore.models.config import UNetConfig
 from trmcore.training.config import TrainConfig
+from trmcore.training.methods import PLAIN_METHOD
 
 # What a demo folder holds; --overwrite removes these (and only these) of an earlier demo.
 DEMO_ENTRIES = ("data", "runs", "riskmaps", "results.json")
@@ -61,11 +62,13 @@ class DemoConfig:
         return replace(self.training, iterations=self.source_iterations, few_shot=None, freeze="none",
                        val_every=self.source_iterations)
 
-    def finetune_config(self, method: Optional[str]) -> TrainConfig:
-        """Fine-tuning with ``method`` (None: the from-scratch reference), validated at the end."""
-        iterations = self.training.iterations
-        return replace(self.training, method=method, val_every=iterations,
-                       freeze=self.training.freeze if method is not None else "none")
+    def finetune_config(self, method: str) -> TrainConfig:
+        """Fine-tuning with ``method``, validated at the end."""
+        return replace(self.training, method=method, val_every=self.training.iterations)
+
+    def scratch_config(self) -> TrainConfig:
+        """The from-scratch reference: the fine-tuning settings, plain cross-entropy, nothing frozen."""
+        return replace(self.finetune_config(PLAIN_METHOD), freeze="none")
 
 
 def _step(message: str) -> float:
@@ -102,12 +105,12 @@ def run_demo(out_dir: Union[str, Path], config: Optional[DemoConfig] = None, dev
                     config.target_site, device=device, progress=progress)
 
     _step(f"4/5 fine-tuning on {config.training.few_shot} target slices, {config.training.iterations} iterations")
-    for method in ("vanilla", "trm"):
+    for method in (PLAIN_METHOD, "trm"):
         print(f"-- {method}", flush=True)
         finetune(data, target_task, runs / "source", runs / method, config.finetune_config(method),
                  device=device, progress=progress)
     print("-- scratch (no transfer)", flush=True)
-    train(data, target_task, runs / "scratch", config.finetune_config(None), config.model, device=device,
+    train(data, target_task, runs / "scratch", config.scratch_config(), config.model, device=device,
           progress=progress)
     write_risk_maps(data, runs / "source", out / "riskmaps", config.target_channel, config.target_labels,
                     config.target_site, after_run=runs / "trm", device=device, progress=False, overwrite=True)

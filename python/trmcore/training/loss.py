@@ -34,8 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from trmcore import ops
-from trmcore.training.config import RISK_SCALINGS, TRM_NORMALIZATIONS, TrainConfig
-from trmcore.training.normalization import bounded_min_foreground
+from trmcore.training.config import TrainConfig
+from trmcore.training.method_settings import RISK_SCALINGS, TRM_DENOMINATORS
+from trmcore.training.loss_denominator import bounded_min_foreground
 from trmcore.training.precision import autocast_for
 from trmcore.training.risk_scaling import IGNORE_INDEX, scaled_risk_map
 
@@ -49,7 +50,7 @@ class RiskWeightedCE(nn.Module):
     Returns a float32 scalar; the gradient is the fused kernel of :func:`trmcore.ops.risk_weighted_ce`.
 
     Args:
-        normalize: one of ``TRM_NORMALIZATIONS`` (default ``TrainConfig.trm_normalize``):
+        normalize: one of ``TRM_DENOMINATORS`` (default ``TrainConfig.trm_normalize``):
             "bounded" divides by max(#foreground of the batch, E / bound), "batch" by
             max(1, #foreground) as TRM Eq. 7 is published, "image" per image then the mean.
         bound: with "bounded", no batch weighs more than ``bound`` times a batch with the
@@ -62,8 +63,8 @@ class RiskWeightedCE(nn.Module):
     def __init__(self, normalize: str = TrainConfig.trm_normalize, bound: float = TrainConfig.trm_bound,
                  expected_foreground: Optional[float] = None, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
-        if normalize not in TRM_NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {TRM_NORMALIZATIONS}, got {normalize!r}")
+        if normalize not in TRM_DENOMINATORS:
+            raise ValueError(f"normalize must be one of {TRM_DENOMINATORS}, got {normalize!r}")
         if not 1.0 <= float(bound) < float("inf"):
             raise ValueError(f"bound must be a finite number >= 1, got {bound!r}")
         if normalize == "bounded":

@@ -1,6 +1,6 @@
 """The displayed training loss: every method on the scale of mean cross-entropy.
 
-What is optimised differs by method (``trmcore.training.normalization``):
+What is optimised differs by method (``trmcore.training.loss_denominator``):
 vanilla, class-weight and trs-map divide the weighted sum ``sum(w * CE)`` by
 the batch's valid pixels, trm by its foreground pixels (bounded Eq. 7), so
 trm's objective reads ~100-2000 where cross-entropy users expect ~0.5. The

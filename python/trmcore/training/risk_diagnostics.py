@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from trmcore.ops import RISK_BASE
 from trmcore.training.weighting import IGNORE_INDEX
 
 # Share of a class's pixels in one band of a tenth of the range above which the class counts as constant;
@@ -60,7 +61,7 @@ class RiskStatistics:
         base: the risk base (R in [1, base]); the midpoint is (1 + base) / 2.
     """
 
-    def __init__(self, num_classes: int, base: float = 10.0, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int, base: float = RISK_BASE, ignore_index: int = IGNORE_INDEX) -> None:
         self.base = float(base)
         self.ignore_index = ignore_index
         self.sums = torch.zeros(num_classes, len(_FIELDS) + HISTOGRAM_BINS, dtype=torch.float64)
@@ -217,14 +218,14 @@ def panel_caption(summary: Dict[str, Any]) -> str:
 
 def weighting_diagnostics(weighting: Any, slices: Any, class_names: Sequence[str], ctx: Any,
                           base: float, batch_size: int = 16, model: Any = None,
-                          normalization: Any = None) -> Optional[Dict[str, Any]]:
+                          denominator: Any = None) -> Optional[Dict[str, Any]]:
     """Summary of the risk maps a trm weighting gives the training slices (None for other methods).
 
     Args:
         weighting: a LossWeighting; only one with transferability ``maps`` (trm) is diagnosed.
         slices: the TrainingSlices (this rank's shard is summarised, then summed across ranks).
-        model: the model about to be fine-tuned; with it (and ``normalization``, the run's
-            LossNormalization) the summary gets ``gradients`` (:func:`gradient_diagnostics`).
+        model: the model about to be fine-tuned; with it (and ``denominator``, the run's
+            LossDenominator) the summary gets ``gradients`` (:func:`gradient_diagnostics`).
     Returns:
         The :class:`RiskStatistics` summary of R, plus ``mass`` (:func:`mass_diagnostics`: where the
         loss weight sits per target and source class) and the harm warnings of :func:`harm_warnings`
@@ -241,8 +242,8 @@ def weighting_diagnostics(weighting: Any, slices: Any, class_names: Sequence[str
     summary["mass"] = mass_diagnostics(weighting, slices, class_names, ctx, batch_size)
     summary["balance"] = getattr(weighting, "balance", "none")
     summary["warnings"] = summary["warnings"] + harm_warnings(summary["mass"], summary["balance"])
-    if model is not None and normalization is not None:
-        summary["gradients"] = gradient_diagnostics(model, weighting, slices, normalization, ctx,
+    if model is not None and denominator is not None:
+        summary["gradients"] = gradient_diagnostics(model, weighting, slices, denominator, ctx,
                                                     batch_size=min(batch_size, 8), max_batches=2)
     return summary
 
@@ -324,7 +325,7 @@ class WeightMass:
                 "background_emphasis": emphasis, "conflict_share": conflict}
 
 
-def _masked_gradient_norm(model: Any, images: Any, labels: Any, weights: Any, normalization: Any, mask: Any) -> float:
+def _masked_gradient_norm(model: Any, images: Any, labels: Any, weights: Any, denominator: Any, mask: Any) -> float:
     """L2 norm of the trainable parameters' gradient of the run's loss restricted to the ``mask`` pixels."""
     import torch.nn.functional as F
 
@@ -335,23 +336,23 @@ def _masked_gradient_norm(model: Any, images: Any, labels: Any, weights: Any, no
     ce = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
     valid = labels != IGNORE_INDEX
     numerator = (weights * ce * (mask & valid)).sum()
-    loss = numerator / _denominator(labels, normalization)
+    loss = numerator / _denominator(labels, denominator)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
 
 
-def _denominator(labels: Any, normalization: Any) -> float:
+def _denominator(labels: Any, denominator: Any) -> float:
     """What risk_weighted_ce divides by: valid pixels ("valid"), max(#foreground, floor) ("batch")."""
     valid = labels != IGNORE_INDEX
-    if normalization.normalize == "valid":
+    if denominator.normalize == "valid":
         return float(max(1, int(valid.sum())))
     foreground = int(((labels != 0) & valid).sum())
-    if normalization.normalize == "image":  # per image then averaged: approximate by the batch
+    if denominator.normalize == "image":  # per image then averaged: approximate by the batch
         return float(max(1, foreground))
-    return float(max(normalization.min_foreground, foreground, 1))
+    return float(max(denominator.min_foreground, foreground, 1))
 
 
-def gradient_diagnostics(model: Any, weighting: Any, slices: Any, normalization: Any, ctx: Any,
+def gradient_diagnostics(model: Any, weighting: Any, slices: Any, denominator: Any, ctx: Any,
                          batch_size: int = 8, max_batches: int = 4) -> Dict[str, Any]:
     """Foreground vs background gradient and the loss scale, at the start of fine-tuning.
 
@@ -365,11 +366,11 @@ def gradient_diagnostics(model: Any, weighting: Any, slices: Any, normalization:
     """
     import torch.nn.functional as F
 
-    from trmcore.training.normalization import LossNormalization
+    from trmcore.training.loss_denominator import LossDenominator
 
     was_training = model.training
     model.eval()
-    vanilla = LossNormalization("valid")
+    vanilla = LossDenominator("valid")
     rows = []
     try:
         for index in slices.shard_batches(batch_size):
@@ -384,14 +385,14 @@ def gradient_diagnostics(model: Any, weighting: Any, slices: Any, normalization:
             with torch.no_grad():
                 ce = F.cross_entropy(model(images).float(), labels.clamp_min(0), reduction="none")
                 valid = labels != IGNORE_INDEX
-                loss = float((weights * ce * valid).sum()) / _denominator(labels, normalization)
+                loss = float((weights * ce * valid).sum()) / _denominator(labels, denominator)
                 plain = float((ce * valid).sum()) / _denominator(labels, vanilla)
                 weighted_mean = float((weights * ce * valid).sum()) / max(1, int(valid.sum()))
             rows.append({"loss": loss, "vanilla_loss": plain,
-                         "denominator_factor": _denominator(labels, vanilla) / _denominator(labels, normalization),
+                         "denominator_factor": _denominator(labels, vanilla) / _denominator(labels, denominator),
                          "weight_factor": weighted_mean / plain if plain else None,
-                         "grad_fg": _masked_gradient_norm(model, images, labels, weights, normalization, fg),
-                         "grad_bg": _masked_gradient_norm(model, images, labels, weights, normalization, bg),
+                         "grad_fg": _masked_gradient_norm(model, images, labels, weights, denominator, fg),
+                         "grad_bg": _masked_gradient_norm(model, images, labels, weights, denominator, bg),
                          "vanilla_grad_fg": _masked_gradient_norm(model, images, labels, ones, vanilla, fg),
                          "vanilla_grad_bg": _masked_gradient_norm(model, images, labels, ones, vanilla, bg)})
             if len(rows) >= max_batches:

@@ -29,13 +29,13 @@ from __future__ import annotations
 import torch
 
 from trmcore import ops
-from trmcore.training.config import RISK_BALANCES, RISK_SCALINGS
+from trmcore.training.method_settings import RISK_BALANCES, RISK_SCALINGS
 
 # As trmcore.ops (and training.weighting); not imported from weighting, which imports this module.
 IGNORE_INDEX = -100
 
 
-def clip_to_class_quantiles(leep_map: torch.Tensor, labels: torch.Tensor, quantile: float, scope: str = "image",
+def clip_to_class_quantiles(leep_map: torch.Tensor, labels: torch.Tensor, quantile: float, scope: str = ops.RISK_SCOPE,
                             ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """T clipped to the per-class quantiles, float32 ``[N, H, W]`` (ignored pixels unchanged).
 
@@ -65,7 +65,7 @@ def clip_to_class_quantiles(leep_map: torch.Tensor, labels: torch.Tensor, quanti
     return out
 
 
-def scaled_risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = 10.0, scope: str = "image",
+def scaled_risk_map(leep_map: torch.Tensor, labels: torch.Tensor, base: float = ops.RISK_BASE, scope: str = ops.RISK_SCOPE,
                     scaling: str = "minmax", quantile: float = 0.05, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """R in [1, base] (0 at ignored pixels), float32 ``[N, H, W]``, with the chosen scaling of T."""
     if scaling not in RISK_SCALINGS:

@@ -9,7 +9,7 @@ NIfTI and drawing the TRM Fig. 2 panels is :mod:`trmcore.training.riskmap_files`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -17,9 +17,33 @@ from torch import nn
 
 from trmcore import ops
 from trmcore.data import slices_to_volume, volumes_to_slices
+from trmcore.training.method_settings import TrmSettings
 from trmcore.training.precision import autocast_for
 from trmcore.training.risk_scaling import scaled_risk_map
 from trmcore.training.weighting import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class RiskMapSettings:
+    """How a transferability map T becomes a risk map R (SPEC 3; ``trm riskmap --risk-*``).
+
+    ``base``: R lies in [1, base]; ``scope``: T rescaled per "image" or per "batch";
+    ``scaling``/``quantile``: :mod:`trmcore.training.risk_scaling`. Defaults and checks are trm's
+    (:class:`~trmcore.training.method_settings.TrmSettings`).
+    """
+
+    base: float = TrmSettings.risk_base
+    scope: str = TrmSettings.risk_scope
+    scaling: str = TrmSettings.risk_scaling
+    quantile: float = TrmSettings.risk_quantile
+
+    def __post_init__(self) -> None:
+        TrmSettings(risk_base=self.base, risk_scope=self.scope, risk_scaling=self.scaling,
+                    risk_quantile=self.quantile)  # raises ValueError naming the bad one
+
+    def to_dict(self) -> Dict[str, Any]:
+        """What risk_diagnostics.json records besides the base: scaling, quantile, scope."""
+        return {"scaling": self.scaling, "quantile": self.quantile, "scope": self.scope}
 
 
 @dataclass
@@ -41,9 +65,11 @@ def _volume_logits(model: nn.Module, images: np.ndarray, device: torch.device, b
 
 @torch.no_grad()
 def risk_volumes(model: nn.Module, volumes: Sequence, num_classes: int, axis: int, divisor: int,
-                 device: torch.device, base: float = 10.0, scope: str = "image", batch_size: int = 16,
-                 progress: bool = False, scaling: str = "minmax", quantile: float = 0.05) -> List[RiskVolumes]:
+                 device: torch.device, settings: RiskMapSettings = RiskMapSettings(), batch_size: int = 16,
+                 progress: bool = False) -> List[RiskVolumes]:
     """T and R volumes of ``model`` on labelled ``volumes`` (joint accumulated over all of them).
+
+    ``settings``: how T becomes R.
 
     Slices without any brain still get maps (they are part of the volume); the
     joint is shared by all volumes, as for fine-tuning.
@@ -71,22 +97,11 @@ def risk_volumes(model: nn.Module, volumes: Sequence, num_classes: int, axis: in
             batch_labels = labels[start:start + batch_size]
             leep_map = ops.pixel_leep(logits, batch_labels, joint)
             leep_parts.append(leep_map.float().cpu())
-            risk_parts.append(scaled_risk_map(leep_map, batch_labels, base, scope, scaling, quantile,
-                                              IGNORE_INDEX).float().cpu())
+            risk_parts.append(scaled_risk_map(leep_map, batch_labels, settings.base, settings.scope,
+                                              settings.scaling, settings.quantile, IGNORE_INDEX).float().cpu())
         shape = volume.shape
         as_volume = lambda parts: slices_to_volume(torch.cat(parts).numpy(), slices.pad, axis, shape)  # noqa: E731
         results.append(RiskVolumes(volume.case_id, as_volume(leep_parts), as_volume(risk_parts)))
     ops.check_pending()
     return results
 
-
-# Writing and plotting moved to riskmap_files; these names stay importable from here for the 0.x API.
-_FILE_NAMES = ("save_nifti", "pick_slice", "plot_panel", "write_risk_maps")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FILE_NAMES:
-        from trmcore.training import riskmap_files
-
-        return getattr(riskmap_files, name)
-    raise AttributeError(f"module 'trmcore.training.riskmap' has no attribute {name!r}")

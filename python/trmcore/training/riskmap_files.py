@@ -1,19 +1,23 @@
 """Risk maps as files: NIfTI volumes and the image | label | T | R panels of TRM Fig. 2.
 
-``write_risk_maps`` is ``trm riskmap``: it loads the runs and the task, asks
-:func:`trmcore.training.riskmap.risk_volumes` for the maps and writes them.
+``write_risk_maps`` is ``trm riskmap``: it loads the runs and the task, checks
+the outputs, then computes (:func:`compute_risk_maps`, through
+:func:`trmcore.training.riskmap.risk_volumes`), writes (:func:`write_risk_map_files`)
+and plots (:func:`plot_risk_maps`), passing the :class:`RiskMapSettings` whole.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from trmcore.fileio import check_output_plan, save_figure, save_image
+from trmcore.ops import RISK_BASE
 from trmcore.training.risk_diagnostics import panel_caption, write_volume_diagnostics
-from trmcore.training.riskmap import RiskVolumes, risk_volumes
+from trmcore.training.riskmap import RiskMapSettings, RiskVolumes, risk_volumes
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Union[str, Path], header=None,
@@ -41,7 +45,7 @@ def pick_slice(label: np.ndarray, axis: int) -> int:
 
 
 def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: int, slice_index: int,
-               path: Union[str, Path], base: float = 10.0, titles: Sequence[str] = ("source", "fine-tuned"),
+               path: Union[str, Path], base: float = RISK_BASE, titles: Sequence[str] = ("source", "fine-tuned"),
                diagnostics: Sequence[Optional[dict]] = (), overwrite: bool = False) -> Path:
     """PNG: image | label | transferability | risk, one row for the source model, one after fine-tuning.
 
@@ -87,28 +91,114 @@ def plot_panel(volume, before: RiskVolumes, after: Optional[RiskVolumes], axis: 
     return path
 
 
+@dataclass
+class RiskMaps:
+    """The maps of a source run (and a fine-tuned run) on a task's volumes, on the working grid.
+
+    ``before``/``after``: per volume (``after`` None without a fine-tuned run); ``axis``: the
+    source run's slicing axis (the panels cut along it); ``runs``: the runs' folders, for captions.
+    """
+
+    volumes: List[Any]
+    label_names: List[str]
+    axis: int
+    settings: RiskMapSettings
+    before: List[RiskVolumes]
+    after: Optional[List[RiskVolumes]]
+    runs: Tuple[Union[str, Path], Optional[Union[str, Path]]]
+
+
+def output_names(case_id: str, with_after: bool) -> List[str]:
+    """The files of one case, in the order :func:`write_risk_maps` writes them."""
+    after = [f"{case_id}_transferability_after.nii.gz", f"{case_id}_risk_after.nii.gz"] if with_after else []
+    return [f"{case_id}_transferability.nii.gz", f"{case_id}_risk.nii.gz"] + after + [f"{case_id}.png"]
+
+
+def compute_risk_maps(source, source_info, volumes, task_info, device, settings: RiskMapSettings,
+                      source_run: Union[str, Path], after_run: Optional[Union[str, Path]] = None,
+                      progress: bool = True) -> RiskMaps:
+    """The maps of the loaded ``source`` model (and of ``after_run``'s, loaded here) on ``volumes``.
+
+    The source model's own head defines the dummy labels (Z outputs), whatever the target label
+    set; ``after_run`` (a fine-tuned run) is scored with its head.
+    """
+    from trmcore.training.checkpoint import load_run
+
+    num_classes = task_info.num_classes
+    before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, device, settings,
+                          progress=progress)
+    after = None
+    if after_run is not None:
+        tuned, tuned_info = load_run(after_run, device=device)
+        if tuned_info.model.in_channels != len(task_info.channels):
+            raise ValueError(f"run {after_run} takes {tuned_info.model.in_channels} channel(s), "
+                             f"the task gives {task_info.channels}")
+        after = risk_volumes(tuned, volumes, num_classes, tuned_info.axis, tuned_info.divisor, device, settings,
+                             progress=progress)
+    return RiskMaps(list(volumes), list(task_info.label_names), source_info.axis, settings, before, after,
+                    (source_run, after_run))
+
+
+def write_risk_map_files(out_dir: Union[str, Path], maps: RiskMaps, overwrite: bool = False,
+                         show: bool = True) -> Tuple[List[Path], dict]:
+    """risk_diagnostics.json and each case's NIfTI maps; returns (the files, the diagnostics).
+
+    Maps are written on each case's stored grid (its own affine and header), like every output.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    after = maps.after if maps.after is not None else [None] * len(maps.volumes)
+    path, diagnostics = write_volume_diagnostics(
+        out_dir, [m.risk for m in maps.before], None if maps.after is None else [m.risk for m in maps.after],
+        [v.label for v in maps.volumes], maps.label_names, maps.settings.base, maps.settings.to_dict(),
+        (f"risk map of {maps.runs[0]}", f"risk map of {maps.runs[1]}"), show=show)
+    written = [path]
+    for volume, before, tuned in zip(maps.volumes, maps.before, after):
+        files = iter(out_dir / name for name in output_names(volume.case_id, maps.after is not None))
+        native = volume.grid.to_native if volume.grid is not None else (lambda a, mode: a)
+        affine = volume.grid.native_affine if volume.grid is not None else volume.affine
+        for case_maps in (before, tuned):
+            if case_maps is None:
+                continue
+            for array in (case_maps.transferability, case_maps.risk):
+                written.append(save_nifti(native(array, "linear"), affine, next(files), volume.header, overwrite))
+    return written, diagnostics
+
+
+def plot_risk_maps(out_dir: Union[str, Path], maps: RiskMaps, diagnostics: Optional[dict] = None,
+                   overwrite: bool = False) -> List[Path]:
+    """CASE.png per case: the Fig. 2 panel of its slice with the most foreground (captioned with ``diagnostics``)."""
+    diagnostics = diagnostics or {}
+    after = maps.after if maps.after is not None else [None] * len(maps.volumes)
+    written = []
+    for volume, before, tuned in zip(maps.volumes, maps.before, after):
+        slice_index = pick_slice(volume.label, maps.axis)
+        written.append(plot_panel(volume, before, tuned, maps.axis, slice_index,
+                                  Path(out_dir) / f"{volume.case_id}.png", maps.settings.base, overwrite=overwrite,
+                                  diagnostics=(diagnostics.get("before"), diagnostics.get("after"))))
+    return written
+
+
 def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], out_dir: Union[str, Path],
                     channel: Optional[str] = None, labels: Optional[str] = None, site: Optional[str] = None,
                     after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
-                    base: float = 10.0, scope: str = "image", device: Optional[str] = None,
-                    progress: bool = True, sites=None, resample: bool = True, scaling: str = "minmax",
-                    quantile: float = 0.05, overwrite: bool = False) -> List[Path]:
-    """Write CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case.
+                    settings: RiskMapSettings = RiskMapSettings(), device: Optional[str] = None,
+                    progress: bool = True, sites=None, resample: bool = True, overwrite: bool = False) -> List[Path]:
+    """``trm riskmap``: load, check the outputs, then :func:`compute_risk_maps`, :func:`write_risk_map_files`
+    and :func:`plot_risk_maps`.
 
-    Also risk_diagnostics.json: per target class the mean risk and the share of voxels above the
+    Writes CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case, and
+    risk_diagnostics.json: per target class the mean risk and the share of voxels above the
     midpoint, and warnings when a map degenerates (trmcore.training.risk_diagnostics), over all cases
     on the working grid, for the source ("before") and the fine-tuned run ("after"); printed too.
-    ``scaling`` / ``quantile``: how T becomes R (trmcore.training.risk_scaling).
+    ``settings``: how T becomes R (base, scope, scaling, quantile).
 
     Volumes are loaded on the source run's grid (``resample=False``: as
     stored); the maps are written back on each case's stored grid.
     Every file is written atomically and never through a symbolic link; existing
     outputs are refused (before the maps are computed) unless ``overwrite``.
-
-    The source model's own head defines the dummy labels (Z outputs), whatever
-    the target label set; ``after_run`` (a fine-tuned run) is scored with its head.
+    Returns the files: risk_diagnostics.json, the NIfTI maps, then the panels.
     """
-    from trmcore.training.checkpoint import load_run
     from trmcore.training.evaluate import load_run_task
 
     source, source_info, volumes, task_info, resolved = load_run_task(
@@ -118,56 +208,18 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
         raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s), "
                          f"the task gives {task_info.channels}")
     out_dir = Path(out_dir)
-    names = lambda case: [f"{case}_transferability.nii.gz", f"{case}_risk.nii.gz"] + (  # noqa: E731
-        [f"{case}_transferability_after.nii.gz", f"{case}_risk_after.nii.gz"] if after_run is not None else []
-    ) + [f"{case}.png"]
     # The whole plan before computing anything: no two outputs on one file (case X's X_risk.nii.gz and
     # case X_risk's ...), none on an input (a label or channel file when -o is inside the dataset).
     plan = [(out_dir / "risk_diagnostics.json", "the risk diagnostics")]
     plan += [(out_dir / name, f"a map of case {volume.case_id!r}")
-             for volume in volumes for name in names(volume.case_id)]
+             for volume in volumes for name in output_names(volume.case_id, after_run is not None)]
     runs = [Path(run) / name for run in (source_run, after_run) if run is not None
             for name in ("run.json", "model.safetensors")]
     check_output_plan(plan, overwrite=overwrite, inputs=_input_files(data_root, task_info, volumes, sites) + runs)
-    num_classes = task_info.num_classes
-    before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
-                          scope, progress=progress, scaling=scaling, quantile=quantile)
-    after = [None] * len(volumes)
-    if after_run is not None:
-        tuned, tuned_info = load_run(after_run, device=resolved)
-        if tuned_info.model.in_channels != len(task_info.channels):
-            raise ValueError(f"run {after_run} takes {tuned_info.model.in_channels} channel(s), "
-                             f"the task gives {task_info.channels}")
-        after = risk_volumes(tuned, volumes, num_classes, tuned_info.axis, tuned_info.divisor, resolved, base,
-                             scope, progress=progress, scaling=scaling, quantile=quantile)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    path, diagnostics = write_volume_diagnostics(
-        out_dir, [m.risk for m in before], None if after_run is None else [m.risk for m in after],
-        [v.label for v in volumes], task_info.label_names, base, {"scaling": scaling, "quantile": quantile,
-                                                                 "scope": scope},
-        (f"risk map of {source_run}", f"risk map of {after_run}"), show=progress)
-    written.append(path)
-    for volume, maps, maps_after in zip(volumes, before, after):
-        # Maps are written on the case's stored grid (its own affine and header), like every output.
-        files = iter(out_dir / name for name in names(volume.case_id))
-        native = volume.grid.to_native if volume.grid is not None else (lambda a, mode: a)
-        affine = volume.grid.native_affine if volume.grid is not None else volume.affine
-        written.append(save_nifti(native(maps.transferability, "linear"), affine,
-                                  next(files), volume.header, overwrite))
-        written.append(save_nifti(native(maps.risk, "linear"), affine, next(files), volume.header,
-                                  overwrite))
-        if maps_after is not None:
-            written.append(save_nifti(native(maps_after.transferability, "linear"), affine,
-                                      next(files), volume.header, overwrite))
-            written.append(save_nifti(native(maps_after.risk, "linear"), affine,
-                                      next(files), volume.header, overwrite))
-        slice_index = pick_slice(volume.label, source_info.axis)
-        written.append(plot_panel(volume, maps, maps_after, source_info.axis, slice_index,
-                                  next(files), base, overwrite=overwrite,
-                                  diagnostics=(diagnostics["before"], diagnostics["after"])))
-    return written
+    maps = compute_risk_maps(source, source_info, volumes, task_info, resolved, settings, source_run, after_run,
+                             progress)
+    written, diagnostics = write_risk_map_files(out_dir, maps, overwrite, show=progress)
+    return written + plot_risk_maps(out_dir, maps, diagnostics, overwrite)
 
 
 def _input_files(data_root, task_info, volumes, sites) -> List[Path]:

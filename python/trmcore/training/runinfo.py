@@ -17,9 +17,10 @@ from trmcore.data.preprocess import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from trmcore.fileio import atomic_write_bytes
 from trmcore.limits import check_divisor
 from trmcore.models.config import UNetConfig
-from trmcore.schema import AnyJson, Float, Int, List as JsonList, Map, Maybe, OneOf, Str, dataclass_schema, \
+from trmcore.schema import AnyJson, Build, Float, Int, List as JsonList, Map, Maybe, OneOf, Str, dataclass_schema, \
     parse_json, read_json, validate
-from trmcore.training.config import AXES, TrainConfig
+from trmcore.training.config import AXES, TrainConfig, read_method
+from trmcore.training.methods import PLAIN_METHOD
 
 RUN_INFO_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,7 +33,9 @@ class RunInfo:
     ``label_names[k]`` / ``label_values[k]`` are class ``k``'s name and its value in
     the dataset's label files (a list of values for a region label) (class 0 = background, value 0). ``divisor`` is the
     padding multiple of the inputs (``2**depth``), ``axis`` the slicing axis.
-    ``method`` is None for a source model; ``source`` the run it was fine-tuned from.
+    ``method`` is the loss weighting it trained with (``"vanilla"``: plain cross-entropy; run.json files
+    from before that name record a plain-CE source model as null); ``source`` the run it was fine-tuned
+    from (None for a model trained from scratch).
     ``orientation`` (axis codes such as ``"RAS"``, or ``"native"`` for a run
     trained with ``--no-resample``) and ``spacing`` (mm per voxel axis of that
     orientation) are the working grid the volumes were brought to; both None
@@ -40,7 +43,7 @@ class RunInfo:
     ``normalization`` names the intensity normalisation
     (``trmcore.data.preprocess.NORMALIZATIONS``).
     ``loss_normalization``: the loss denominator used (normalize, min_foreground, expected_foreground;
-    see trmcore.training.normalization); ``risk_diagnostics``: per-class statistics of trm's risk maps
+    see trmcore.training.loss_denominator); ``risk_diagnostics``: per-class statistics of trm's risk maps
     and warnings (trmcore.training.risk_diagnostics).
     ``data_fingerprint`` is a digest of the training slices and case split,
     ``source_fingerprint`` of the source weights: ``--resume`` checks both.
@@ -68,7 +71,7 @@ class RunInfo:
     normalization: str = DEFAULT_NORMALIZATION
     orientation: Optional[str] = None
     spacing: Optional[List[float]] = None
-    method: Optional[str] = None
+    method: str = PLAIN_METHOD
     source: Optional[str] = None
     trmcore_version: str = __version__
     site: Optional[str] = None
@@ -147,6 +150,8 @@ class RunInfo:
 
 _LABEL_VALUE = OneOf(Int(minimum=0), JsonList(Int(minimum=0), min_len=1),
                      expected="a label value (an integer >= 0, or a non-empty list of them for a region)")
+# A method name; null (run.json from before plain cross-entropy had one name) reads as "vanilla".
+_METHOD = Build(Maybe(Str(nonempty=True)), read_method)
 #: The schema of run.json (trmcore.schema). Field types come from the dataclasses; the bounds of the
 #: model and training settings are UNetConfig's and TrainConfig's own checks, quoted with the field.
 RUN_JSON = dataclass_schema(RunInfo, required=("model", "channels", "label_names", "label_values"), overrides={
@@ -159,6 +164,8 @@ RUN_JSON = dataclass_schema(RunInfo, required=("model", "channels", "label_names
     "orientation": Maybe(Str(nonempty=True, max_len=16)),
     "spacing": Maybe(JsonList(Float(minimum=0, exclusive_min=True), min_len=3, max_len=3)),
     "iterations_done": Int(minimum=0),
+    "method": _METHOD,
+    "training": Maybe(dataclass_schema(TrainConfig, overrides={"method": _METHOD})),
     "val_dice": Maybe(Float(0.0, 1.0, allow_nan=True)),  # NaN: no validation case held a class
     "train_cases": JsonList(Str()),
     "val_cases": JsonList(Str()),

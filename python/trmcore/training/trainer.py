@@ -39,9 +39,9 @@ from trmcore.training.config import TrainConfig
 from trmcore.training.distributed import DistContext, setup_distributed
 from trmcore.training.evaluate import EvaluationResult, evaluate_volumes
 from trmcore.training.loss_display import mean_ce_scale
-from trmcore.training.methods import DEFAULT_METHOD, get_method, method_names, source_method_names
+from trmcore.training.methods import DEFAULT_METHOD, PLAIN_METHOD, get_method, source_method_names
 from trmcore.training.metrics import MetricsLog
-from trmcore.training.normalization import foreground_per_slice, loss_normalization
+from trmcore.training.loss_denominator import foreground_per_slice, loss_denominator
 from trmcore.training.risk_diagnostics import report as report_risk, weighting_diagnostics
 from trmcore.training.runinfo import RunInfo, read_run_info, resume_differences
 from trmcore.training.precision import autocast_for, needs_loss_scaling
@@ -226,8 +226,8 @@ class _TrainLoop:
         self.sampler = SliceSampler(len(data.slices.labels), config.batch_size, config.seed, ctx.rank, ctx.world_size,
                                     foreground=foreground_per_slice(data.slices.labels) > 0,
                                     foreground_share=config.foreground_share)
-        self.normalization = loss_normalization(weighting.normalize, config, data.slices.labels)
-        info.loss_normalization = self.normalization.to_dict()
+        self.denominator = loss_denominator(weighting.normalize, config, data.slices.labels)
+        info.loss_normalization = self.denominator.to_dict()
         self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
         self.schedule = LRSchedule.planned(config.lr_schedule, config.lr, config.planned_horizon, config.warmup)
         info.lr_schedule = self.schedule.to_dict()
@@ -288,10 +288,10 @@ class _TrainLoop:
         with autocast_for(device, self.config.amp):
             logits = forward(images)
         loss = ops.risk_weighted_ce(logits.float(), labels, weights, ignore_index=IGNORE_INDEX,
-                                    normalize=self.normalization.normalize,
-                                    min_foreground=self.normalization.min_foreground)
-        shown = mean_ce_scale(loss, labels, weights, self.normalization.normalize,
-                              self.normalization.min_foreground, logits)
+                                    normalize=self.denominator.normalize,
+                                    min_foreground=self.denominator.min_foreground)
+        shown = mean_ce_scale(loss, labels, weights, self.denominator.normalize,
+                              self.denominator.min_foreground, logits)
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                      torch.full_like(self.first_bad, iteration), self.first_bad)
         self.optimizer.zero_grad(set_to_none=True)
@@ -389,7 +389,7 @@ def fit(model: UNet, weighting: LossWeighting, data: PreparedData, config: Train
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     bar = tqdm(total=config.iterations, initial=start, disable=not (progress and ctx.is_main),
-               desc=f"{info.method or 'source'}", unit="it", dynamic_ncols=True)
+               desc=_run_kind(info), unit="it", dynamic_ncols=True)
     for iteration in range(start, config.iterations):
         loss, shown = loop.step(forward, iteration)
         loop.after_step(iteration + 1, loss, shown)
@@ -415,8 +415,13 @@ def _write_run(run_dir: Path, model: UNet, info: RunInfo, metrics: MetricsLog, p
     metrics.plot(run_dir, _curves_title(info))
 
 
+def _run_kind(info: RunInfo) -> str:
+    """"source" for a plain-CE model trained from scratch, else its method (progress bars, plot titles)."""
+    return "source" if info.source is None and info.method == PLAIN_METHOD else info.method
+
+
 def _curves_title(info: RunInfo) -> str:
-    return f"{info.method or 'source'}: {'+'.join(info.channels)} -> {', '.join(info.label_names[1:])}"
+    return f"{_run_kind(info)}: {'+'.join(info.channels)} -> {', '.join(info.label_names[1:])}"
 
 
 def _own_run_dir(lock: contextlib.ExitStack, run_dir: Path, ctx: DistContext, command: str) -> None:
@@ -486,8 +491,8 @@ def train(data_root: PathLike, task: TaskSpec, run_dir: PathLike, config: Option
         ...       TrainConfig(iterations=2000, freeze="none"), UNetConfig(depth=3, width=16))  # doctest: +SKIP
     """
     config = config or TrainConfig(freeze="none")
-    if config.method is not None and not get_method(config.method).source_training:
-        raise ValueError(f"source training supports method None or one of {', '.join(source_method_names())}, "
+    if not get_method(config.method).source_training:
+        raise ValueError(f"source training supports the methods {', '.join(source_method_names())}, "
                          f"got {config.method!r}")
     config = replace(config, freeze="none")
     run_dir = Path(run_dir)
@@ -531,8 +536,6 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         ...          TrainConfig(method="trm", iterations=5000))  # doctest: +SKIP
     """
     config = config or TrainConfig(method=DEFAULT_METHOD)
-    if config.method is None:
-        raise ValueError(f"fine-tuning needs a method: one of {', '.join(method_names())}")
     run_dir = Path(run_dir)
     ctx = setup_distributed(device)
     lock = contextlib.ExitStack()
@@ -566,7 +569,7 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         del source
         info.risk_diagnostics = weighting_diagnostics(
             weighting, data.slices, info.label_names, ctx, config.risk_base, model=model,
-            normalization=loss_normalization(weighting.normalize, config, data.slices.labels))
+            denominator=loss_denominator(weighting.normalize, config, data.slices.labels))
         if info.risk_diagnostics is not None and ctx.is_main and (progress or info.risk_diagnostics["warnings"]):
             report_risk(info.risk_diagnostics, "trm risk maps of the training slices")
         return fit(model, weighting, data, config, run_dir, info, ctx, state, progress, on_iteration)
@@ -576,7 +579,7 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
 
 
 def _run_info(model: UNet, data: PreparedData, config: TrainConfig, task: TaskSpec, data_root: PathLike,
-              method: Optional[str], source: Optional[str], augmentation: Optional[AugmentConfig] = None) -> RunInfo:
+              method: str, source: Optional[str], augmentation: Optional[AugmentConfig] = None) -> RunInfo:
     augment = (augmentation or AugmentConfig()) if config.augment else None
     return RunInfo(model=model.config, channels=list(data.task_info.channels),
                    label_names=list(data.task_info.label_names), label_values=list(data.task_info.label_values),

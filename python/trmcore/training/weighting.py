@@ -115,7 +115,8 @@ class LossWeighting:
         """The weighting of a run with ``config`` training a ``model_config`` network on ``data``.
 
         Args:
-            config: the run's TrainConfig (method-specific fields: risk_*, trs_stride, amp, batch_size).
+            config: the run's TrainConfig (the method's own settings: ``config.method_settings_of()``;
+                shared ones: amp, batch_size, iterations).
             model_config: the trained network's shape (after any head reset).
             data: training slices and this rank's shard; num_classes: C of the target task.
             ctx: device and ranks; source: the frozen source model (methods with ``needs_source``).
@@ -206,7 +207,8 @@ class TrsMapWeighting(LossWeighting):
 
     @classmethod
     def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "TrsMapWeighting":
-        return cls(source, data, num_classes, ctx, stride=config.trs_stride, batch_size=leep_batch_size(config),
+        settings = config.method_settings_of("trs-map")
+        return cls(source, data, num_classes, ctx, stride=settings.trs_stride, batch_size=leep_batch_size(config),
                    amp=config.amp)
 
     @staticmethod
@@ -226,7 +228,7 @@ class RiskMapWeighting(LossWeighting):
     (static). With ``refresh_every = K > 0`` they are recomputed from the
     current model every K iterations. ``scaling`` / ``quantile``: how T becomes
     R (trmcore.training.risk_scaling; "minmax" is TRM Eq. 5). ``normalize = "batch"``
-    asks for Eq. 7; trmcore.training.normalization picks its form (bounded by default).
+    asks for Eq. 7; trmcore.training.loss_denominator picks its form (bounded by default).
     ``balance``: the loss weight is R ("none", TRM Eq. 7) or R divided by its class's mean over the
     training pixels ("per-class"; "foreground": on foreground classes, background weighs 1), see
     :func:`trmcore.training.risk_scaling.balance_risk`. ``anneal_over = T > 0``: the weights move
@@ -236,7 +238,7 @@ class RiskMapWeighting(LossWeighting):
     normalize = "batch"
 
     def __init__(self, source: nn.Module, data: TrainingSlices, num_classes: int, ctx: DistContext,
-                 base: float = 10.0, scope: str = "image", refresh_every: int = 0, batch_size: int = 16,
+                 base: float = ops.RISK_BASE, scope: str = ops.RISK_SCOPE, refresh_every: int = 0, batch_size: int = 16,
                  amp: bool = True, model_config: Optional[UNetConfig] = None, scaling: str = "minmax",
                  quantile: float = 0.05, balance: str = "none", anneal_over: int = 0) -> None:
         self.data = data
@@ -266,10 +268,11 @@ class RiskMapWeighting(LossWeighting):
 
     @classmethod
     def from_config(cls, config, model_config, data, num_classes, ctx, source=None) -> "RiskMapWeighting":
-        return cls(source, data, num_classes, ctx, base=config.risk_base, scope=config.risk_scope,
-                   refresh_every=config.risk_refresh, batch_size=leep_batch_size(config), amp=config.amp,
-                   model_config=model_config, scaling=config.risk_scaling, quantile=config.risk_quantile,
-                   balance=config.risk_balance, anneal_over=config.iterations if config.risk_anneal else 0)
+        settings = config.method_settings_of("trm")
+        return cls(source, data, num_classes, ctx, base=settings.risk_base, scope=settings.risk_scope,
+                   refresh_every=settings.risk_refresh, batch_size=leep_batch_size(config), amp=config.amp,
+                   model_config=model_config, scaling=settings.risk_scaling, quantile=settings.risk_quantile,
+                   balance=settings.risk_balance, anneal_over=config.iterations if settings.risk_anneal else 0)
 
     def risk(self, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """R of TRM Eq. 6 (with the run's scaling) for the slices ``index``, float32 ``[B, H, W]``."""
@@ -326,12 +329,12 @@ class RiskMapWeighting(LossWeighting):
 
 def create_weighting(config: "TrainConfig", model_config: UNetConfig, data: TrainingSlices, num_classes: int,
                      ctx: DistContext, source: Optional[nn.Module] = None) -> LossWeighting:
-    """The LossWeighting of ``config.method`` (None = plain cross-entropy), from the METHODS registry.
+    """The LossWeighting of ``config.method``, from the METHODS registry.
 
     Raises:
         ValueError: an unregistered method, or one that needs the source model without ``source``.
     """
-    entry = get_method(config.method or "vanilla")
+    entry = get_method(config.method)
     if entry.needs_source and source is None:
         raise ValueError(f"method {entry.name!r} needs the source model")
     return entry.load().from_config(config, model_config, data, num_classes, ctx, source)

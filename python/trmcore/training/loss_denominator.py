@@ -33,7 +33,7 @@ from trmcore.training.weighting import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
-class LossNormalization:
+class LossDenominator:
     """``normalize`` and ``min_foreground`` of :func:`trmcore.ops.risk_weighted_ce` for one run.
 
     ``expected_foreground``: E, the expected foreground pixels of a batch (0 when not needed).
@@ -68,8 +68,8 @@ def expected_foreground(labels: torch.Tensor, batch_size: int, foreground_share:
     return (batch_size - fg_slots) * mean_all + fg_slots * mean_fg
 
 
-def loss_normalization(method_normalize: str, config: TrainConfig, labels: torch.Tensor) -> LossNormalization:
-    """The loss normalisation of a run.
+def loss_denominator(method_normalize: str, config: TrainConfig, labels: torch.Tensor) -> LossDenominator:
+    """The loss denominator of a run.
 
     Args:
         method_normalize: what the method asks for (``LossWeighting.normalize``): "valid" for
@@ -80,15 +80,15 @@ def loss_normalization(method_normalize: str, config: TrainConfig, labels: torch
             rank uses the same floor).
     """
     if method_normalize != "batch":
-        return LossNormalization(method_normalize)
+        return LossDenominator(method_normalize)
     if config.trm_normalize == "mean":
-        return LossNormalization("valid")
+        return LossDenominator("valid")
     if config.trm_normalize == "image":
-        return LossNormalization("image")
+        return LossDenominator("image")
     if config.trm_normalize == "batch":
-        return LossNormalization("batch")
+        return LossDenominator("batch")
     expected = expected_foreground(labels, config.batch_size, config.foreground_share)
-    return LossNormalization("batch", bounded_min_foreground(expected, config.trm_bound), expected)
+    return LossDenominator("batch", bounded_min_foreground(expected, config.trm_bound), expected)
 
 
 def bounded_min_foreground(expected_foreground: float, bound: float) -> float:
