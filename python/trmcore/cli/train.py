@@ -200,13 +200,14 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
     riskmap = command(
-        subparsers, "riskmap", help="transferability and transfer risk maps of a source run on a target task",
+        subparsers, "riskmap", help="transferability and transfer risk maps of a source model on a target task",
         description="Pixel-level LEEP transferability and transfer risk maps (NIfTI, same affine as the input) "
         "and PNG panels: image, label, transferability, risk; with --after also for a fine-tuned run.",
         example_lines=["trm riskmap data/ --channel T2 --labels CSF --site site-B --source runs/src "
                        "--after runs/trm -o maps/"])
     _add_task(riskmap, required=False)
-    riskmap.add_argument("--source", type=Path, required=True, help="source run folder")
+    riskmap.add_argument("--source", type=Path, required=True, help=SOURCE_HELP)
+    _add_fold(riskmap)
     riskmap.add_argument("--after", type=Path, default=None, help="fine-tuned run to compare with")
     add_output(riskmap, required=True, help="folder for the maps and panels")
     riskmap.add_argument("--overwrite", action="store_true", help="replace existing maps and panels in -o")
@@ -234,6 +235,16 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     add_quiet(demo)
     demo.set_defaults(func=_run_demo)
+
+
+# What --source takes (trmcore.training.sources.SOURCE_KINDS, which imports torch: the parser does not).
+SOURCE_HELP = ("source model: a trmcore run folder, an nnU-Net v2 result folder (.../TRAINER__PLANS__2d, "
+               "with --fold) or a MONAI bundle folder / network JSON")
+
+
+def _add_fold(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fold", default="0", metavar="K",
+                        help="fold of an nnU-Net source: fold_K/checkpoint_final.pth (default %(default)s; 'all')")
 
 
 def _add_risk_scaling(parser: argparse.ArgumentParser) -> None:
@@ -429,7 +440,7 @@ def _run_riskmap(args: argparse.Namespace) -> int:
                               scope=args.risk_scope, device=args.device, progress=not args.quiet,
                               sites=args.sites_csv, resample=not args.no_resample,
                               scaling=args.risk_scaling, quantile=args.risk_quantile,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, fold=args.fold)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def load_task_volumes(
     sites: Union[str, Path, Mapping[str, str], None] = None,
     split: str = "Tr",
     geometry: Optional[Geometry] = None,
-    normalization: str = DEFAULT_NORMALIZATION,
+    normalization: Union[str, Callable[[np.ndarray], np.ndarray]] = DEFAULT_NORMALIZATION,
     axis: int = 2,
 ) -> Tuple[List[Volume], TaskInfo]:
     """Load every case of ``task`` from a dataset in the standard layout.
@@ -92,7 +92,10 @@ def load_task_volumes(
             training default, RAS with the median in-plane spacing of the
             loaded cases; ``native_geometry()``: volumes as stored. The one
             used is returned as ``TaskInfo.geometry`` (spacing filled in).
-        normalization: intensity normalisation (``trmcore.data.preprocess.NORMALIZATIONS``).
+        normalization: intensity normalisation (``trmcore.data.preprocess.NORMALIZATIONS``), or a
+            callable taking a case's whole image float ``[C, X, Y, Z]`` on the working grid and
+            returning it normalised (float32, same shape): a foreign source's own scheme
+            (an nnU-Net model's, trmcore.training.sources), which needs every channel at once.
         axis: slice axis of the default geometry (its two other axes are in-plane).
     Returns:
         (volumes in case order, TaskInfo).
@@ -126,7 +129,7 @@ def load_task_volumes(
     for volume in volumes:
         _to_working_grid(volume, geometry, normalization)
     info.geometry = geometry
-    info.normalization = normalization
+    info.normalization = normalization if isinstance(normalization, str) else getattr(normalization, "name", "custom")
 
     if task.labels:
         _check_labels_present(volumes, info, task, layout)
@@ -211,7 +214,7 @@ def _load_case(layout: DatasetLayout, info: TaskInfo, case: str, split: str, lab
     return Volume(case, layout.site_of(case), image, label, grid.working_affine, header, grid)
 
 
-def _to_working_grid(volume: Volume, geometry: Geometry, normalization: str) -> None:
+def _to_working_grid(volume: Volume, geometry: Geometry, normalization: Any) -> None:
     """Resample a reoriented volume in-plane where its spacing differs, then normalise each channel."""
     grid = plan_grid(volume.grid.native_shape, volume.grid.native_affine, geometry, f"case {volume.case_id}")
     if grid.resampled:
@@ -223,6 +226,9 @@ def _to_working_grid(volume: Volume, geometry: Geometry, normalization: str) -> 
             volume.label = step.to_working(volume.label, "label")
     volume.grid = grid
     volume.affine = grid.working_affine
+    if callable(normalization):  # a source's own scheme over all channels at once
+        volume.image = np.asarray(normalization(volume.image), np.float32)
+        return
     volume.image = np.stack([normalize(channel, normalization) for channel in volume.image])
 
 

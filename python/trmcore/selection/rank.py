@@ -1,7 +1,7 @@
 """Rank candidate source models by LEEP on a target training set (SPEC sections 2 and 6).
 
-For each source (a run folder ``RUN/model.safetensors + run.json``, or an ONNX
-model), the source's logits over the target training slices feed
+For each source (a run folder ``RUN/model.safetensors + run.json``, an ONNX
+model, an nnU-Net v2 2d result folder or a MONAI network: trmcore.training.sources), the source's logits over the target training slices feed
 :class:`trmcore.ops.LeepAccumulator` batch by batch (first pass: the joint
 P(y, z)); a second pass sums :func:`trmcore.ops.pixel_leep` with the
 finished joint. LEEP = that sum / number of pixels (<= 0, higher = more
@@ -40,6 +40,7 @@ class RankConfig:
         batch_size: slices per forward pass; device: torch device for run folders
             (a ``cuda`` device also lets ONNX sources use onnxruntime's CUDA provider).
         resample: load the target on each source's recorded grid (False: as stored).
+        fold: the fold of nnU-Net sources (``fold_K``; trmcore.training.sources).
     """
 
     channel: str
@@ -53,12 +54,13 @@ class RankConfig:
     device: Optional[str] = None
     seed: int = 0
     resample: bool = True
+    fold: str = "0"
 
 
 @dataclass(frozen=True)
 class SourceScore:
     source: Path
-    kind: str  # "run" or "onnx"
+    kind: str  # "onnx" or a kind of trmcore.training.sources.SOURCE_KINDS ("run", "nnunet", "monai")
     leep: float
     num_source_classes: int
     pixels: int
@@ -116,6 +118,28 @@ def _run_source(path: Path, device: Optional[str], resample: bool = True) -> Loa
 
     return LoadedSource(logits, info.model.in_channels, list(info.channels), info.axis, info.divisor, "run",
                         info.geometry(f"source run {path}", resample), info.normalization)
+
+
+def _registry_source(path: Path, config: RankConfig) -> LoadedSource:
+    """An nnU-Net 2d result folder or a MONAI network (trmcore.training.sources), on its grid and normalisation.
+
+    Channels are taken in the target's order (the source's own scheme normalises them in that order).
+    """
+    import torch
+
+    from trmcore.training.distributed import resolve_device
+    from trmcore.training.sources import SourceOptions, load_source
+
+    resolved = resolve_device(config.device)
+    model = load_source(path, SourceOptions(fold=str(config.fold), device=resolved, resample=config.resample))
+    network = model.network
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return network(torch.from_numpy(batch).to(resolved)).float().cpu().numpy()
+
+    return LoadedSource(logits, model.in_channels, None, model.axis, model.divisor, model.kind, model.geometry,
+                        model.normalization)
 
 
 def _onnx_source(path: Path, config: RankConfig) -> LoadedSource:
@@ -238,15 +262,19 @@ def _target_slices(data: PathLike, config: RankConfig, model: LoadedSource, cach
 
 
 def _load_source(source: Path, config: RankConfig) -> LoadedSource:
-    if source.is_dir():
-        if not (source / "run.json").is_file():
-            raise FileNotFoundError(f"source {source} is a folder without run.json (not a run folder)")
-        return _run_source(source, config.device, config.resample)
     if source.is_file() and source.suffix == ".onnx":
         return _onnx_source(source, config)
-    if source.is_file():
-        raise ValueError(f"source {source} is neither a run folder nor an .onnx model")
-    raise FileNotFoundError(f"source {source} not found (give a run folder or an .onnx model)")
+    if source.is_file() and source.suffix.lower() != ".json":
+        raise ValueError(f"source {source} is neither a run folder nor an .onnx model (nor an nnU-Net result "
+                         "folder or a MONAI bundle / network JSON)")
+    if not source.exists():
+        raise FileNotFoundError(f"source {source} not found (give a run folder, an .onnx model, an nnU-Net "
+                                "result folder or a MONAI bundle / network JSON)")
+    from trmcore.training.sources import source_kind
+
+    if source_kind(source) == "run":  # one line naming the path when no kind, or several, recognise it
+        return _run_source(source, config.device, config.resample)
+    return _registry_source(source, config)
 
 
 def rank_sources(data: PathLike, sources: Sequence[PathLike], config: RankConfig) -> List[SourceScore]:
@@ -318,7 +346,8 @@ def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: Ran
 
     for score in ranking:
         if score.kind != "run":
-            raise ValueError(f"--validate needs run folders to fine-tune; {score.source} is an ONNX model")
+            raise ValueError(f"--validate needs run folders to fine-tune; {score.source} is "
+                             f"{'an ONNX model' if score.kind == 'onnx' else f'a {score.kind} source'}")
     task = parse_task(config.channel, config.labels, config.site)
     train_config = TrainConfig(iterations=iterations, method=method, few_shot=config.shots, seed=config.seed,
                                val_fraction=config.val_fraction, val_every=0)

@@ -92,7 +92,7 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                     after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
                     base: float = 10.0, scope: str = "image", device: Optional[str] = None,
                     progress: bool = True, sites=None, resample: bool = True, scaling: str = "minmax",
-                    quantile: float = 0.05, overwrite: bool = False) -> List[Path]:
+                    quantile: float = 0.05, overwrite: bool = False, fold: str = "0") -> List[Path]:
     """Write CASE_transferability.nii.gz, CASE_risk.nii.gz (and *_after) and CASE.png per case.
 
     Also risk_diagnostics.json: per target class the mean risk and the share of voxels above the
@@ -107,16 +107,16 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
 
     The source model's own head defines the dummy labels (Z outputs), whatever
     the target label set; ``after_run`` (a fine-tuned run) is scored with its head.
+    ``source_run`` is any kind of source (trmcore.training.sources: a run, an nnU-Net 2d
+    result folder with ``fold``, a MONAI network), loaded on its own grid and normalisation.
     """
     from trmcore.training.checkpoint import load_run
-    from trmcore.training.evaluate import load_run_task
+    from trmcore.training.sources import load_source_task
 
-    source, source_info, volumes, task_info, resolved = load_run_task(
+    source_info, volumes, task_info, resolved = load_source_task(
         source_run, data_root, channel, labels, site, cases=cases, device=device, progress=progress,
-        sites=sites, resample=resample, what="source run")
-    if len(task_info.channels) != source_info.model.in_channels:
-        raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s), "
-                         f"the task gives {task_info.channels}")
+        sites=sites, resample=resample, fold=fold)
+    source = source_info.network
     out_dir = Path(out_dir)
     names = lambda case: [f"{case}_transferability.nii.gz", f"{case}_risk.nii.gz"] + (  # noqa: E731
         [f"{case}_transferability_after.nii.gz", f"{case}_risk_after.nii.gz"] if after_run is not None else []
@@ -126,8 +126,8 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     plan = [(out_dir / "risk_diagnostics.json", "the risk diagnostics")]
     plan += [(out_dir / name, f"a map of case {volume.case_id!r}")
              for volume in volumes for name in names(volume.case_id)]
-    runs = [Path(run) / name for run in (source_run, after_run) if run is not None
-            for name in ("run.json", "model.safetensors")]
+    runs = list(source_info.files) + ([Path(after_run) / name for name in ("run.json", "model.safetensors")]
+                                      if after_run is not None else [])
     check_output_plan(plan, overwrite=overwrite, inputs=_input_files(data_root, task_info, volumes, sites) + runs)
     num_classes = task_info.num_classes
     before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
