@@ -28,7 +28,8 @@ NNUNET_STATS = {"0": {"mean": 0.5, "std": 0.2, "percentile_00_5": 0.0, "percenti
                 "1": {"mean": 0.4, "std": 0.25, "percentile_00_5": 0.05, "percentile_99_5": 0.8}}
 
 
-def write_nnunet_2d(root: Path, configuration: str = "2d") -> Path:
+def write_nnunet_2d(root: Path, configuration: str = "2d",
+                    schemes=("ZScoreNormalization", "CTNormalization"), masks=(True, False)) -> Path:
     """An nnU-Net v2 result folder (2 channels: z-score over the nonzero mask, CT scheme) for the phantom's grid."""
     pytest.importorskip("dynamic_network_architectures")
     from .test_nnunet_source import _arch, _network
@@ -42,8 +43,8 @@ def write_nnunet_2d(root: Path, configuration: str = "2d") -> Path:
              "configurations": {configuration: {
                  "data_identifier": "x", "batch_size": 2, "patch_size": [32] * dims,
                  "spacing": PHANTOM_SPACING_ZYX[3 - dims:],
-                 "normalization_schemes": ["ZScoreNormalization", "CTNormalization"],
-                 "use_mask_for_norm": [True, False], "architecture": _arch(dims)}},
+                 "normalization_schemes": list(schemes),
+                 "use_mask_for_norm": list(masks), "architecture": _arch(dims)}},
              "foreground_intensity_properties_per_channel": NNUNET_STATS}
     dataset = {"channel_names": {"0": "T1", "1": "T2"}, "file_ending": ".nii.gz", "numTraining": 4,
                "labels": {"background": 0, "CSF": 1, "GM": 2, "WM": 3}}

@@ -131,7 +131,8 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
                        "--few-shot 50"])
     _add_task(finetune)
     _add_training(finetune)
-    finetune.add_argument("--source", type=Path, required=True, help="source run folder")
+    finetune.add_argument("--source", type=Path, required=True, help=SOURCE_HELP + " (2-D)")
+    _add_fold(finetune, "--source-fold")  # --fold is the target's cross-validation fold
     finetune.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
                           help=f"fine-tuning method (default %(default)s): {_methods_help(method_names())}")
     finetune.add_argument("--freeze", default=TrainConfig.freeze, choices=FREEZE_CHOICES,
@@ -242,8 +243,8 @@ SOURCE_HELP = ("source model: a trmcore run folder, an nnU-Net v2 result folder 
                "with --fold) or a MONAI bundle folder / network JSON")
 
 
-def _add_fold(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fold", default="0", metavar="K",
+def _add_fold(parser: argparse.ArgumentParser, flag: str = "--fold") -> None:
+    parser.add_argument(flag, default="0", metavar="K", dest="source_fold",
                         help="fold of an nnU-Net source: fold_K/checkpoint_final.pth (default %(default)s; 'all')")
 
 
@@ -295,7 +296,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
     info = finetune(args.data, _task(args), args.source, args.output, _config(args), device=args.device,
                     resume=args.resume, progress=not args.quiet, reset_head=True if args.reset_head else None,
-                    sites=args.sites_csv)
+                    sites=args.sites_csv, fold=args.source_fold)
     _report(info, args.output)
     return 0
 
@@ -440,7 +441,7 @@ def _run_riskmap(args: argparse.Namespace) -> int:
                               scope=args.risk_scope, device=args.device, progress=not args.quiet,
                               sites=args.sites_csv, resample=not args.no_resample,
                               scaling=args.risk_scaling, quantile=args.risk_quantile,
-                              overwrite=args.overwrite, fold=args.fold)
+                              overwrite=args.overwrite, fold=args.source_fold)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

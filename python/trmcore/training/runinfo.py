@@ -51,6 +51,9 @@ class RunInfo:
     mirroring (``trm predict --mirror``) uses only these.
     ``split``: how train_cases / val_cases were chosen: ``{"kind": "fold", "fold", "folds", "file"}``
     (splits_final.json, trmcore.data.splits) or ``{"kind": "val_fraction", "val_fraction", "seed"}``.
+    ``network``: None for trmcore's U-Net; for a run fine-tuned from an nnU-Net or MONAI source, the
+    record its network is rebuilt from (trmcore.models.foreign), and ``model`` then holds only the
+    channels, classes and padding multiple of that network.
     """
 
     model: UNetConfig
@@ -80,6 +83,7 @@ class RunInfo:
     augmentation: Optional[dict] = None
     mirror_axes: Optional[List[int]] = None
     split: Optional[dict] = None
+    network: Optional[dict] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.
@@ -150,6 +154,7 @@ RUN_JSON = dataclass_schema(RunInfo, required=("model", "channels", "label_names
     "val_cases": JsonList(Str()),
     "loss_normalization": Maybe(Map(AnyJson(finite=False))),
     "risk_diagnostics": Maybe(Map(AnyJson(finite=False))),
+    "network": Maybe(Map(AnyJson())),
 })
 
 
@@ -175,9 +180,9 @@ def read_run_info(run_dir: Union[str, Path]) -> RunInfo:
 # some of them may change on resume).
 RUN_IDENTITY_FIELDS = ("model", "channels", "label_names", "label_values", "site", "axis", "divisor",
                        "normalization", "orientation", "spacing", "method", "source_fingerprint",
-                       "data_fingerprint", "augmentation")
+                       "data_fingerprint", "augmentation", "network")
 # Fields older run.json files lack (None there): not compared.
-_RECORDED_LATER = ("orientation", "spacing", "source_fingerprint", "data_fingerprint", "augmentation")
+_RECORDED_LATER = ("orientation", "spacing", "source_fingerprint", "data_fingerprint", "augmentation", "network")
 
 
 def resume_differences(saved: RunInfo, new: RunInfo) -> List[str]:

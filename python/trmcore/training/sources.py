@@ -80,7 +80,10 @@ class SourceModel:
         geometry: the grid target volumes are loaded on (:func:`trmcore.data.load_task_volumes`).
         normalization: a name of ``trmcore.data.preprocess.NORMALIZATIONS`` or a callable over a
             case's image ``[C, X, Y, Z]`` (the source's own scheme).
-        files: the files the source was read from (outputs must never land on them).
+        files: the files the source was read from (outputs must never land on them); the last holds
+            the weights.
+        record: how a run fine-tuned from this source rebuilds its network (run.json ``network``,
+            trmcore.models.foreign); None for a trmcore run.
         run_info: the RunInfo of a ``run`` source; native: the loader's own object
             (:class:`~trmcore.models.nnunet.NnunetModel`, :class:`~trmcore.models.monai_net.MonaiNetwork`).
     """
@@ -98,6 +101,11 @@ class SourceModel:
     files: List[Path] = field(default_factory=list)
     run_info: Any = None
     native: Any = None
+    record: Optional[dict] = None
+
+    @property
+    def weights_file(self) -> Path:
+        return self.files[-1]
 
     def check_channels(self, target_channels: List[str]) -> None:
         """ValueError naming the source when it takes another number of channels than the target gives."""
@@ -223,7 +231,10 @@ def nnunet_slicing(transpose_forward: Tuple[int, ...]) -> Tuple[int, Tuple[int, 
 def _load_nnunet(path: Path, options: SourceOptions) -> SourceModel:
     from trmcore.models.nnunet import load_nnunet_model
 
+    from trmcore.models.nnunet import _configuration, _read_json
+
     model = load_nnunet_model(path, fold=options.fold, device=_device(options))
+    configuration = _configuration(_read_json(path / "plans.json"), model.configuration, path / "plans.json")
     if model.spatial_dims != 2:
         raise ValueError(f"nnU-Net source {path} is a {model.configuration} (3-D) configuration; trm riskmap, "
                          "rank and finetune slice volumes for a 2d configuration (DatasetXXX/"
@@ -242,7 +253,8 @@ def _load_nnunet(path: Path, options: SourceOptions) -> SourceModel:
     normalization = ChannelwiseNormalization(f"nnunet:{schemes}", tuple(model.normalization))
     return SourceModel("nnunet", path, SliceNetwork(model.network, swap).eval(), len(model.channels),
                        list(model.channels), model.num_source_classes, axis, math.lcm(*model.divisor), geometry,
-                       normalization, [path / "plans.json", path / "dataset.json", model.checkpoint], native=model)
+                       normalization, [path / "plans.json", path / "dataset.json", model.checkpoint], native=model,
+                       record={"kind": "nnunet", "architecture": configuration["architecture"], "swap": swap})
 
 
 # -------------------------------------------------------------------------------------------------- monai
@@ -302,7 +314,8 @@ def _load_monai(path: Path, options: SourceOptions) -> SourceModel:
     network = SliceNetwork(loaded.network).to(_device(options)).eval()
     return SourceModel("monai", path, network, in_channels if isinstance(in_channels, int) else None,
                        loaded.channels, out_channels if isinstance(out_channels, int) else None, axis, divisor,
-                       geometry, normalization, files, native=loaded)
+                       geometry, normalization, files, native=loaded,
+                       record={"kind": "monai", "network": loaded.network_name, "kwargs": kwargs})
 
 
 register_source_kind(SourceKind("run", "a trmcore run folder (run.json, model.safetensors)", _is_run, _load_run))
@@ -363,3 +376,60 @@ def load_source_task(source: PathLike, data_root: PathLike, channel: Optional[st
     volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites,
                                            geometry=model.geometry, normalization=model.normalization)
     return model, volumes, task_info, resolved
+
+
+# The trmcore normalisation nearest to nnU-Net's per-channel z-score ("use_mask_for_norm": over the
+# nonzero voxels, else over the whole volume: trmcore's foreground); other schemes have none.
+_NNUNET_NEAREST = {("ZScoreNormalization", True): "zscore-nonzero", ("ZScoreNormalization", False): "zscore-foreground"}
+
+
+def finetune_normalization(source: SourceModel) -> str:
+    """The trmcore normalisation a run fine-tuned from ``source`` trains and serves with.
+
+    A fine-tuned run is served by ``trm predict``, which applies the normalisations of
+    ``trmcore.data.preprocess.NORMALIZATIONS``: an nnU-Net source's z-score maps to the nearest
+    (``zscore-nonzero`` with ``use_mask_for_norm``, else ``zscore-foreground``); its CT, rescale or
+    no normalisation, and a MONAI network's ``none``, have no trmcore counterpart and are refused.
+    """
+    if isinstance(source.normalization, str):
+        return source.normalization
+    schemes = getattr(source.normalization, "schemes", None)
+    if schemes:
+        names = {_NNUNET_NEAREST.get((norm.scheme, bool(norm.use_mask))) for norm in schemes}
+        if len(names) == 1 and None not in names:
+            return names.pop()
+        used = ", ".join(f"{norm.scheme}{' (mask)' if norm.use_mask else ''}" for norm in schemes)
+        raise ValueError(f"source {source.path} normalises its channels with {used}; a fine-tuned run is served "
+                         f"with one of {', '.join(NORMALIZATIONS)} for every channel (an nnU-Net z-score), so "
+                         "this source can give risk maps and LEEP but not be fine-tuned")
+    raise ValueError(f"source {source.path} takes intensities as stored (normalization none); fine-tuned runs are "
+                     f"served with one of {', '.join(NORMALIZATIONS)}: name one in its network JSON")
+
+
+def target_network(source: SourceModel, in_channels: int, num_classes: int, reset_head: Optional[bool],
+                   seed: int) -> nn.Module:
+    """The network to fine-tune from a foreign source: its weights, a new head for ``num_classes``.
+
+    Built from ``source.record`` (trmcore.models.foreign.ForeignNet, seeded with ``seed``); every
+    source weight whose name and shape fit is copied. The head (nnU-Net: every
+    ``decoder.seg_layers`` convolution; MONAI: the layers whose shape depends on the classes) is
+    fresh when the class counts differ or ``reset_head`` is True.
+    """
+    from trmcore.models.foreign import ForeignNet, stand_in_config
+
+    if source.record is None:
+        raise ValueError(f"source {source.path} is a {source.kind} source, not a foreign network")
+    reset = bool(reset_head) or (reset_head is None and num_classes != source.num_classes)
+    config = stand_in_config(in_channels, num_classes, source.divisor)
+    torch.manual_seed(seed)
+    target = ForeignNet.from_record(source.record, config, source.path)
+    own = target.network.state_dict()
+    bare = source.network.network if isinstance(source.network, SliceNetwork) else source.network
+    head = (lambda key: key.startswith("decoder.seg_layers.")) if source.kind == "nnunet" else (lambda key: False)
+    keep = {key: value for key, value in bare.state_dict().items()
+            if key in own and own[key].shape == value.shape and not (reset and head(key))}
+    if reset and source.kind != "nnunet" and len(keep) == len(own):
+        raise ValueError(f"source {source.path}: the head of a {source.kind} network is new only when the target has "
+                         "another number of classes; leave out --reset-head")
+    target.network.load_state_dict(keep, strict=False)
+    return target.to(next(iter(bare.parameters())).device)
