@@ -54,6 +54,16 @@ def test_finetune_an_nnunet_2d_source_export_and_predict(phantom, tmp_path):
     with torch.no_grad():  # the run's forward is the nnU-Net network on (y, x) slices
         torch.testing.assert_close(model(x), model.network(x.transpose(-1, -2)).transpose(-1, -2))
 
+    # The fine-tuned run is a source in turn (sequential transfer): the same network, its head kept (2 classes).
+    again = tmp_path / "again"
+    assert _finetune(phantom, run, again, "--method", "vanilla") == 0
+    second = json.loads((again / "run.json").read_text())
+    assert second["network"] == info["network"] and second["divisor"] == 4
+    model2, _ = load_run(again)
+    state2 = model2.network.state_dict()
+    assert all(torch.equal(state2[k], tuned[k]) for k in encoder)
+    assert torch.equal(state2["decoder.seg_layers.1.weight"], tuned["decoder.seg_layers.1.weight"]) is False
+
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", str(run), "-o", str(onnx_path)]) == 0
     ort = pytest.importorskip("onnxruntime")

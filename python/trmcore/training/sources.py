@@ -199,9 +199,11 @@ def _load_run(path: Path, options: SourceOptions) -> SourceModel:
     from trmcore.training.runinfo import RUN_INFO_FILE, WEIGHTS_FILE
 
     model, info = load_run(path, device=_device(options))
+    # A run fine-tuned from a foreign network fine-tunes on as that network (its run.json record).
     return SourceModel("run", path, model, info.model.in_channels, list(info.channels), info.num_classes,
                        info.axis, info.divisor, info.geometry(f"source run {path}", options.resample),
-                       info.normalization, [path / RUN_INFO_FILE, path / WEIGHTS_FILE], run_info=info)
+                       info.normalization, [path / RUN_INFO_FILE, path / WEIGHTS_FILE], run_info=info,
+                       record=info.network)
 
 
 # ------------------------------------------------------------------------------------------------- nnunet
@@ -418,17 +420,18 @@ def target_network(source: SourceModel, in_channels: int, num_classes: int, rese
     from trmcore.models.foreign import ForeignNet, stand_in_config
 
     if source.record is None:
-        raise ValueError(f"source {source.path} is a {source.kind} source, not a foreign network")
+        raise ValueError(f"source {source.path} is trmcore's U-Net, not a foreign network")
     reset = bool(reset_head) or (reset_head is None and num_classes != source.num_classes)
     config = stand_in_config(in_channels, num_classes, source.divisor)
     torch.manual_seed(seed)
     target = ForeignNet.from_record(source.record, config, source.path)
     own = target.network.state_dict()
-    bare = source.network.network if isinstance(source.network, SliceNetwork) else source.network
-    head = (lambda key: key.startswith("decoder.seg_layers.")) if source.kind == "nnunet" else (lambda key: False)
+    bare = getattr(source.network, "network", source.network)  # inside SliceNetwork or a run's ForeignNet
+    nnunet = source.record.get("kind") == "nnunet"
+    head = (lambda key: key.startswith("decoder.seg_layers.")) if nnunet else (lambda key: False)
     keep = {key: value for key, value in bare.state_dict().items()
             if key in own and own[key].shape == value.shape and not (reset and head(key))}
-    if reset and source.kind != "nnunet" and len(keep) == len(own):
+    if reset and not nnunet and len(keep) == len(own):
         raise ValueError(f"source {source.path}: the head of a {source.kind} network is new only when the target has "
                          "another number of classes; leave out --reset-head")
     target.network.load_state_dict(keep, strict=False)

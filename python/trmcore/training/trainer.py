@@ -552,7 +552,8 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         # Any kind of source (trmcore.training.sources): a run, an nnU-Net 2d result folder, a MONAI network.
         loaded = load_source(source_run, SourceOptions(fold=str(fold), device=ctx.device, resample=config.resample))
         source, source_info = loaded.network, loaded.run_info
-        if source_info is None and config.risk_refresh > 0:  # --resume rebuilds refreshed maps with trmcore's U-Net
+        foreign = loaded.record is not None  # an nnU-Net or MONAI network (or a run fine-tuned from one)
+        if foreign and config.risk_refresh > 0:  # --resume rebuilds refreshed maps with trmcore's U-Net
             raise ValueError(f"--risk-refresh is not supported with the {loaded.kind} source {source_run}")
         if source_info is None and config.axis != loaded.axis:  # the source's slicing, not the default's
             config = replace(config, axis=loaded.axis)
@@ -564,7 +565,7 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             raise ValueError(f"source {source_run} takes {loaded.in_channels} channel(s) "
                              f"{loaded.channels}; the target task has {data.task_info.channels}")
         num_classes = data.task_info.num_classes
-        if source_info is not None:
+        if not foreign:
             model = UNet(source_info.model).to(ctx.device)
             model.load_state_dict(source.state_dict())
             if reset_head or (reset_head is None and num_classes != source_info.num_classes):
