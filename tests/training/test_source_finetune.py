@@ -64,6 +64,30 @@ def test_finetune_an_nnunet_2d_source_export_and_predict(phantom, tmp_path):
     assert all(torch.equal(state2[k], tuned[k]) for k in encoder)
     assert torch.equal(state2["decoder.seg_layers.1.weight"], tuned["decoder.seg_layers.1.weight"]) is False
 
+    # run.json's network record cannot make trmcore import or call anything else.
+    import shutil
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(run, hostile)
+    record = json.loads((hostile / "run.json").read_text())
+    record["network"]["architecture"]["network_class_name"] = "os.system"
+    (hostile / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="not under dynamic_network_architectures"):
+        load_run(hostile)
+    record["network"] = {"kind": "monai", "network": "monai.networks.nets:UNet",
+                         "kwargs": {"spatial_dims": "$__import__('os').system('touch pwned')"}}
+    (hostile / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="evaluates no code"):
+        load_run(hostile)
+
+    # trm rank --validate fine-tunes nnU-Net sources too.
+    ranked = tmp_path / "rank.json"
+    assert main(["rank", str(phantom), "--channel", ",".join(CHANNELS), "--labels", "CSF", "--sources", str(folder),
+                 "--fold", "1", "--validate", "--iterations", "2", "--method", "vanilla", "--device", "cpu",
+                 "-o", str(ranked)]) == 0
+    validation = json.loads(ranked.read_text())["validation"]
+    assert len(validation["dice"]) == 1 and 0.0 <= validation["dice"][0] <= 1.0
+
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", str(run), "-o", str(onnx_path)]) == 0
     ort = pytest.importorskip("onnxruntime")

@@ -336,7 +336,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Tuple[float, float]:
 def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: RankConfig, iterations: int = 200,
                      method: str = "vanilla", work_dir: Optional[PathLike] = None,
                      progress: bool = False) -> RankValidation:
-    """Fine-tune each run-folder source briefly on the target; Kendall tau between LEEP and Dice.
+    """Fine-tune each source (not ONNX models) briefly on the target; Kendall tau between LEEP and Dice.
 
     Uses :func:`trmcore.training.finetune` (same split: ``config.val_fraction``
     and ``config.seed``) and the validation Dice it reports.
@@ -344,10 +344,10 @@ def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: Ran
     from trmcore.data import parse_task
     from trmcore.training import TrainConfig, evaluate_run, finetune
 
-    for score in ranking:
-        if score.kind != "run":
-            raise ValueError(f"--validate needs run folders to fine-tune; {score.source} is "
-                             f"{'an ONNX model' if score.kind == 'onnx' else f'a {score.kind} source'}")
+    for score in ranking:  # every kind of trmcore.training.sources fine-tunes; an ONNX model does not
+        if score.kind == "onnx":
+            raise ValueError(f"--validate needs sources to fine-tune (run folders, nnU-Net 2d folders, MONAI "
+                             f"networks); {score.source} is an ONNX model")
     task = parse_task(config.channel, config.labels, config.site)
     train_config = TrainConfig(iterations=iterations, method=method, few_shot=config.shots, seed=config.seed,
                                val_fraction=config.val_fraction, val_every=0)
@@ -357,7 +357,7 @@ def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: Ran
         for k, score in enumerate(ranking):
             run_dir = root / f"validate-{k:02d}-{score.source.name}"
             info = finetune(data, task, score.source, run_dir, train_config, device=config.device,
-                            progress=progress)
+                            progress=progress, fold=str(config.fold))
             if info.val_dice is not None:
                 dice.append(float(info.val_dice))
             else:
