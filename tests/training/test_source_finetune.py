@@ -118,6 +118,10 @@ def test_finetune_a_monai_network(phantom, tmp_path, capsys):
                                "kwargs": {"spatial_dims": 2, "in_channels": 2, "out_channels": 3,
                                           "channels": [4, 8], "strides": [2], "num_res_units": 1}}
     assert info["model"]["num_classes"] == 2 and info["divisor"] == 2
+    # --resume extends it: the same network record, source and data.
+    assert _finetune(phantom, spec, run, "--freeze", "none", "--method", "class-weight", "--resume",
+                     "--iterations", "4") == 0
+    assert json.loads((run / "run.json").read_text())["iterations_done"] == 4
     from trmcore.training.checkpoint import load_run
 
     model, _ = load_run(run)

@@ -547,8 +547,6 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
     try:
         _own_run_dir(lock, run_dir, ctx, "finetune")
         state = _prepare_run_dir(run_dir, resume, ctx)
-        if state is not None:
-            _check_resume(run_dir, config, state)
         # Any kind of source (trmcore.training.sources): a run, an nnU-Net 2d result folder, a MONAI network.
         loaded = load_source(source_run, SourceOptions(fold=str(fold), device=ctx.device, resample=config.resample))
         source, source_info = loaded.network, loaded.run_info
@@ -557,11 +555,13 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
             raise ValueError(f"--risk-refresh is not supported with the {loaded.kind} source {source_run}")
         if source_info is None and config.axis != loaded.axis:  # the source's slicing, not the default's
             config = replace(config, axis=loaded.axis)
+        if state is not None:
+            _check_resume(run_dir, config, state)
         seed_everything(config.seed)
         normalization = source_info.normalization if source_info is not None else finetune_normalization(loaded)
         data = prepare_data(data_root, task, config, loaded.divisor, ctx, progress, sites, loaded.geometry,
                             normalization)
-        if len(data.task_info.channels) != loaded.in_channels:
+        if loaded.in_channels is not None and len(data.task_info.channels) != loaded.in_channels:
             raise ValueError(f"source {source_run} takes {loaded.in_channels} channel(s) "
                              f"{loaded.channels}; the target task has {data.task_info.channels}")
         num_classes = data.task_info.num_classes
