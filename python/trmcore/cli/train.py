@@ -128,10 +128,12 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
         "--method picks the per-pixel loss weights: trm = transfer risk maps (TRM, ICASSP 2025).",
         example_lines=["trm finetune data/ --channel T2 --labels CSF --site site-B --source runs/src -o runs/trm",
                        "trm finetune data/ --channel T2 --labels CSF --source runs/src -o runs/ce --method vanilla "
-                       "--few-shot 50"])
+                       "--few-shot 50",
+                       "trm finetune data/ --channel T1,T2 --labels CSF -o runs/nn --source "
+                       "nnUNet_results/Dataset004_Brain/nnUNetTrainer__nnUNetPlans__2d --source-fold 0"])
     _add_task(finetune)
     _add_training(finetune)
-    finetune.add_argument("--source", type=Path, required=True, help=SOURCE_HELP + " (2-D)")
+    finetune.add_argument("--source", type=Path, required=True, help=_source_help("--source-fold"))
     _add_fold(finetune, "--source-fold")  # --fold is the target's cross-validation fold
     finetune.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
                           help=f"fine-tuning method (default %(default)s): {_methods_help(method_names())}")
@@ -205,9 +207,10 @@ def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
         description="Pixel-level LEEP transferability and transfer risk maps (NIfTI, same affine as the input) "
         "and PNG panels: image, label, transferability, risk; with --after also for a fine-tuned run.",
         example_lines=["trm riskmap data/ --channel T2 --labels CSF --site site-B --source runs/src "
-                       "--after runs/trm -o maps/"])
+                       "--after runs/trm -o maps/",
+                       "trm riskmap data/ --channel T1 --labels CSF,GM,WM --source unet.json -o maps/"])
     _add_task(riskmap, required=False)
-    riskmap.add_argument("--source", type=Path, required=True, help=SOURCE_HELP)
+    riskmap.add_argument("--source", type=Path, required=True, help=_source_help("--fold"))
     _add_fold(riskmap)
     riskmap.add_argument("--after", type=Path, default=None, help="fine-tuned run to compare with")
     add_output(riskmap, required=True, help="folder for the maps and panels")
@@ -239,8 +242,9 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 # What --source takes (trmcore.training.sources.SOURCE_KINDS, which imports torch: the parser does not).
-SOURCE_HELP = ("source model: a trmcore run folder, an nnU-Net v2 result folder (.../TRAINER__PLANS__2d, "
-               "with --fold) or a MONAI bundle folder / network JSON")
+def _source_help(fold_flag: str) -> str:
+    return (f"source model: a trmcore run folder, an nnU-Net v2 result folder (.../TRAINER__PLANS__2d, with "
+            f"{fold_flag}) or a MONAI 2-D network (bundle folder or network JSON)")
 
 
 def _add_fold(parser: argparse.ArgumentParser, flag: str = "--fold") -> None:
