@@ -215,11 +215,46 @@ def test_unknown_ambiguous_and_3d_sources_are_one_line(phantom, source_run, tmp_
     assert _riskmap(phantom, both, tmp_path / "m2") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "more than one kind" in err and "run, monai" in err
-    folder = write_nnunet_2d(tmp_path / "nn3d", "3d_fullres")
-    assert _riskmap(phantom, folder, tmp_path / "m3", "--fold", "1") == 2
+    assert not any((tmp_path / name).exists() for name in ("m1", "m2"))
+
+
+def test_a_3d_nnunet_source_maps_and_ranks_whole_volumes(phantom, tmp_path, capsys):
+    """3d_fullres: each case whole through the network in nnU-Net's axis order (z, y, x), T and R in 3-D."""
+    folder = write_nnunet_2d(tmp_path, "3d_fullres")
+    assert _riskmap(phantom, folder, tmp_path / "maps", "--fold", "1") == 0
+    from trmcore.models.nnunet import load_nnunet_model
+
+    network = load_nnunet_model(folder, fold=1).network
+    cases = _cases(phantom)
+    logits, labels = [], []
+    for case in cases:
+        raw, label = read_case(phantom, case)
+        volume = torch.from_numpy(np.ascontiguousarray(nnunet_normalise(raw).transpose(0, 3, 2, 1)))[None]
+        with torch.no_grad():
+            logits.append(network(volume).permute(0, 1, 4, 3, 2))  # back to [1, K, X, Y, Z]
+        labels.append(torch.from_numpy(label)[None])
+    accumulator = ops.LeepAccumulator(4)
+    for lg, lb in zip(logits, labels):
+        accumulator.update(lg, lb)
+    joint = accumulator.all_reduce()
+    for case, lg, lb in zip(cases, logits, labels):
+        t = ops.pixel_leep(lg, lb, joint)
+        r = scaled_risk_map(t, lb, 10.0, "image", "minmax", 0.05, -100)
+        got_t = np.asarray(nib.load(tmp_path / "maps" / f"{case}_transferability.nii.gz").dataobj)
+        got_r = np.asarray(nib.load(tmp_path / "maps" / f"{case}_risk.nii.gz").dataobj)
+        np.testing.assert_allclose(got_t, t[0].numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got_r, r[0].numpy(), rtol=1e-4, atol=1e-4)
+    out = tmp_path / "rank.json"
+    assert main(["rank", str(phantom), "--channel", ",".join(CHANNELS), "--labels", LABELS, "--sources",
+                 str(folder), "--fold", "1", "--val-fraction", "0", "--device", "cpu", "-o", str(out)]) == 0
+    score = json.loads(out.read_text())["ranking"][0]
+    assert score["pixels"] == 4 * 32 * 32 * 8
+    assert score["leep"] == pytest.approx(float(ops.leep(torch.cat(logits), torch.cat(labels), 4)), rel=1e-4)
+    # Fine-tuning trains on slices: a 3-D source is refused with one line.
+    assert main(["finetune", str(phantom), "--channel", ",".join(CHANNELS), "--labels", "CSF", "--source",
+                 str(folder), "--source-fold", "1", "-o", str(tmp_path / "run"), "--iterations", "1", "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "3d_fullres (3-D) configuration" in err
-    assert not any((tmp_path / name).exists() for name in ("m1", "m2", "m3"))
+    assert len(err.splitlines()) == 1 and "3-D network" in err
 
 
 def test_a_run_source_goes_through_the_registry_unchanged(phantom, source_run, tmp_path):

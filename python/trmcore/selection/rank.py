@@ -98,7 +98,8 @@ class LoadedSource:
     divisor: int
     kind: str
     geometry: Optional[Any] = None
-    normalization: str = "zscore-nonzero"
+    normalization: Any = "zscore-nonzero"
+    source: Any = None  # a trmcore.training.sources.SourceModel (the 3-D sources are scored from it)
 
 
 def _run_source(path: Path, device: Optional[str], resample: bool = True) -> LoadedSource:
@@ -138,8 +139,10 @@ def _registry_source(path: Path, config: RankConfig) -> LoadedSource:
         with torch.no_grad():
             return network(torch.from_numpy(batch).to(resolved)).float().cpu().numpy()
 
+    if model.spatial_dims == 3 and config.shots is not None:
+        raise ValueError(f"source {path} is a 3-D network: it scores whole volumes, not --shots slices")
     return LoadedSource(logits, model.in_channels, None, model.axis, model.divisor, model.kind, model.geometry,
-                        model.normalization)
+                        model.normalization, model)
 
 
 def _onnx_source(path: Path, config: RankConfig) -> LoadedSource:
@@ -261,6 +264,27 @@ def _target_slices(data: PathLike, config: RankConfig, model: LoadedSource, cach
     return cache[key]
 
 
+def _volume_leep(data: PathLike, config: RankConfig, model: LoadedSource, cache: Dict) -> Tuple[float, int, int]:
+    """(LEEP, Z, voxels) of a 3-D source over the target's training volumes on its grid (padding not scored)."""
+    from trmcore.data import load_task_volumes, parse_task, split_cases
+    from trmcore.data.geometry import native_geometry
+    from trmcore.training.distributed import resolve_device
+    from trmcore.training.riskmap3d import source_leep_3d
+    from trmcore.training.sources import check_volume_spacing
+
+    geometry = model.geometry if config.resample else native_geometry(model.axis)
+    key = ("volumes", geometry, model.normalization)
+    if key not in cache:
+        volumes, info = load_task_volumes(data, parse_task(config.channel, config.labels, config.site),
+                                          progress=False, geometry=geometry, normalization=model.normalization)
+        train, _ = split_cases(volumes, config.val_fraction, config.seed)
+        cache[key] = train, info
+    train, info = cache[key]
+    check_volume_spacing(model.source, train)
+    return source_leep_3d(model.source.network, train, info.num_classes, model.source.divisors,
+                          resolve_device(config.device))
+
+
 def _load_source(source: Path, config: RankConfig) -> LoadedSource:
     if source.is_file() and source.suffix == ".onnx":
         return _onnx_source(source, config)
@@ -303,6 +327,9 @@ def rank_sources(data: PathLike, sources: Sequence[PathLike], config: RankConfig
     cache: Dict = {}
     scores = []
     for source, model, order in loaded:
+        if model.source is not None and model.source.spatial_dims == 3:  # whole volumes (trmcore.training.riskmap3d)
+            scores.append(SourceScore(source, model.kind, *_volume_leep(data, config, model, cache)))
+            continue
         slices, info = _target_slices(data, config, model, cache)
         images = slices.images if order is None else np.ascontiguousarray(slices.images[:, order])
         value, z, pixels = source_leep(model.logits, images, slices.labels, info.num_classes, config.batch_size)

@@ -130,8 +130,14 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                                       if after_run is not None else [])
     check_output_plan(plan, overwrite=overwrite, inputs=_input_files(data_root, task_info, volumes, sites) + runs)
     num_classes = task_info.num_classes
-    before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
-                          scope, progress=progress, scaling=scaling, quantile=quantile)
+    if source_info.spatial_dims == 3:  # a 3-D source (nnU-Net 3d): whole volumes, not slices
+        from trmcore.training.riskmap3d import risk_volumes_3d
+
+        before = risk_volumes_3d(source, volumes, num_classes, source_info.divisors, resolved, base, scope,
+                                 progress=progress, scaling=scaling, quantile=quantile)
+    else:
+        before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, resolved, base,
+                              scope, progress=progress, scaling=scaling, quantile=quantile)
     after = [None] * len(volumes)
     if after_run is not None:
         tuned, tuned_info = load_run(after_run, device=resolved)

@@ -10,7 +10,7 @@ normalisation, slice axis and padding multiple its inputs need.
 | kind | path | grid and normalisation |
 |---|---|---|
 | ``run`` | a trmcore run folder (``run.json`` + ``model.safetensors``) | as its run.json records |
-| ``nnunet`` | an nnU-Net v2 result folder ``.../DatasetXXX/TRAINER__PLANS__2d`` (``--fold``) | RAS, the configuration's in-plane spacing, nnU-Net's per-channel scheme, its slice axis and in-plane axis order (``transpose_forward``) |
+| ``nnunet`` | an nnU-Net v2 result folder ``.../DatasetXXX/TRAINER__PLANS__CONFIG`` (``--fold``) | RAS, the configuration's spacing, nnU-Net's per-channel scheme; 2d: its slice axis and in-plane axis order (``transpose_forward``); 3d: whole volumes in its axis order (risk maps and LEEP only) |
 | ``monai`` | a MONAI bundle folder (``configs/inference.json`` + ``models/model.pt``) or a network JSON (trmcore.models.monai_net) | RAS without resampling, the JSON's ``normalization`` (a trmcore name, or ``none``), its ``divisor`` |
 
 A path no kind recognises, or more than one recognises, is refused with one
@@ -84,6 +84,10 @@ class SourceModel:
             the weights.
         record: how a run fine-tuned from this source rebuilds its network (run.json ``network``,
             trmcore.models.foreign); None for a trmcore run.
+        spatial_dims: 2, or 3 for a 3-D source (nnU-Net 3d configurations): then ``network`` takes
+            whole volumes ``[N, C, X, Y, Z]`` on the working grid and gives ``[N, Z, X, Y, Z']``
+            (:class:`VolumeNetwork`), ``divisors`` the size multiple per voxel axis; risk maps and
+            LEEP only (trmcore.training.riskmap3d), no fine-tuning.
         run_info: the RunInfo of a ``run`` source; native: the loader's own object
             (:class:`~trmcore.models.nnunet.NnunetModel`, :class:`~trmcore.models.monai_net.MonaiNetwork`).
     """
@@ -102,6 +106,8 @@ class SourceModel:
     run_info: Any = None
     native: Any = None
     record: Optional[dict] = None
+    spatial_dims: int = 2
+    divisors: Optional[Tuple[int, int, int]] = None
 
     @property
     def weights_file(self) -> Path:
@@ -152,6 +158,27 @@ class SliceNetwork(nn.Module):
             images = images.transpose(-1, -2)
         logits = model_logits(self.network(images))
         return logits.transpose(-1, -2).contiguous() if self.swap else logits
+
+
+class VolumeNetwork(nn.Module):
+    """A 3-D network on trmcore's volumes: ``[N, C, X, Y, Z]`` -> logits ``[N, K, X, Y, Z]``.
+
+    ``order``: the voxel axis of each of the network's spatial axes (nnU-Net: the reversed
+    voxel axes, permuted by ``transpose_forward``); the input is permuted to it and the logits back.
+    """
+
+    def __init__(self, network: nn.Module, order: Tuple[int, int, int]) -> None:
+        super().__init__()
+        self.network = network
+        self.order = tuple(int(a) for a in order)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        from trmcore.training.loss import model_logits
+
+        forward = (0, 1) + tuple(2 + a for a in self.order)
+        logits = model_logits(self.network(volumes.permute(*forward)))
+        back = (0, 1) + tuple(2 + self.order.index(a) for a in range(3))
+        return logits.permute(*back).contiguous()
 
 
 @dataclass(frozen=True)
@@ -237,11 +264,11 @@ def _load_nnunet(path: Path, options: SourceOptions) -> SourceModel:
 
     model = load_nnunet_model(path, fold=options.fold, device=_device(options))
     configuration = _configuration(_read_json(path / "plans.json"), model.configuration, path / "plans.json")
-    if model.spatial_dims != 2:
-        raise ValueError(f"nnU-Net source {path} is a {model.configuration} (3-D) configuration; trm riskmap, "
-                         "rank and finetune slice volumes for a 2d configuration (DatasetXXX/"
-                         "TRAINER__PLANS__2d). For 3-D risk maps and LEEP use trmcore.training.loss."
-                         "source_risk_maps with load_nnunet_model (docs/api.md)")
+    schemes = "+".join(norm.scheme.replace("Normalization", "") for norm in model.normalization)
+    normalization = ChannelwiseNormalization(f"nnunet:{schemes}", tuple(model.normalization))
+    files = [path / "plans.json", path / "dataset.json", model.checkpoint]
+    if model.spatial_dims == 3:
+        return _nnunet_3d(path, model, normalization, files, options)
     axis, (rows, columns), swap = nnunet_slicing(model.transpose_forward)
     spacing = [1.0, 1.0, 1.0]
     try:  # the slice axis is never resampled; its recorded value is the plans' median, for the record only
@@ -251,12 +278,45 @@ def _load_nnunet(path: Path, options: SourceOptions) -> SourceModel:
         pass
     spacing[rows], spacing[columns] = float(model.spacing[0]), float(model.spacing[1])
     geometry = Geometry(DEFAULT_ORIENTATION, tuple(spacing), axis) if options.resample else native_geometry(axis)
-    schemes = "+".join(norm.scheme.replace("Normalization", "") for norm in model.normalization)
-    normalization = ChannelwiseNormalization(f"nnunet:{schemes}", tuple(model.normalization))
     return SourceModel("nnunet", path, SliceNetwork(model.network, swap).eval(), len(model.channels),
                        list(model.channels), model.num_source_classes, axis, math.lcm(*model.divisor), geometry,
-                       normalization, [path / "plans.json", path / "dataset.json", model.checkpoint], native=model,
+                       normalization, files, native=model,
                        record={"kind": "nnunet", "architecture": configuration["architecture"], "swap": swap})
+
+
+def _nnunet_3d(path: Path, model: Any, normalization: Any, files: List[Path], options: SourceOptions) -> SourceModel:
+    """A 3d configuration: whole volumes on the configuration's spacing in every axis (risk maps and LEEP).
+
+    trmcore's working grid is never resampled along its slice axis; the axis nnU-Net resamples least
+    (its first permuted axis, the coarsest) takes that role, and :func:`check_volume_spacing` refuses
+    target cases whose spacing differs there.
+    """
+    order = tuple(2 - int(a) for a in model.transpose_forward)  # network axis j -> voxel axis
+    spacing, divisors = [1.0] * 3, [1] * 3
+    for j, voxel in enumerate(order):
+        spacing[voxel], divisors[voxel] = float(model.spacing[j]), int(model.divisor[j])
+    axis = order[0]
+    geometry = Geometry(DEFAULT_ORIENTATION, tuple(spacing), axis) if options.resample else native_geometry(axis)
+    return SourceModel("nnunet", path, VolumeNetwork(model.network, order).eval(), len(model.channels),
+                       list(model.channels), model.num_source_classes, axis, max(divisors), geometry,
+                       normalization, files, native=model, spatial_dims=3, divisors=tuple(divisors))
+
+
+def check_volume_spacing(source: SourceModel, volumes: Any) -> None:
+    """For a 3-D source: ValueError naming the first case whose spacing along the slice axis (never resampled)
+    differs from the source's by more than the geometry's tolerance."""
+    from trmcore.data.geometry import voxel_spacing
+
+    geometry = source.geometry
+    if source.spatial_dims != 3 or geometry.native or geometry.spacing is None:
+        return
+    axis, wanted = geometry.axis, geometry.spacing[geometry.axis]
+    for volume in volumes:
+        have = voxel_spacing(volume.affine)[axis]
+        if abs(have - wanted) > geometry.tolerance * wanted:
+            raise ValueError(f"case {volume.case_id}: {have:g} mm along voxel axis {axis}, the 3-D source "
+                             f"{source.path} works at {wanted:g} mm there and trmcore resamples only the two other "
+                             "axes; resample the target first, or use --no-resample to take volumes as stored")
 
 
 # -------------------------------------------------------------------------------------------------- monai
@@ -377,6 +437,7 @@ def load_source_task(source: PathLike, data_root: PathLike, channel: Optional[st
     model.check_channels(task.channels)
     volumes, task_info = load_task_volumes(data_root, task, cases=cases, progress=progress, sites=sites,
                                            geometry=model.geometry, normalization=model.normalization)
+    check_volume_spacing(model, volumes)
     return model, volumes, task_info, resolved
 
 
@@ -421,6 +482,9 @@ def target_network(source: SourceModel, in_channels: int, num_classes: int, rese
 
     if source.record is None:
         raise ValueError(f"source {source.path} is trmcore's U-Net, not a foreign network")
+    if source.spatial_dims != 2:
+        raise ValueError(f"source {source.path} is a 3-D network: trm finetune trains on 2-D slices (use the 2d "
+                         "configuration); its risk maps and LEEP come from trm riskmap and trm rank")
     reset = bool(reset_head) or (reset_head is None and num_classes != source.num_classes)
     config = stand_in_config(in_channels, num_classes, source.divisor)
     torch.manual_seed(seed)

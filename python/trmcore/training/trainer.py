@@ -551,6 +551,9 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
         loaded = load_source(source_run, SourceOptions(fold=str(fold), device=ctx.device, resample=config.resample))
         source, source_info = loaded.network, loaded.run_info
         foreign = loaded.record is not None  # an nnU-Net or MONAI network (or a run fine-tuned from one)
+        if loaded.spatial_dims != 2:
+            raise ValueError(f"source {source_run} is a 3-D network: trm finetune trains on 2-D slices (use a 2d "
+                             "configuration); its risk maps and LEEP come from trm riskmap and trm rank")
         if foreign and config.risk_refresh > 0:  # --resume rebuilds refreshed maps with trmcore's U-Net
             raise ValueError(f"--risk-refresh is not supported with the {loaded.kind} source {source_run}")
         if source_info is None and config.axis != loaded.axis:  # the source's slicing, not the default's
