@@ -268,3 +268,36 @@ def test_a_run_source_goes_through_the_registry_unchanged(phantom, source_run, t
     assert main(["riskmap", str(phantom), "--labels", "CSF", "--source", str(source_run), "-o",
                  str(tmp_path / "maps"), "--device", "cpu", "-q"]) == 0
     assert len(list((tmp_path / "maps").glob("*_risk.nii.gz"))) == len(_cases(phantom))
+
+
+def test_3d_risk_maps_cost_one_forward_pass_per_volume_set_of_one():
+    """Pass 2 reuses pass 1's logits of the first volume; padding (to the size multiple) is ignored."""
+    from trmcore.data.volumes import Volume
+    from trmcore.training.riskmap3d import risk_volumes_3d, source_leep_3d
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 3, 1)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            assert all(s % 4 == 0 for s in x.shape[2:])
+            return self.conv(x)
+
+    gen = np.random.default_rng(0)
+    volumes = [Volume(f"c{k}", None, gen.normal(size=(1, 6, 5, 7)).astype(np.float32),
+                      gen.integers(0, 2, size=(6, 5, 7)), np.eye(4)) for k in range(2)]
+    network = Counting()
+    maps = risk_volumes_3d(network, volumes[:1], 2, (4, 4, 4), torch.device("cpu"))
+    assert network.calls == 1 and maps[0].risk.shape == (6, 5, 7)
+    network.calls = 0
+    risk_volumes_3d(network, volumes, 2, (4, 4, 4), torch.device("cpu"))
+    assert network.calls == 3
+    value, z, voxels = source_leep_3d(network, volumes, 2, (4, 4, 4), torch.device("cpu"))
+    assert (z, voxels) == (3, 2 * 6 * 5 * 7)  # the padding is not scored
+    with torch.no_grad():
+        logits = torch.cat([network.conv(torch.from_numpy(v.image)[None]) for v in volumes])
+    labels = torch.from_numpy(np.stack([v.label for v in volumes]))
+    assert value == pytest.approx(float(ops.leep(logits, labels, 2)), rel=1e-5)

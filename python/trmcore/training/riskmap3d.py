@@ -6,12 +6,13 @@ padded (centred, as trmcore pads slices) to its size multiple per axis. Padded
 voxels carry the ignore label, so they take part in neither the joint nor
 the maps. Pass 1 accumulates the LEEP joint over all volumes, one volume's
 logits in memory at a time; pass 2 runs each volume again for its maps
-(``scope="image"`` rescales T per volume).
+(``scope="image"`` rescales T per volume), except the first, whose logits pass 1
+keeps: one volume costs one forward pass.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,12 +44,26 @@ def _volume_logits(network: nn.Module, image: np.ndarray, device: torch.device) 
 
 
 def _joint(network: nn.Module, volumes: Sequence, num_classes: int, divisors: Sequence[int],
-           device: torch.device) -> ops.LeepJoint:
+           device: torch.device) -> Tuple[ops.LeepJoint, Optional[torch.Tensor]]:
+    """The joint over all volumes and the first volume's logits (kept for pass 2)."""
     accumulator = ops.LeepAccumulator(num_classes, ignore_index=IGNORE_INDEX)
-    for volume in volumes:
+    first = None
+    for index, volume in enumerate(volumes):
         image, label, _ = pad_volume(volume, divisors)
-        accumulator.update(_volume_logits(network, image, device), torch.from_numpy(label[None]).to(device))
-    return accumulator.all_reduce()
+        logits = _volume_logits(network, image, device)
+        accumulator.update(logits, torch.from_numpy(label[None]).to(device))
+        if index == 0:
+            first = logits
+    return accumulator.all_reduce(), first
+
+
+def _pass_two(network: nn.Module, volumes: Sequence, divisors: Sequence[int], device: torch.device,
+              first: Optional[torch.Tensor]) -> Iterator[Tuple[torch.Tensor, torch.Tensor, Tuple[slice, ...]]]:
+    """(logits, labels ``[1, X', Y', Z']``, crop) per volume, the first one's logits from pass 1."""
+    for index, volume in enumerate(volumes):
+        image, label, crop = pad_volume(volume, divisors)
+        logits = first if index == 0 and first is not None else _volume_logits(network, image, device)
+        yield logits, torch.from_numpy(label[None]).to(device), crop
 
 
 @torch.no_grad()
@@ -57,17 +72,15 @@ def risk_volumes_3d(network: nn.Module, volumes: Sequence, num_classes: int, div
                     scaling: str = "minmax", quantile: float = 0.05) -> List[RiskVolumes]:
     """T and R volumes float32 ``[X, Y, Z]`` of a 3-D ``network`` (``[N, C, X, Y, Z]`` -> logits) on ``volumes``."""
     network = network.eval()
-    joint = _joint(network, volumes, num_classes, divisors, device)
-    iterator = volumes
+    joint, first = _joint(network, volumes, num_classes, divisors, device)
+    passes = zip(volumes, _pass_two(network, volumes, divisors, device, first))
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(volumes, desc="risk maps", unit="volume", leave=False)
+        passes = tqdm(passes, total=len(volumes), desc="risk maps", unit="volume", leave=False)
     results = []
-    for volume in iterator:
-        image, label, crop = pad_volume(volume, divisors)
-        labels = torch.from_numpy(label[None]).to(device)
-        leep_map = ops.pixel_leep(_volume_logits(network, image, device), labels, joint)
+    for volume, (logits, labels, crop) in passes:
+        leep_map = ops.pixel_leep(logits, labels, joint)
         risk = scaled_risk_map(leep_map, labels, base, scope, scaling, quantile, IGNORE_INDEX)
         results.append(RiskVolumes(volume.case_id, leep_map[0].float().cpu().numpy()[crop],
                                    risk[0].float().cpu().numpy()[crop]))
@@ -80,14 +93,11 @@ def source_leep_3d(network: nn.Module, volumes: Sequence, num_classes: int, divi
                    device: torch.device) -> Tuple[float, int, int]:
     """(dataset LEEP, Z, voxels scored) of a 3-D ``network`` over whole ``volumes`` (two passes)."""
     network = network.eval()
-    joint = _joint(network, volumes, num_classes, divisors, device)
+    joint, first = _joint(network, volumes, num_classes, divisors, device)
     if joint.count == 0:
         raise ValueError("the target training set has no voxel to score")
     total = 0.0
-    for volume in volumes:
-        image, label, _ = pad_volume(volume, divisors)
-        leep_map = ops.pixel_leep(_volume_logits(network, image, device), torch.from_numpy(label[None]).to(device),
-                                  joint)
-        total += float(leep_map.double().sum())
+    for logits, labels, _ in _pass_two(network, volumes, divisors, device, first):
+        total += float(ops.pixel_leep(logits, labels, joint).double().sum())
     ops.check_pending()
     return total / joint.count, joint.num_source_classes, joint.count
