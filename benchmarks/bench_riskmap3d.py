@@ -11,7 +11,10 @@ Measures, in one run, ``--repeats`` timings (after a warm-up each) of
 - the transfer risk maps with :func:`trmcore.training.loss.source_risk_maps`: the LEEP
   joint over the volume (pass 1) and T and R of it (pass 2, reusing pass 1's logits for
   a one-volume set), i.e. everything `trm riskmap` computes per volume;
-- the ops alone on the volume's logits (leep_joint + pixel_leep + risk_map).
+- the ops alone on the volume's logits (leep_joint + pixel_leep + risk_map);
+- `trm riskmap`'s path for a 3-D source (an nnU-Net 3d configuration):
+  :func:`trmcore.training.riskmap3d.risk_volumes_3d` on the unpadded volume (padding,
+  the network through :class:`trmcore.training.sources.VolumeNetwork`, T and R cropped back);
 and prints ratio = risk maps / forward (the median over forward/maps pairs timed in turns).
 Target: <= 1.5x.
 
@@ -137,6 +140,29 @@ def main() -> None:
     print(f"risk maps (joint + T + R)    {t_maps * 1e3:10.1f} ms   ratio {ratio:.2f}x "
           f"(per pair: {pairs}; target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})")
     print(f"  of which the ops alone     {t_ops * 1e3:10.1f} ms   ({t_ops / t_forward:.2f}x the forward pass)")
+
+    import numpy as np
+
+    from trmcore.data.volumes import Volume
+    from trmcore.training.riskmap3d import risk_volumes_3d
+    from trmcore.training.sources import VolumeNetwork
+
+    crop = (0, 0, slice(0, args.size[0]), slice(0, args.size[1]), slice(0, args.size[2]))
+    volume = Volume("bench", None, image[crop[1:]].cpu().numpy(), labels[0][crop[2:]].cpu().numpy(), np.eye(4))
+    network = VolumeNetwork(source, (0, 1, 2))
+
+    def trm_riskmap():
+        return risk_volumes_3d(network, [volume], TARGET_CLASSES, (8, 8, 8), device)
+
+    file_times, file_ratios = [], []
+    for _ in range(args.repeats):
+        forward_times.append(timed(forward, device, 1)[0])
+        file_times += timed(trm_riskmap, device, 1)
+        file_ratios.append(file_times[-1] / forward_times[-1])
+    ratio = statistics.median(file_ratios)
+    print(f"trm riskmap, 3-D source      {statistics.median(file_times) * 1e3:10.1f} ms   ratio {ratio:.2f}x "
+          f"(per pair: {', '.join(f'{r:.2f}' for r in file_ratios)}; target <= 1.5x: "
+          f"{'met' if ratio <= 1.5 else 'NOT met'})")
 
 
 if __name__ == "__main__":

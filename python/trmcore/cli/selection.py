@@ -234,7 +234,11 @@ def _register_rank(subparsers: argparse._SubParsersAction) -> None:
                        "trm rank data/iseg --channel T1 --labels CSF --sources runs/a runs/b --validate"],
     )
     add_task_arguments(parser)
-    parser.add_argument("--sources", nargs="+", required=True, type=Path, help="run folders or .onnx models")
+    parser.add_argument("--sources", nargs="+", required=True, type=Path,
+                        help="run folders, .onnx models, nnU-Net v2 result folders (.../TRAINER__PLANS__2d, "
+                             "with --fold) or MONAI bundle folders / network JSONs")
+    parser.add_argument("--fold", default=RankConfig.fold, metavar="K",
+                        help="fold of nnU-Net sources: fold_K/checkpoint_final.pth (default %(default)s; 'all')")
     parser.add_argument("--val-fraction", type=float, default=RankConfig.val_fraction,
                         help="cases held out of the training set (default %(default)s)")
     parser.add_argument("--shots", type=int, help="use N seeded training slices (few-shot)")
@@ -264,7 +268,7 @@ def _run_rank(args: argparse.Namespace) -> int:
 
     config = RankConfig(channel=args.channel, labels=args.labels, site=args.site, val_fraction=args.val_fraction,
                         shots=args.shots, axis=args.axis, divisor=args.divisor, batch_size=args.batch_size,
-                        device=args.device, seed=args.seed, resample=not args.no_resample)
+                        device=args.device, seed=args.seed, resample=not args.no_resample, fold=args.fold)
     inputs = [args.data, *args.sources]
     if args.output:  # refuse before scoring every source
         check_output_file(args.output, overwrite=args.overwrite, inputs=inputs)
@@ -272,9 +276,9 @@ def _run_rank(args: argparse.Namespace) -> int:
     payload = {"target": {"data": str(args.data), "channel": args.channel, "labels": args.labels, "site": args.site},
                "ranking": [r.to_json() for r in ranking]}
     width = max(len(str(r.source)) for r in ranking)
-    print(f"{'rank':>4}  {'LEEP':>10}  {'kind':<4}  {'Z':>3}  {'pixels':>10}  source")
+    print(f"{'rank':>4}  {'LEEP':>10}  {'kind':<6}  {'Z':>3}  {'pixels':>10}  source")
     for k, r in enumerate(ranking, start=1):
-        print(f"{k:>4}  {r.leep:10.5f}  {r.kind:<4}  {r.num_source_classes:>3}  {r.pixels:>10}  {str(r.source)}")
+        print(f"{k:>4}  {r.leep:10.5f}  {r.kind:<6}  {r.num_source_classes:>3}  {r.pixels:>10}  {str(r.source)}")
     if args.validate:
         validation = validate_ranking(args.data, ranking, config, iterations=args.iterations, method=args.method,
                                       work_dir=args.work_dir)

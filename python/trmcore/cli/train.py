@@ -129,10 +129,13 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
         "--method picks the per-pixel loss weights: trm = transfer risk maps (TRM, ICASSP 2025).",
         example_lines=["trm finetune data/ --channel T2 --labels CSF --site site-B --source runs/src -o runs/trm",
                        "trm finetune data/ --channel T2 --labels CSF --source runs/src -o runs/ce --method vanilla "
-                       "--few-shot 50"])
+                       "--few-shot 50",
+                       "trm finetune data/ --channel T1,T2 --labels CSF -o runs/nn --source "
+                       "nnUNet_results/Dataset004_Brain/nnUNetTrainer__nnUNetPlans__2d --source-fold 0"])
     _add_task(finetune)
     _add_training(finetune)
-    finetune.add_argument("--source", type=Path, required=True, help="source run folder")
+    finetune.add_argument("--source", type=Path, required=True, help=_source_help("--source-fold"))
+    _add_fold(finetune, "--source-fold")  # --fold is the target's cross-validation fold
     finetune.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
                           help=f"fine-tuning method (default %(default)s): {_methods_help(method_names())}")
     finetune.add_argument("--freeze", default=TrainConfig.freeze, choices=FREEZE_CHOICES,
@@ -183,13 +186,15 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_riskmap(subparsers: argparse._SubParsersAction) -> None:
     riskmap = command(
-        subparsers, "riskmap", help="transferability and transfer risk maps of a source run on a target task",
+        subparsers, "riskmap", help="transferability and transfer risk maps of a source model on a target task",
         description="Pixel-level LEEP transferability and transfer risk maps (NIfTI, same affine as the input) "
         "and PNG panels: image, label, transferability, risk; with --after also for a fine-tuned run.",
         example_lines=["trm riskmap data/ --channel T2 --labels CSF --site site-B --source runs/src "
-                       "--after runs/trm -o maps/"])
+                       "--after runs/trm -o maps/",
+                       "trm riskmap data/ --channel T1 --labels CSF,GM,WM --source unet.json -o maps/"])
     _add_task(riskmap, required=False)
-    riskmap.add_argument("--source", type=Path, required=True, help="source run folder")
+    riskmap.add_argument("--source", type=Path, required=True, help=_source_help("--fold"))
+    _add_fold(riskmap)
     riskmap.add_argument("--after", type=Path, default=None, help="fine-tuned run to compare with")
     add_output(riskmap, required=True, help="folder for the maps and panels")
     riskmap.add_argument("--overwrite", action="store_true", help="replace existing maps and panels in -o")
@@ -213,6 +218,17 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     add_quiet(demo)
     demo.set_defaults(func=_run_demo)
+
+
+# What --source takes (trmcore.training.sources.SOURCE_KINDS, which imports torch: the parser does not).
+def _source_help(fold_flag: str) -> str:
+    return (f"source model: a trmcore run folder, an nnU-Net v2 result folder (.../TRAINER__PLANS__2d, with "
+            f"{fold_flag}) or a MONAI 2-D network (bundle folder or network JSON)")
+
+
+def _add_fold(parser: argparse.ArgumentParser, flag: str = "--fold") -> None:
+    parser.add_argument(flag, default="0", metavar="K", dest="source_fold",
+                        help="fold of an nnU-Net source: fold_K/checkpoint_final.pth (default %(default)s; 'all')")
 
 
 def _task(args: argparse.Namespace):
@@ -258,7 +274,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
     info = finetune(args.data, _task(args), args.source, args.output, _config(args), device=args.device,
                     resume=args.resume, progress=not args.quiet, reset_head=True if args.reset_head else None,
-                    sites=args.sites_csv)
+                    sites=args.sites_csv, fold=args.source_fold)
     _report(info, args.output)
     return 0
 
@@ -404,7 +420,8 @@ def _run_riskmap(args: argparse.Namespace) -> int:
     written = write_risk_maps(args.data, args.source, args.output, args.channel, args.labels, args.site,
                               after_run=args.after, cases=_split_list(args.cases), settings=settings,
                               device=args.device, progress=not args.quiet, sites=args.sites_csv,
-                              resample=not args.no_resample, overwrite=args.overwrite)
+                              resample=not args.no_resample, overwrite=args.overwrite,
+                              fold=args.source_fold)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

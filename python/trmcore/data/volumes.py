@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def load_task_volumes(
     sites: Union[str, Path, Mapping[str, str], None] = None,
     split: str = "Tr",
     geometry: Optional[Geometry] = None,
-    normalization: str = DEFAULT_NORMALIZATION,
+    normalization: Union[str, Callable[[np.ndarray], np.ndarray]] = DEFAULT_NORMALIZATION,
     axis: int = 2,
 ) -> Tuple[List[Volume], TaskInfo]:
     """Load every case of ``task`` from a dataset in the standard layout.
@@ -93,7 +93,10 @@ def load_task_volumes(
             training default, RAS with the median in-plane spacing of the
             loaded cases; ``native_geometry()``: volumes as stored. The one
             used is returned as ``TaskInfo.geometry`` (spacing filled in).
-        normalization: intensity normalisation (``trmcore.data.preprocess.NORMALIZATIONS``).
+        normalization: intensity normalisation (``trmcore.data.preprocess.NORMALIZATIONS``), or a
+            callable taking a case's whole image float ``[C, X, Y, Z]`` on the working grid and
+            returning it normalised (float32, same shape): a foreign source's own scheme
+            (an nnU-Net model's, trmcore.training.sources), which needs every channel at once.
         axis: slice axis of the default geometry (its two other axes are in-plane).
     Returns:
         (volumes in case order, TaskInfo).
@@ -120,16 +123,23 @@ def load_task_volumes(
         find_spacing = False
     # The preprocessing pipeline (trmcore.data.pipeline) in two goes: the lossless reorientation of every
     # case first (the default spacing is the median of the reoriented cases), then the rest of the steps.
-    reorient = Pipeline.standard(Geometry(geometry.orientation, None, geometry.axis), normalization,
+    custom = None if isinstance(normalization, str) else normalization  # a source's own scheme
+    method = DEFAULT_NORMALIZATION if custom is not None else normalization
+    reorient = Pipeline.standard(Geometry(geometry.orientation, None, geometry.axis), method,
                                  divisor=None).geometric()
     loaded = [_load_case(layout, info, case, split, bool(task.labels), reorient) for case in iterator]
     if find_spacing:
         geometry = Geometry(geometry.orientation, median_spacing([sample for sample, _ in loaded]), geometry.axis)
-    pipeline = Pipeline.standard(geometry, normalization, divisor=None)
+    pipeline = Pipeline.standard(geometry, method, divisor=None)
+    if custom is not None:  # the grid steps only; the source's scheme normalises all channels at once
+        pipeline = pipeline.geometric()
     volumes = [_to_working_grid(case, sample, header, layout, pipeline) for case, (sample, header) in
                zip(case_ids, loaded)]
+    if custom is not None:
+        for volume in volumes:
+            volume.image = np.asarray(custom(volume.image), np.float32)
     info.geometry = geometry
-    info.normalization = normalization
+    info.normalization = normalization if isinstance(normalization, str) else getattr(normalization, "name", "custom")
 
     if task.labels:
         _check_labels_present(volumes, info, task, layout)

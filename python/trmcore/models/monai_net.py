@@ -47,6 +47,7 @@ class MonaiNetwork:
     normalization: Optional[str] = None
     divisor: Optional[int] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    network_name: str = ""  # the class as the file names it ("UNet", "monai.networks.nets:UNet"): to rebuild it
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -154,7 +155,7 @@ def load_monai_network(path: PathLike) -> MonaiNetwork:
                   if k not in ("_target_", "_requires_", "_disabled_", "_desc_", "_mode_")}
         network = _build(_network_class(definition["_target_"], config_path), kwargs, path / "models" / "model.pt",
                          config_path)
-        return MonaiNetwork(network, path, kwargs=kwargs)
+        return MonaiNetwork(network, path, kwargs=kwargs, network_name=str(definition["_target_"]))
     spec = _read_json(path)
     unknown = set(spec) - {"network", "kwargs", "weights", "channels", "normalization", "divisor"}
     if unknown or "network" not in spec or "weights" not in spec:
@@ -168,4 +169,4 @@ def load_monai_network(path: PathLike) -> MonaiNetwork:
         raise ValueError(f"{path}: channels must be a list of names")
     if divisor is not None and not (isinstance(divisor, int) and divisor >= 1):
         raise ValueError(f"{path}: divisor must be a positive integer")
-    return MonaiNetwork(network, path, channels, spec.get("normalization"), divisor, kwargs)
+    return MonaiNetwork(network, path, channels, spec.get("normalization"), divisor, kwargs, str(spec["network"]))

@@ -1,7 +1,7 @@
 """Rank candidate source models by LEEP on a target training set (SPEC sections 2 and 6).
 
-For each source (a run folder ``RUN/model.safetensors + run.json``, or an ONNX
-model), the source's logits over the target training slices feed
+For each source (a run folder ``RUN/model.safetensors + run.json``, an ONNX
+model, an nnU-Net v2 2d result folder or a MONAI network: trmcore.training.sources), the source's logits over the target training slices feed
 :class:`trmcore.ops.LeepAccumulator` batch by batch (first pass: the joint
 P(y, z)); a second pass sums :func:`trmcore.ops.pixel_leep` with the
 finished joint. LEEP = that sum / number of pixels (<= 0, higher = more
@@ -42,6 +42,7 @@ class RankConfig:
         batch_size: slices per forward pass; device: torch device for run folders
             (a ``cuda`` device also lets ONNX sources use onnxruntime's CUDA provider).
         resample: load the target on each source's recorded grid (False: as stored).
+        fold: the fold of nnU-Net sources (``fold_K``; trmcore.training.sources).
     """
 
     channel: str
@@ -55,12 +56,13 @@ class RankConfig:
     device: Optional[str] = None
     seed: int = 0
     resample: bool = True
+    fold: str = "0"
 
 
 @dataclass(frozen=True)
 class SourceScore:
     source: Path
-    kind: str  # "run" or "onnx"
+    kind: str  # "onnx" or a kind of trmcore.training.sources.SOURCE_KINDS ("run", "nnunet", "monai")
     leep: float
     num_source_classes: int
     pixels: int
@@ -100,7 +102,8 @@ class LoadedSource:
     divisor: int
     kind: str
     geometry: Optional[Any] = None
-    normalization: str = "zscore-nonzero"
+    normalization: Any = "zscore-nonzero"
+    source: Any = None  # a trmcore.training.sources.SourceModel (the 3-D sources are scored from it)
 
 
 def _run_source(path: Path, device: Optional[str], resample: bool = True) -> LoadedSource:
@@ -120,6 +123,30 @@ def _run_source(path: Path, device: Optional[str], resample: bool = True) -> Loa
 
     return LoadedSource(logits, info.model.in_channels, list(info.channels), info.axis, info.divisor, "run",
                         info.geometry(f"source run {path}", resample), info.normalization)
+
+
+def _registry_source(path: Path, config: RankConfig) -> LoadedSource:
+    """An nnU-Net 2d result folder or a MONAI network (trmcore.training.sources), on its grid and normalisation.
+
+    Channels are taken in the target's order (the source's own scheme normalises them in that order).
+    """
+    import torch
+
+    from trmcore.training.distributed import resolve_device
+    from trmcore.training.sources import SourceOptions, load_source
+
+    resolved = resolve_device(config.device)
+    model = load_source(path, SourceOptions(fold=str(config.fold), device=resolved, resample=config.resample))
+    network = model.network
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return network(torch.from_numpy(batch).to(resolved)).float().cpu().numpy()
+
+    if model.spatial_dims == 3 and config.shots is not None:
+        raise ValueError(f"source {path} is a 3-D network: it scores whole volumes, not --shots slices")
+    return LoadedSource(logits, model.in_channels, None, model.axis, model.divisor, model.kind, model.geometry,
+                        model.normalization, model)
 
 
 def _onnx_source(path: Path, config: RankConfig) -> LoadedSource:
@@ -241,16 +268,41 @@ def _target_slices(data: PathLike, config: RankConfig, model: LoadedSource, cach
     return cache[key]
 
 
+def _volume_leep(data: PathLike, config: RankConfig, model: LoadedSource, cache: Dict) -> Tuple[float, int, int]:
+    """(LEEP, Z, voxels) of a 3-D source over the target's training volumes on its grid (padding not scored)."""
+    from trmcore.data import load_task_volumes, parse_task, split_cases
+    from trmcore.data.geometry import native_geometry
+    from trmcore.training.distributed import resolve_device
+    from trmcore.training.riskmap3d import source_leep_3d
+    from trmcore.training.sources import check_volume_spacing
+
+    geometry = model.geometry if config.resample else native_geometry(model.axis)
+    key = ("volumes", geometry, model.normalization)
+    if key not in cache:
+        volumes, info = load_task_volumes(data, parse_task(config.channel, config.labels, config.site),
+                                          progress=False, geometry=geometry, normalization=model.normalization)
+        train, _ = split_cases(volumes, config.val_fraction, config.seed)
+        cache[key] = train, info
+    train, info = cache[key]
+    check_volume_spacing(model.source, train)
+    return source_leep_3d(model.source.network, train, info.num_classes, model.source.divisors,
+                          resolve_device(config.device))
+
+
 def _load_source(source: Path, config: RankConfig) -> LoadedSource:
-    if source.is_dir():
-        if not (source / "run.json").is_file():
-            raise FileNotFoundError(f"source {source} is a folder without run.json (not a run folder)")
-        return _run_source(source, config.device, config.resample)
     if source.is_file() and source.suffix == ".onnx":
         return _onnx_source(source, config)
-    if source.is_file():
-        raise ValueError(f"source {source} is neither a run folder nor an .onnx model")
-    raise FileNotFoundError(f"source {source} not found (give a run folder or an .onnx model)")
+    if source.is_file() and source.suffix.lower() != ".json":
+        raise ValueError(f"source {source} is neither a run folder nor an .onnx model (nor an nnU-Net result "
+                         "folder or a MONAI bundle / network JSON)")
+    if not source.exists():
+        raise FileNotFoundError(f"source {source} not found (give a run folder, an .onnx model, an nnU-Net "
+                                "result folder or a MONAI bundle / network JSON)")
+    from trmcore.training.sources import source_kind
+
+    if source_kind(source) == "run":  # one line naming the path when no kind, or several, recognise it
+        return _run_source(source, config.device, config.resample)
+    return _registry_source(source, config)
 
 
 def rank_sources(data: PathLike, sources: Sequence[PathLike], config: RankConfig) -> List[SourceScore]:
@@ -279,6 +331,9 @@ def rank_sources(data: PathLike, sources: Sequence[PathLike], config: RankConfig
     cache: Dict = {}
     scores = []
     for source, model, order in loaded:
+        if model.source is not None and model.source.spatial_dims == 3:  # whole volumes (trmcore.training.riskmap3d)
+            scores.append(SourceScore(source, model.kind, *_volume_leep(data, config, model, cache)))
+            continue
         slices, info = _target_slices(data, config, model, cache)
         images = slices.images if order is None else np.ascontiguousarray(slices.images[:, order])
         value, z, pixels = source_leep(model.logits, images, slices.labels, info.num_classes, config.batch_size)
@@ -312,7 +367,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Tuple[float, float]:
 def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: RankConfig,
                      iterations: int = VALIDATE_ITERATIONS, method: str = PLAIN_METHOD, work_dir: Optional[PathLike] = None,
                      progress: bool = False) -> RankValidation:
-    """Fine-tune each run-folder source briefly on the target; Kendall tau between LEEP and Dice.
+    """Fine-tune each source (not ONNX models) briefly on the target; Kendall tau between LEEP and Dice.
 
     Uses :func:`trmcore.training.finetune` (same split: ``config.val_fraction``
     and ``config.seed``) and the validation Dice it reports.
@@ -320,9 +375,10 @@ def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: Ran
     from trmcore.data import parse_task
     from trmcore.training import TrainConfig, evaluate_run, finetune
 
-    for score in ranking:
-        if score.kind != "run":
-            raise ValueError(f"--validate needs run folders to fine-tune; {score.source} is an ONNX model")
+    for score in ranking:  # every kind of trmcore.training.sources fine-tunes; an ONNX model does not
+        if score.kind == "onnx":
+            raise ValueError(f"--validate needs sources to fine-tune (run folders, nnU-Net 2d folders, MONAI "
+                             f"networks); {score.source} is an ONNX model")
     task = parse_task(config.channel, config.labels, config.site)
     train_config = TrainConfig(iterations=iterations, method=method, few_shot=config.shots, seed=config.seed,
                                val_fraction=config.val_fraction, val_every=0)
@@ -332,7 +388,7 @@ def validate_ranking(data: PathLike, ranking: Sequence[SourceScore], config: Ran
         for k, score in enumerate(ranking):
             run_dir = root / f"validate-{k:02d}-{score.source.name}"
             info = finetune(data, task, score.source, run_dir, train_config, device=config.device,
-                            progress=progress)
+                            progress=progress, fold=str(config.fold))
             if info.val_dice is not None:
                 dice.append(float(info.val_dice))
             else:

@@ -55,14 +55,23 @@ def save_run(run_dir: Union[str, Path], model: UNet, info: RunInfo) -> Path:
 
 
 def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Tuple[UNet, RunInfo]:
-    """Load ``(model, info)`` from a run folder; the model is in eval mode on ``device``."""
+    """Load ``(model, info)`` from a run folder; the model is in eval mode on ``device``.
+
+    A run fine-tuned from an nnU-Net or MONAI source (run.json ``network``) gives a
+    :class:`trmcore.models.foreign.ForeignNet` with the same interface.
+    """
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{run_dir}: run folder has no {WEIGHTS_FILE}")
-    model = UNet(info.model)
+    if info.network is not None:  # fine-tuned from an nnU-Net or MONAI source: that network, rebuilt without code
+        from trmcore.models.foreign import ForeignNet
+
+        model = ForeignNet.from_record(info.network, info.model, run_dir / RUN_INFO_FILE)
+    else:
+        model = UNet(info.model)
     state = load_weights(check_readable(weights))  # safetensors words "permission denied" as "No such file"
     try:
         model.load_state_dict(state, strict=True)

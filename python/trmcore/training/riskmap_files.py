@@ -125,8 +125,14 @@ def compute_risk_maps(source, source_info, volumes, task_info, device, settings:
     from trmcore.training.checkpoint import load_run
 
     num_classes = task_info.num_classes
-    before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, device, settings,
-                          progress=progress)
+    if getattr(source_info, "spatial_dims", 2) == 3:  # a 3-D source (nnU-Net 3d): whole volumes, not slices
+        from trmcore.training.riskmap3d import risk_volumes_3d
+
+        before = risk_volumes_3d(source, volumes, num_classes, source_info.divisors, device, settings,
+                                 progress=progress)
+    else:
+        before = risk_volumes(source, volumes, num_classes, source_info.axis, source_info.divisor, device,
+                              settings, progress=progress)
     after = None
     if after_run is not None:
         tuned, tuned_info = load_run(after_run, device=device)
@@ -183,7 +189,8 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
                     channel: Optional[str] = None, labels: Optional[str] = None, site: Optional[str] = None,
                     after_run: Optional[Union[str, Path]] = None, cases: Optional[Sequence[str]] = None,
                     settings: RiskMapSettings = RiskMapSettings(), device: Optional[str] = None,
-                    progress: bool = True, sites=None, resample: bool = True, overwrite: bool = False) -> List[Path]:
+                    progress: bool = True, sites=None, resample: bool = True, overwrite: bool = False,
+                    fold: str = "0") -> List[Path]:
     """``trm riskmap``: load, check the outputs, then :func:`compute_risk_maps`, :func:`write_risk_map_files`
     and :func:`plot_risk_maps`.
 
@@ -197,24 +204,24 @@ def write_risk_maps(data_root: Union[str, Path], source_run: Union[str, Path], o
     stored); the maps are written back on each case's stored grid.
     Every file is written atomically and never through a symbolic link; existing
     outputs are refused (before the maps are computed) unless ``overwrite``.
+    ``source_run`` is any kind of source (trmcore.training.sources: a run, an nnU-Net result folder
+    with ``fold``, a MONAI network), loaded on its own grid and normalisation.
     Returns the files: risk_diagnostics.json, the NIfTI maps, then the panels.
     """
-    from trmcore.training.evaluate import load_run_task
+    from trmcore.training.sources import load_source_task
 
-    source, source_info, volumes, task_info, resolved = load_run_task(
+    source_info, volumes, task_info, resolved = load_source_task(
         source_run, data_root, channel, labels, site, cases=cases, device=device, progress=progress,
-        sites=sites, resample=resample, what="source run")
-    if len(task_info.channels) != source_info.model.in_channels:
-        raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s), "
-                         f"the task gives {task_info.channels}")
+        sites=sites, resample=resample, fold=fold)
+    source = source_info.network
     out_dir = Path(out_dir)
     # The whole plan before computing anything: no two outputs on one file (case X's X_risk.nii.gz and
     # case X_risk's ...), none on an input (a label or channel file when -o is inside the dataset).
     plan = [(out_dir / "risk_diagnostics.json", "the risk diagnostics")]
     plan += [(out_dir / name, f"a map of case {volume.case_id!r}")
              for volume in volumes for name in output_names(volume.case_id, after_run is not None)]
-    runs = [Path(run) / name for run in (source_run, after_run) if run is not None
-            for name in ("run.json", "model.safetensors")]
+    runs = list(source_info.files) + ([Path(after_run) / name for name in ("run.json", "model.safetensors")]
+                                      if after_run is not None else [])
     check_output_plan(plan, overwrite=overwrite, inputs=_input_files(data_root, task_info, volumes, sites) + runs)
     maps = compute_risk_maps(source, source_info, volumes, task_info, resolved, settings, source_run, after_run,
                              progress)

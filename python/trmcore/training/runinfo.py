@@ -60,6 +60,9 @@ class RunInfo:
     metadata; None for runs from before it, whose pipeline is built from ``normalization``,
     ``orientation``, ``spacing``, ``axis`` and ``divisor`` (:meth:`pipeline`). When present it must
     agree with those fields.
+    ``network``: None for trmcore's U-Net; for a run fine-tuned from an nnU-Net or MONAI source, the
+    record its network is rebuilt from (trmcore.models.foreign), and ``model`` then holds only the
+    channels, classes and padding multiple of that network.
     """
 
     model: UNetConfig
@@ -90,6 +93,7 @@ class RunInfo:
     mirror_axes: Optional[List[int]] = None
     split: Optional[dict] = None
     preprocessing: Optional[List[dict]] = None
+    network: Optional[dict] = None
 
     def __post_init__(self) -> None:
         # A region label is several dataset values (a list); JSON has no tuples.
@@ -172,6 +176,7 @@ RUN_JSON = dataclass_schema(RunInfo, required=("model", "channels", "label_names
     "loss_normalization": Maybe(Map(AnyJson(finite=False))),
     "risk_diagnostics": Maybe(Map(AnyJson(finite=False))),
     "preprocessing": Maybe(PIPELINE_JSON),
+    "network": Maybe(Map(AnyJson())),
 })
 
 
@@ -197,9 +202,9 @@ def read_run_info(run_dir: Union[str, Path]) -> RunInfo:
 # some of them may change on resume).
 RUN_IDENTITY_FIELDS = ("model", "channels", "label_names", "label_values", "site", "axis", "divisor",
                        "normalization", "orientation", "spacing", "method", "source_fingerprint",
-                       "data_fingerprint", "augmentation")
+                       "data_fingerprint", "augmentation", "network")
 # Fields older run.json files lack (None there): not compared.
-_RECORDED_LATER = ("orientation", "spacing", "source_fingerprint", "data_fingerprint", "augmentation")
+_RECORDED_LATER = ("orientation", "spacing", "source_fingerprint", "data_fingerprint", "augmentation", "network")
 
 
 def resume_differences(saved: RunInfo, new: RunInfo) -> List[str]:

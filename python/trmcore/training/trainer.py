@@ -48,6 +48,7 @@ from trmcore.training.precision import autocast_for, needs_loss_scaling
 from trmcore.training.sampling import SliceSampler
 from trmcore.training.schedule import LRSchedule
 from trmcore.training.shards import TrainingSlices, shard_indices
+from trmcore.training.sources import SourceOptions, finetune_normalization, load_source, target_network
 from trmcore.training.weighting import IGNORE_INDEX, LossWeighting, create_weighting
 
 PathLike = Union[str, Path]
@@ -524,8 +525,15 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
              config: Optional[TrainConfig] = None, device: Optional[str] = None, resume: bool = False,
              progress: bool = True, reset_head: Optional[bool] = None, sites: Any = None,
              on_iteration: Optional[IterationCallback] = None,
-             augmentation: Optional[AugmentConfig] = None) -> RunInfo:
+             augmentation: Optional[AugmentConfig] = None, fold: str = "0") -> RunInfo:
     """Fine-tune the model of ``source_run`` on ``task`` with ``config.method`` (SPEC 5).
+
+    ``source_run``: any kind of source (trmcore.training.sources): a trmcore run, an nnU-Net v2 2d
+    result folder (``fold``) or a MONAI 2-D network. A foreign network is fine-tuned as it is (a new
+    head for the target's classes, its encoder frozen where it has one) and recorded in run.json's
+    ``network``, so ``trm export`` and ``trm predict`` take the run like any other; it slices along
+    the source's axis and trains with the trmcore normalisation nearest to the source's
+    (:func:`trmcore.training.sources.finetune_normalization`).
 
     The head is re-initialised (seeded) when the target has a different number
     of classes than the source, or when ``reset_head`` is True. The LEEP
@@ -542,31 +550,45 @@ def finetune(data_root: PathLike, task: TaskSpec, source_run: PathLike, run_dir:
     try:
         _own_run_dir(lock, run_dir, ctx, "finetune")
         state = _prepare_run_dir(run_dir, resume, ctx)
+        # Any kind of source (trmcore.training.sources): a run, an nnU-Net 2d result folder, a MONAI network.
+        loaded = load_source(source_run, SourceOptions(fold=str(fold), device=ctx.device, resample=config.resample))
+        source, source_info = loaded.network, loaded.run_info
+        foreign = loaded.record is not None  # an nnU-Net or MONAI network (or a run fine-tuned from one)
+        if loaded.spatial_dims != 2:
+            raise ValueError(f"source {source_run} is a 3-D network: trm finetune trains on 2-D slices (use a 2d "
+                             "configuration); its risk maps and LEEP come from trm riskmap and trm rank")
+        if foreign and config.risk_refresh > 0:  # --resume rebuilds refreshed maps with trmcore's U-Net
+            raise ValueError(f"--risk-refresh is not supported with the {loaded.kind} source {source_run}")
+        if source_info is None and config.axis != loaded.axis:  # the source's slicing, not the default's
+            config = replace(config, axis=loaded.axis)
         if state is not None:
             _check_resume(run_dir, config, state)
-        source, source_info = load_run(source_run, device=ctx.device)
         seed_everything(config.seed)
-        geometry = source_info.geometry(f"source run {source_run}", config.resample)
-        data = prepare_data(data_root, task, config, source_info.divisor, ctx, progress, sites, geometry,
-                            source_info.normalization)
-        if len(data.task_info.channels) != source_info.model.in_channels:
-            raise ValueError(f"source run {source_run} takes {source_info.model.in_channels} channel(s) "
-                             f"{source_info.channels}; the target task has {data.task_info.channels}")
-        model = UNet(source_info.model).to(ctx.device)
-        model.load_state_dict(source.state_dict())
+        normalization = source_info.normalization if source_info is not None else finetune_normalization(loaded)
+        data = prepare_data(data_root, task, config, loaded.divisor, ctx, progress, sites, loaded.geometry,
+                            normalization)
+        if loaded.in_channels is not None and len(data.task_info.channels) != loaded.in_channels:
+            raise ValueError(f"source {source_run} takes {loaded.in_channels} channel(s) "
+                             f"{loaded.channels}; the target task has {data.task_info.channels}")
         num_classes = data.task_info.num_classes
-        if reset_head or (reset_head is None and num_classes != source_info.num_classes):
-            torch.manual_seed(config.seed)
-            model.reset_head(num_classes)
+        if not foreign:
+            model = UNet(source_info.model).to(ctx.device)
+            model.load_state_dict(source.state_dict())
+            if reset_head or (reset_head is None and num_classes != source_info.num_classes):
+                torch.manual_seed(config.seed)
+                model.reset_head(num_classes)
+        else:
+            model = target_network(loaded, len(data.task_info.channels), num_classes, reset_head, config.seed)
         if config.freeze == "encoder":
             model.freeze_encoder()
         info = _run_info(model, data, config, task, data_root, method=config.method,
                          source=str(Path(source_run).resolve()), augmentation=augmentation)
-        info.source_fingerprint = _digest_file(Path(source_run) / "model.safetensors")
+        info.network = getattr(model, "record", None)
+        info.source_fingerprint = _digest_file(loaded.weights_file)
         if state is not None:
             _check_same_run(run_dir, info)
         weighting = create_weighting(config, model.config, data.slices, num_classes, ctx, source)
-        del source
+        del source, loaded
         info.risk_diagnostics = weighting_diagnostics(
             weighting, data.slices, info.label_names, ctx, config.risk_base, model=model,
             denominator=loss_denominator(weighting.normalize, config, data.slices.labels))
