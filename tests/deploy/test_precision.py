@@ -134,3 +134,26 @@ def test_a_precision_is_one_registry_entry(run_with_data, tmp_path, capsys):
         del PRECISIONS["fp32-copy"]
     with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8"):
         export_run(run_with_data, tmp_path / "x.onnx", precision="fp32-copy")
+
+
+def test_calibration_volumes_use_the_runs_grid_and_normalisation(run_with_data, monkeypatch):
+    # int8 calibration and the agreement check must see what training and `trm predict` see: the run's
+    # recorded geometry and normalisation, not load_task_volumes' defaults (the median spacing of the chosen
+    # cases, zscore-foreground), which differ on data of mixed spacing or for a zscore-nonzero run.
+    import trmcore.data
+    from trmcore.export import precision
+    from trmcore.training.runinfo import read_run_info
+
+    info = read_run_info(run_with_data)
+    seen = {}
+    real = trmcore.data.load_task_volumes
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trmcore.data, "load_task_volumes", spy)
+    volumes = precision.run_volumes(info, run_with_data, None, "train")
+    assert [v.case_id for v in volumes] == list(info.train_cases)
+    assert seen["geometry"] == info.geometry() and seen["normalization"] == info.normalization
+    assert seen["axis"] == info.axis

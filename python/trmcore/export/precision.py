@@ -113,7 +113,10 @@ def run_volumes(info, run_dir: Union[str, Path], data: Optional[Union[str, Path]
     if not Path(root).is_dir():
         raise FileNotFoundError(f"dataset {root} of run {run_dir} not found; pass --data DATASET")
     task = parse_task(list(info.channels), list(info.label_names[1:]))
-    volumes, _ = load_task_volumes(root, task, cases=cases, progress=False)
+    # On the run's own grid and normalisation, as training and `trm predict` see them (not the defaults:
+    # the median spacing of these cases and zscore-foreground could differ from the run's).
+    volumes, _ = load_task_volumes(root, task, cases=cases, progress=False, geometry=info.geometry(f"run {run_dir}"),
+                                   normalization=info.normalization, axis=info.axis)
     return volumes
 
 
