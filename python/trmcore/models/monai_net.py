@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,15 +50,12 @@ class MonaiNetwork:
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
+    """A JSON object through the one bounded reader (trmcore.schema: size, depth, duplicate keys, NaN)."""
+    from trmcore.schema import AnyJson, Map, read_json
+
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, Map(AnyJson(), expected="a JSON object"))
 
 
 def _literal(value: Any, where: str, source: Path) -> Any:

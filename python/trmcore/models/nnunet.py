@@ -36,7 +36,6 @@ Example::
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,15 +197,12 @@ class NnunetModel:
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
+    """A JSON object through the one bounded reader (trmcore.schema: size, depth, duplicate keys, NaN)."""
+    from trmcore.schema import AnyJson, Map, read_json
+
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (an nnU-Net v2 result folder holds plans.json and dataset.json)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, Map(AnyJson(), expected="a JSON object"))
 
 
 def _configuration(plans: Dict[str, Any], name: str, source: Path) -> Dict[str, Any]:
