@@ -147,8 +147,9 @@ def main() -> None:
     from trmcore.training.riskmap3d import risk_volumes_3d
     from trmcore.training.sources import VolumeNetwork
 
-    crop = (0, 0, slice(0, args.size[0]), slice(0, args.size[1]), slice(0, args.size[2]))
-    volume = Volume("bench", None, image[crop[1:]].cpu().numpy(), labels[0][crop[2:]].cpu().numpy(), np.eye(4))
+    crop = tuple(slice(0, n) for n in args.size)  # the unpadded volume: image [C, X, Y, Z], labels [X, Y, Z]
+    volume = Volume("bench", None, image[0][(slice(None),) + crop].cpu().numpy(), labels[0][crop].cpu().numpy(),
+                    np.eye(4))
     network = VolumeNetwork(source, (0, 1, 2))
 
     def trm_riskmap():
