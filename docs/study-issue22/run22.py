@@ -7,4 +7,4 @@ from trmcore.study.profiles import get_profile
 q = get_profile("quick")
 p = replace(q, name="quick-recipe", methods=("vanilla", "trm"), sampling_variants=(), normalize_variants=())
 if __name__ == "__main__":
-    reproduce("/work/st/q22", p, seeds=[0, 1, 2], tables=["I", "II"], seeded_tables=["I"], workers=2)
+    reproduce("/work/st/q22", p, seeds=[0, 1, 2], tables=["I", "II", "III", "seq", "fig2"], seeded_tables=["I"], workers=2)
