@@ -23,6 +23,9 @@ pip install -q "$wheel[train,cpu,dicom,dev]"
 # The [monai] and [nnunet] extras, so their tests run rather than skip; --no-deps because they need
 # only torch and numpy, and pip must never replace the installed torch.
 pip install -q --no-deps "monai>=1.3" "dynamic_network_architectures>=0.4"
+# nnunetv2 itself (86 packages with its dependencies) only for the test that builds a source network with
+# its own get_network_from_plans: that module needs nothing but batchgenerators' file helpers.
+pip install -q --no-deps "nnunetv2>=2.4" batchgenerators
 export TRM_TEST_WHEEL="$wheel"
 echo "test.sh: built and installed $(basename "$wheel") (TRMCORE_CUDA=$TRMCORE_CUDA) in $((SECONDS - started))s"
 

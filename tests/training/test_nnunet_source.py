@@ -53,8 +53,11 @@ def _network(arch: dict, dims: int) -> PlainConvUNet:
     return PlainConvUNet(input_channels=2, num_classes=len(LABELS), deep_supervision=True, **kwargs)
 
 
-def write_nnunet_folder(root: Path, configuration: str = "2d", extra: object = None) -> tuple:
-    """An nnU-Net v2 result folder with a trained-looking checkpoint; returns (folder, the network)."""
+def write_nnunet_folder(root: Path, configuration: str = "2d", extra: object = None, build=None) -> tuple:
+    """An nnU-Net v2 result folder with a trained-looking checkpoint; returns (folder, the network).
+
+    ``build(arch, dims)``: the network (default: dynamic_network_architectures' PlainConvUNet directly).
+    """
     dims = 2 if configuration == "2d" else 3
     folder = root / "Dataset004_Brain" / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     (folder / "fold_0").mkdir(parents=True)
@@ -78,7 +81,7 @@ def write_nnunet_folder(root: Path, configuration: str = "2d", extra: object = N
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
     torch.manual_seed(1)
-    network = _network(arch, dims)
+    network = (build or _network)(arch, dims)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99)
     network(torch.randn(1, 2, *[32] * dims))[0].sum().backward()
     optimizer.step()
@@ -250,3 +253,29 @@ def test_fine_tune_an_nnunet_2d_source_with_the_risk_weighted_loss(tmp_path):
     for key, value in target.encoder.state_dict().items():
         assert torch.equal(value, encoder_before[key]), key
     assert not torch.equal(target.decoder.seg_layers[-1].weight, head_before)
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_a_network_built_by_nnunetv2_itself(tmp_path, configuration):
+    # The folder's network built by nnunetv2's own code (get_network_from_plans, as
+    # nnUNetTrainer.build_network_architecture calls it) and saved as its trainer saves it: trmcore rebuilds
+    # the same network from plans.json and gives the same logits. (nnunetv2's full dependency set is 86
+    # packages; CI installs nnunetv2 and batchgenerators with --no-deps, which is all this module needs.)
+    nnunet_plans = pytest.importorskip("nnunetv2.utilities.get_network_from_plans")
+
+    def build(arch: dict, dims: int):
+        return nnunet_plans.get_network_from_plans(
+            arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2, len(LABELS),
+            allow_init=True, deep_supervision=True)
+
+    folder, trained = write_nnunet_folder(tmp_path, configuration, build=build)
+    assert type(trained).__module__.startswith("dynamic_network_architectures")
+    model = load_nnunet_model(folder, fold=0)
+    dims = 2 if configuration == "2d" else 3
+    x = torch.randn(2, 2, *[16] * dims)
+    trained.eval()
+    with torch.no_grad():
+        expected = trained(x)[0]  # deep supervision: the full-resolution output first
+        logits = model.network(x)
+    assert type(model.network) is type(trained)
+    torch.testing.assert_close(logits, expected)
