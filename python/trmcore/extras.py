@@ -26,7 +26,8 @@ EXTRA_MODULES: Dict[str, Tuple[str, ...]] = {
 
 
 def evaluate_source(model: Optional[Path], predictions: Optional[Path]) -> str:
-    """What `trm evaluate` scores: ``"predictions"`` (a folder of label files), ``"onnx"`` or ``"run"``.
+    """What `trm evaluate` (and `trm transferability`) runs: ``"predictions"`` (a folder of label files),
+    ``"onnx"`` or ``"run"`` (a torch source).
 
     The one rule, used by the CLI to dispatch and here to name the extra: an
     ``.onnx`` path that is not a folder is an exported model, anything else a
@@ -43,6 +44,11 @@ def _evaluate_extras(args: Any) -> Tuple[str, ...]:
     # NumPy + nibabel score a folder of predictions; an ONNX model adds onnxruntime; only a run needs torch.
     source = evaluate_source(getattr(args, "model", None), getattr(args, "predictions", None))
     return {"predictions": (), "onnx": ("cpu",), "run": ("train",)}[source]
+
+
+def _transferability_extras(args: Any) -> Tuple[str, ...]:
+    # An exported ONNX model runs on onnxruntime; any other source (a run, nnU-Net, MONAI) on torch.
+    return ("cpu",) if evaluate_source(getattr(args, "model", None), None) == "onnx" else ("train",)
 
 
 def _export_extras(args: Any) -> Tuple[str, ...]:
@@ -66,7 +72,7 @@ COMMAND_EXTRAS: Dict[str, CommandExtras] = {
     "transfer-path": ("train",),
     "reproduce": ("train", "select"),
     "predict": ("cpu",),
-    "transferability": ("cpu",),
+    "transferability": _transferability_extras,
     "affinity": ("select",),
     "path": ("select",),
 }

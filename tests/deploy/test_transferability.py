@@ -77,3 +77,33 @@ def test_cli_rejects_wrong_channel_count_and_unlabelled(phantom, onnx_model, cap
     segmenter = Segmenter(onnx_model, providers="cpu")
     with pytest.raises(ValueError, match="no target volumes"):
         assess_transferability(segmenter, [], ["background", "CSF"], progress=False)
+
+
+def test_a_run_folder_scores_as_its_exported_model(run_dir, phantom, onnx_model, tmp_path, capsys):
+    # `trm transferability -m RUN` (torch, trmcore.training.source_segmenter) and `-m RUN.onnx` (onnxruntime)
+    # run the same network on the same slices: the same report to float32 rounding.
+    pytest.importorskip("torch")
+    reports = {}
+    for name, model in (("onnx", onnx_model), ("run", run_dir)):
+        out = tmp_path / f"{name}.json"
+        assert main(["transferability", "-m", str(model), str(phantom), "--channel", "T1,T2", "--labels", "CSF,GM",
+                     "-o", str(out), "-q"]) == 0, capsys.readouterr().err
+        reports[name] = json.loads(out.read_text())
+    onnx, run = reports["onnx"], reports["run"]
+    assert run["leep"] == pytest.approx(onnx["leep"], abs=1e-4) and run["leep"] < 0
+    assert run["voxels"] == onnx["voxels"] and run["source_labels"] == onnx["source_labels"]
+    assert [c["case_id"] for c in run["cases"]] == [c["case_id"] for c in onnx["cases"]]
+    for a, b in zip(run["cases"], onnx["cases"]):
+        assert a["leep"] == pytest.approx(b["leep"], abs=1e-4)
+        assert a["mean_risk"] == pytest.approx(b["mean_risk"], abs=1e-3)
+    np.testing.assert_allclose(run["conditional"], onnx["conditional"], atol=1e-4)
+    # the extras follow the source: an ONNX model needs [cpu], anything else [train]
+    from trmcore import extras
+    from trmcore.cli.main import build_parser
+
+    argv = [str(phantom), "--channel", "T1,T2", "--labels", "CSF"]
+    parser = build_parser()
+    assert extras.command_extras("transferability", parser.parse_args(["transferability", "-m", str(onnx_model)]
+                                                                      + argv)) == ("cpu",)
+    assert extras.command_extras("transferability", parser.parse_args(["transferability", "-m", str(run_dir)]
+                                                                      + argv)) == ("train",)

@@ -301,3 +301,31 @@ def test_3d_risk_maps_cost_one_forward_pass_per_volume_set_of_one():
         logits = torch.cat([network.conv(torch.from_numpy(v.image)[None]) for v in volumes])
     labels = torch.from_numpy(np.stack([v.label for v in volumes]))
     assert value == pytest.approx(float(ops.leep(logits, labels, 2)), rel=1e-5)
+
+
+def test_transferability_of_nnunet_and_monai_sources_equals_the_ops_on_their_logits(phantom, tmp_path, capsys):
+    # `trm transferability -m` takes the torch sources too (trmcore.training.source_segmenter): dataset LEEP
+    # = trmcore.ops.leep over the source network's own logits on the slices with tissue.
+    folder = write_nnunet_2d(tmp_path)
+    spec = monai_json(tmp_path)
+    from trmcore.models.monai_net import load_monai_network
+    from trmcore.models.nnunet import load_nnunet_model
+
+    for model, fold, network, normalise, swap, classes in [
+            (folder, ["--fold", "1"], load_nnunet_model(folder, fold=1).network, nnunet_normalise, True, 4),
+            (spec, [], load_monai_network(spec).network, zscore_nonzero, False, 3)]:
+        out = tmp_path / f"{model.name}.json"
+        assert main(["transferability", "-m", str(model), str(phantom), "--channel", ",".join(CHANNELS),
+                     "--labels", LABELS, "--device", "cpu", "-q", "-o", str(out), *fold]) == 0, \
+            capsys.readouterr().err
+        report = json.loads(out.read_text())
+        logits, labels = [], []
+        for case in _cases(phantom):
+            raw, label = read_case(phantom, case)
+            image = normalise(raw)
+            keep = np.flatnonzero(np.any(image != 0, axis=(0, 1, 2)))  # slices with tissue only
+            logits.append(direct_logits(network, image, swap)[keep])
+            labels.append(torch.from_numpy(np.ascontiguousarray(np.moveaxis(label, 2, 0)[keep])))
+        leep = ops.leep(torch.cat(logits), torch.cat(labels), 4)
+        assert report["leep"] == pytest.approx(float(leep), rel=1e-4, abs=1e-5), model.name
+        assert len(report["source_labels"]) == classes and len(report["cases"]) == len(_cases(phantom))

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from trmcore.cli.common import add_output, add_quiet, add_task_arguments, add_time_limit, command
-from trmcore.extras import install_hint
+from trmcore.extras import evaluate_source, install_hint
 from trmcore.fileio import atomic_write_json, check_output_file
 from trmcore.ops import RISK_BASE
 
@@ -287,11 +287,18 @@ def _run_predict_dicom(args: argparse.Namespace, segmenters, arguments: dict) ->
 def _register_transferability(subparsers) -> None:
     p = command(
         subparsers, "transferability", help="LEEP and per-case transfer risk of a deployed model on a new site's data",
-        description="Run an exported model over labelled data in the standard layout and report the "
+        description="Run a source model over labelled data in the standard layout and report the "
                     "dataset LEEP (<= 0, closer to 0 = transfers better) and per-case LEEP and mean "
-                    "transfer risk, before any fine-tuning. Torch-free.",
-        example_lines=["trm transferability -m model.onnx data/new-site --channel T1 --labels CSF -o report.json"])
+                    "transfer risk, before any fine-tuning. An exported ONNX model runs torch-free "
+                    "(trmcore[cpu]); a trmcore run folder, an nnU-Net v2 2d result folder (--fold) or a MONAI "
+                    "2-D network runs with torch (trmcore[train]).",
+        example_lines=["trm transferability -m model.onnx data/new-site --channel T1 --labels CSF -o report.json",
+                       "trm transferability -m nnUNet_results/Dataset004_X/nnUNetTrainer__nnUNetPlans__2d --fold 0 "
+                       "data/new-site --channel T1 --labels CSF"])
     _add_runtime_options(p)
+    p.add_argument("--fold", default="0", metavar="K", dest="source_fold",
+                   help="nnU-Net source: fold_K/checkpoint_final.pth (default %(default)s; 'all')")
+    p.add_argument("--device", default=None, help="torch sources: cpu, cuda, cuda:1 ... (default: cuda when available)")
     add_task_arguments(p)
     p.add_argument("--cases", default=None, help="only these cases (comma-separated ids)")
     p.add_argument("--risk-base", type=float, default=RISK_BASE,
@@ -308,15 +315,24 @@ def _run_transferability(args: argparse.Namespace) -> int:
     inputs = [args.data, args.model]
     if args.output is not None:  # refuse before the work, and again (atomically) when writing
         check_output_file(args.output, overwrite=args.overwrite, inputs=inputs)
-    segmenter = _open_segmenter(args)
-    task = parse_task(args.channel, args.labels, site=args.site)
-    if len(task.channels) != segmenter.metadata.num_channels:
-        raise ValueError(f"--channel gives {len(task.channels)} channel(s) {task.channels} but the model takes "
-                         f"{segmenter.metadata.num_channels} ({', '.join(segmenter.channels)})")
     cases = None if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
-    geometry = segmenter.metadata.geometry(f"model {args.model}", resample=not args.no_resample)
-    volumes, info = load_task_volumes(args.data, task, cases=cases, progress=not args.quiet,
-                                      geometry=geometry, normalization=segmenter.metadata.normalization)
+    task = parse_task(args.channel, args.labels, site=args.site)
+    if evaluate_source(args.model, None) == "onnx":  # the rule trm's extras check uses
+        segmenter = _open_segmenter(args)
+        if len(task.channels) != segmenter.metadata.num_channels:
+            raise ValueError(f"--channel gives {len(task.channels)} channel(s) {task.channels} but the model takes "
+                             f"{segmenter.metadata.num_channels} ({', '.join(segmenter.channels)})")
+        geometry = segmenter.metadata.geometry(f"model {args.model}", resample=not args.no_resample)
+        volumes, info = load_task_volumes(args.data, task, cases=cases, progress=not args.quiet,
+                                          geometry=geometry, normalization=segmenter.metadata.normalization)
+    else:  # a torch source of any kind (trmcore.training.sources), on its own grid and normalisation
+        from trmcore.training.source_segmenter import SourceSegmenter
+        from trmcore.training.sources import load_source_task
+
+        source, volumes, info, _ = load_source_task(args.model, args.data, args.channel, args.labels, args.site,
+                                                    cases=cases, device=args.device, progress=not args.quiet,
+                                                    resample=not args.no_resample, fold=args.source_fold)
+        segmenter = SourceSegmenter(source, info.channels, batch_size=args.batch_size)
     if [c.lower() for c in task.channels] != [c.lower() for c in segmenter.channels]:
         print(f"note: the model was trained on {','.join(segmenter.channels)}, the data is "
               f"{','.join(task.channels)} (cross-modality transfer)", file=sys.stderr)
