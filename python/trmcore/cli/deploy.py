@@ -1,7 +1,8 @@
 """``trm export``, ``trm predict`` and ``trm transferability``: deployment commands.
 
-``predict`` and ``transferability`` never import torch (they run on
-onnxruntime); ``export`` imports torch inside its handler.
+``predict`` never imports torch (it runs on onnxruntime), nor does
+``transferability`` of an ONNX model; ``transferability`` of a torch source
+(run, nnU-Net, MONAI) and ``export`` import torch inside their handlers.
 """
 
 from __future__ import annotations
