@@ -134,6 +134,19 @@ def _cases(data: Path):
     return sorted(p.name[: -len(".nii.gz")] for p in (data / "labelsTr").glob("*.nii.gz"))
 
 
+def direct_leep(data: Path, network, normalise, swap: bool) -> torch.Tensor:
+    """Dataset LEEP of ``network`` by hand: its own logits on every case's slices with tissue (rank and
+    transferability skip empty slices), 4 target classes."""
+    logits, labels = [], []
+    for case in _cases(data):
+        raw, label = read_case(data, case)
+        image = normalise(raw)
+        keep = np.flatnonzero(np.any(image != 0, axis=(0, 1, 2)))
+        logits.append(direct_logits(network, image, swap)[keep])
+        labels.append(torch.from_numpy(np.ascontiguousarray(np.moveaxis(label, 2, 0)[keep])))
+    return ops.leep(torch.cat(logits), torch.cat(labels), 4)
+
+
 def _riskmap(data, source, out, *extra):
     return main(["riskmap", str(data), "--channel", ",".join(CHANNELS), "--labels", LABELS, "--source", str(source),
                  "-o", str(out), "--device", "cpu", "-q", *extra])
@@ -191,14 +204,7 @@ def test_rank_scores_nnunet_and_monai_sources_with_their_leep(phantom, source_ru
     for name, network, normalise, swap in [
             (folder.name, load_nnunet_model(folder, fold=1).network, nnunet_normalise, True),
             ("unet.json", load_monai_network(spec).network, zscore_nonzero, False)]:
-        logits, labels = [], []
-        for case in _cases(phantom):
-            raw, label = read_case(phantom, case)
-            image = normalise(raw)
-            keep = np.flatnonzero(np.any(image != 0, axis=(0, 1, 2)))  # rank skips empty slices
-            logits.append(direct_logits(network, image, swap)[keep])
-            labels.append(torch.from_numpy(np.ascontiguousarray(np.moveaxis(label, 2, 0)[keep])))
-        leep = ops.leep(torch.cat(logits), torch.cat(labels), 4)
+        leep = direct_leep(phantom, network, normalise, swap)
         assert ranking[name]["leep"] == pytest.approx(float(leep), rel=1e-4, abs=1e-5), name
 
 
@@ -319,13 +325,6 @@ def test_transferability_of_nnunet_and_monai_sources_equals_the_ops_on_their_log
                      "--labels", LABELS, "--device", "cpu", "-q", "-o", str(out), *fold]) == 0, \
             capsys.readouterr().err
         report = json.loads(out.read_text())
-        logits, labels = [], []
-        for case in _cases(phantom):
-            raw, label = read_case(phantom, case)
-            image = normalise(raw)
-            keep = np.flatnonzero(np.any(image != 0, axis=(0, 1, 2)))  # slices with tissue only
-            logits.append(direct_logits(network, image, swap)[keep])
-            labels.append(torch.from_numpy(np.ascontiguousarray(np.moveaxis(label, 2, 0)[keep])))
-        leep = ops.leep(torch.cat(logits), torch.cat(labels), 4)
+        leep = direct_leep(phantom, network, normalise, swap)
         assert report["leep"] == pytest.approx(float(leep), rel=1e-4, abs=1e-5), model.name
         assert len(report["source_labels"]) == classes and len(report["cases"]) == len(_cases(phantom))
