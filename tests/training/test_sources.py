@@ -261,6 +261,11 @@ def test_a_3d_nnunet_source_maps_and_ranks_whole_volumes(phantom, tmp_path, caps
                  str(folder), "--source-fold", "1", "-o", str(tmp_path / "run"), "--iterations", "1", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "3-D network" in err
+    # trm transferability scores slices too: refused with one line pointing at riskmap / rank.
+    assert main(["transferability", "-m", str(folder), "--fold", "1", str(phantom), "--channel", ",".join(CHANNELS),
+                 "--labels", LABELS, "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "3-D network" in err and "trm riskmap" in err
 
 
 def test_a_run_source_goes_through_the_registry_unchanged(phantom, source_run, tmp_path):
