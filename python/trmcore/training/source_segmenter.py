@@ -61,9 +61,9 @@ class SourceSegmenter:
     def _label_names(self) -> List[str]:
         if self.source.run_info is not None:
             return list(self.source.run_info.label_names)
-        labels = getattr(self.source.native, "labels", None)  # nnU-Net: dataset.json name -> value
+        labels = getattr(self.source.native, "labels", None)  # nnU-Net: dataset.json name -> value, in output order
         if isinstance(labels, dict):
-            return [name for name, _ in sorted(labels.items(), key=lambda kv: kv[1] if isinstance(kv[1], int) else 0)]
+            return list(labels)
         return [f"class {k}" for k in range(self.num_classes or 0)]
 
     @torch.no_grad()
